@@ -1,0 +1,74 @@
+"""Settings from `VALDRIX_*` environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All runtime settings; every field maps to `VALDRIX_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="VALDRIX_", extra="ignore")
+
+    database_url: str = "sqlite:///./valdrix.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = Field(default=1, ge=1, le=64)
+    # HTTPS listener (admission webhook); both files must be set to enable it.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_port: int = 8443
+    tls_client_ca_file: Path | None = None
+    tls_serve_http: bool = True
+
+    gate_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+
+    # Admission webhook authentication (see docs/admission-threat-model.md). Off unless set.
+    admission_cluster_tenant: str | None = None
+    # JSON object: verified client-certificate subject CN -> tenant name (mTLS from the API server).
+    admission_mtls_tenants: dict[str, str] = Field(default_factory=dict)
+    k8s_price_book_file: Path | None = None
+    k8s_cluster_name: str = "default"
+
+    # Signing key ring (Ed25519 PEM files named <kid>.pem); the active one signs, all listed ones verify.
+    signing_keys_dir: Path | None = None
+    signing_active_kid: str | None = None
+    token_algorithm: str = "EdDSA"
+    token_hs256_secret: str | None = None
+    token_issuer: str = "valdrix-gate"
+    token_audience: str = "valdrix-enforcement-consume"
+
+    public_url: str = "http://127.0.0.1:8080"
+    bootstrap_tenant: str = "default"
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        if not (value.startswith("sqlite") or value.startswith("postgresql+psycopg://")):
+            raise ValueError("VALDRIX_DATABASE_URL must be sqlite:///… or postgresql+psycopg://…")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def lock_timeout_seconds(self) -> float:
+        """Return the lock wait bound, kept below the overall gate deadline."""
+        return max(0.05, min(self.gate_timeout_seconds * 0.6, 5.0))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""Error families with stable machine-readable codes, rendered as RFC 9457 problem documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ValdrixError(Exception):
+    """Base error: `status` is the HTTP status, `code` the stable machine-readable code."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        """Return the problem-document body for this error."""
+        body: dict[str, Any] = {"type": f"https://valdrix.io/problems/{self.code}", "title": self.title,
+                                "status": self.status, "code": self.code, "detail": self.message}
+        body.update(self.extra)
+        return body
+
+
+class InvalidInput(ValdrixError):
+    status = 422
+    code = "invalid_input"
+    title = "Unprocessable request"
+
+
+class BadRequest(ValdrixError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class Unauthenticated(ValdrixError):
+    status = 401
+    code = "unauthenticated"
+    title = "Unauthenticated"
+
+
+class Forbidden(ValdrixError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(ValdrixError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(ValdrixError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(ValdrixError):
+    status = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(ValdrixError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class Unavailable(ValdrixError):
+    status = 503
+    code = "unavailable"
+    title = "Service unavailable"
