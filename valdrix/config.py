@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     bootstrap_tenant: str = "default"
     log_level: str = "info"
+    access_log: bool = False
 
     @field_validator("database_url")
     @classmethod

@@ -1,1 +1,17 @@
-"""cli."""
+"""The `valdrix` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from valdrix.cli import keys, server, tenants
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
+server.register(app)
+app.add_typer(tenants.app, name="tenant")
+app.add_typer(keys.app, name="key")
+
+
+def main() -> None:
+    """Run the command line."""
+    app()

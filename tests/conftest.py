@@ -1,0 +1,63 @@
+"""Fixtures: the throwaway PostgreSQL cluster, one live server per backend, and a fresh tenant per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live import LiveServer, Tenant, thread_server
+from tests.pg import create_database, postgres_cluster
+from valdrix.config import Settings
+from valdrix.migrate import upgrade
+
+BACKENDS = [b for b in os.environ.get("VALDRIX_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[str]:
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_cluster: str) -> str:
+    """A migrated PostgreSQL database shared by the session (tests isolate by tenant)."""
+    url = create_database(pg_cluster, "valdrix_test")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'valdrix.db'}"
+    upgrade(url)
+    return url
+
+
+def settings_for(url: str, **extra: object) -> Settings:
+    return Settings(database_url=url, **extra)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+    with thread_server(settings_for(url), request.param) as live:
+        yield live
+
+
+@pytest.fixture
+def tenant(server: LiveServer) -> Iterator[Tenant]:
+    server.clock.offset = type(server.clock.offset)(0)
+    yield server.tenant()
+    server.clock.offset = type(server.clock.offset)(0)
+
+
+@pytest.fixture(scope="session")
+def scratch_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="valdrix-test-") as d:
+        yield Path(d)

@@ -1,0 +1,73 @@
+"""A throwaway PostgreSQL cluster started from the machine's binaries (initdb/pg_ctl)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise RuntimeError(f"PostgreSQL binary {name!r} not found; install postgresql")
+
+
+def _as_owner(cmd: list[str]) -> list[str]:
+    # initdb and pg_ctl refuse to run as root: run them as the postgres OS user then.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@contextmanager
+def postgres_cluster(max_connections: int = 300) -> Iterator[str]:
+    """Start a private cluster on a free loopback port; yield its base URL; stop and delete it after."""
+    root = Path(tempfile.mkdtemp(prefix="valdrix-pg-"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(_as_owner([_bin("initdb"), "-D", str(data), "-U", "valdrix", "--auth=trust", "-E", "UTF8",
+                              "--no-sync"]), check=True, capture_output=True)
+    opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
+            f"-c max_connections={max_connections} -c fsync=off -c synchronous_commit=off "
+            f"-c full_page_writes=off -c shared_buffers=256MB")
+    subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"]),
+                   check=True, capture_output=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"postgresql+psycopg://valdrix@127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(base_url: str, name: str) -> str:
+    """Create database `name` on the cluster and return its URL."""
+    import psycopg
+
+    with psycopg.connect(base_url.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base_url}/{name}"

@@ -1,0 +1,168 @@
+"""The application factory: routers, problem-document errors, request guards, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from valdrix import __version__
+from valdrix.budgets.router import router as budgets_router
+from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
+from valdrix.config import Settings, get_settings
+from valdrix.db import make_engine, make_sessionmaker
+from valdrix.decisions.router import router as decisions_router
+from valdrix.errors import ValdrixError
+from valdrix.ledger.router import router as ledger_router
+from valdrix.migrate import head_revision
+from valdrix.policies.router import router as policies_router
+from valdrix.preflight.router import router as preflight_router
+
+log = logging.getLogger("valdrix")
+
+PROBLEM = "application/problem+json"
+ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router)
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    """Return a problem-document response."""
+    body = {"type": f"https://valdrix.io/problems/{code}", "title": detail.split(":")[0], "status": status,
+            "code": code, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+class RequestGuard:
+    """Refuses bodies over the size limit (413) and non-JSON bodies (415) before any handler runs."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await self._reject(scope, receive, send, 413, "payload_too_large",
+                               f"request body exceeds {self.max_body_bytes} bytes")
+            return
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if length != "0" and media and media != "application/json" and not media.endswith("+json"):
+            await self._reject(scope, receive, send, 415, "unsupported_media_type",
+                               "request body must be application/json")
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send, 413, "payload_too_large",
+                               f"request body exceeds {self.max_body_bytes} bytes")
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, detail: str) -> None:
+        await problem(status, code, detail)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _validation_problem(exc: RequestValidationError) -> JSONResponse:
+    errors = [{"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}
+              for e in exc.errors()]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(400, "malformed_json", "request body is not valid JSON", errors=errors)
+    fields = ", ".join(".".join(e["loc"][1:] if e["loc"][:1] == ["body"] else e["loc"]) or "body" for e in errors)
+    return problem(422, "invalid_request", f"invalid request: {fields}", errors=errors)
+
+
+def _metrics() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        from prometheus_client import REGISTRY as registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory | None = None) -> FastAPI:
+    """Return the Valdrix Gate ASGI application bound to `settings`."""
+    app = FastAPI(title="Valdrix Gate", version=__version__)
+    engine = make_engine(settings)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.clock = clock or SystemClock()
+    app.state.ids = ids or UuidFactory()
+    app.state.head = head_revision()
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.exception_handler(ValdrixError)
+    async def _valdrix_error(_: Request, exc: ValdrixError) -> JSONResponse:
+        return JSONResponse(exc.problem(), status_code=exc.status, media_type=PROBLEM)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.orig)
+        return problem(503, "database_unavailable", "the database is unavailable; retry later")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem(500, "internal_error", "internal error")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception as exc:  # any failure to reach the database means not ready
+            return problem(503, "not_ready", f"database unreachable: {type(exc).__name__}")
+        if current != app.state.head:
+            return problem(503, "not_ready", f"database at revision {current}, expected {app.state.head}")
+        return JSONResponse({"status": "ready", "revision": current})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return _metrics()
+
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Return the application configured from `VALDRIX_*` (the uvicorn factory for worker processes)."""
+    return create_app(get_settings())

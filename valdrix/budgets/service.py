@@ -1,0 +1,195 @@
+"""Budgets, credit grants and the reservations decisions hold against them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from valdrix.budgets.models import Budget, CreditGrant, CreditReservation
+from valdrix.decisions.models import Decision
+from valdrix.errors import Conflict, InvalidInput
+from valdrix.money import ZERO, monthly
+
+POOLS = ("reserved", "emergency")
+
+
+def normalise_scope(raw: str | None) -> str:
+    """Return a scope key: trimmed, lower-cased, `default` when empty."""
+    return (raw or "").strip().lower() or "default"
+
+
+def list_budgets(session: Session, tenant_id: uuid.UUID) -> list[Budget]:
+    """Return the tenant's budgets ordered by scope."""
+    return list(session.scalars(select(Budget).where(Budget.tenant_id == tenant_id).order_by(Budget.scope_key)))
+
+
+def put_budget(session: Session, tenant_id: uuid.UUID, scope_key: str, limit: Decimal, *, active: bool,
+               now: datetime) -> Budget:
+    """Create or update the budget of one scope; the running reservation total is kept."""
+    scope = normalise_scope(scope_key)
+    row = session.scalars(select(Budget).where(Budget.tenant_id == tenant_id, Budget.scope_key == scope)
+                          .with_for_update()).first()
+    if row is None:
+        row = Budget(id=uuid.uuid4(), tenant_id=tenant_id, scope_key=scope, reserved_usd=ZERO)
+        session.add(row)
+    row.monthly_limit_usd = monthly(limit)
+    row.active = active
+    row.updated_at = now
+    session.flush()
+    return row
+
+
+def list_grants(session: Session, tenant_id: uuid.UUID) -> list[CreditGrant]:
+    """Return the tenant's credit grants, newest first."""
+    return list(session.scalars(select(CreditGrant).where(CreditGrant.tenant_id == tenant_id)
+                                .order_by(CreditGrant.created_at.desc(), CreditGrant.id)))
+
+
+def create_grant(session: Session, tenant_id: uuid.UUID, *, pool: str, scope_key: str, amount: Decimal,
+                 expires_at: datetime | None, reason: str | None, actor: uuid.UUID | None,
+                 now: datetime) -> CreditGrant:
+    """Create a credit grant; raise InvalidInput for an unknown pool or an expiry in the past."""
+    if pool not in POOLS:
+        raise InvalidInput(f"pool must be one of {POOLS}", code="invalid_credit_pool")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("expires_at must be in the future", code="credit_expiry_in_past")
+    grant = CreditGrant(id=uuid.uuid4(), tenant_id=tenant_id, pool=pool, scope_key=normalise_scope(scope_key),
+                        total_usd=monthly(amount), remaining_usd=monthly(amount), expires_at=expires_at,
+                        reason=reason, active=True, created_by=actor, created_at=now)
+    session.add(grant)
+    session.flush()
+    return grant
+
+
+def tenant_reserved_total(session: Session, tenant_id: uuid.UUID) -> Decimal:
+    """Return everything the tenant holds in active reservations: budget allocations plus drawn credit."""
+    allocated = session.scalar(select(func.coalesce(func.sum(Budget.reserved_usd), 0))
+                               .where(Budget.tenant_id == tenant_id))
+    credit = session.scalar(select(func.coalesce(func.sum(CreditReservation.reserved_usd), 0))
+                            .where(CreditReservation.tenant_id == tenant_id, CreditReservation.active.is_(True)))
+    return monthly(Decimal(allocated or 0) + Decimal(credit or 0))
+
+
+def lock_budget(session: Session, tenant_id: uuid.UUID, project_id: str) -> Budget | None:
+    """Return the active budget governing `project_id` (its own scope, else `default`), row-locked."""
+    rows = session.scalars(
+        select(Budget).where(Budget.tenant_id == tenant_id, Budget.active.is_(True),
+                             Budget.scope_key.in_({project_id, "default"}))
+        .order_by(Budget.scope_key).with_for_update()
+    ).all()
+    # Both candidate rows are locked in scope order so two scopes never deadlock; the project's wins.
+    by_scope = {row.scope_key: row for row in rows}
+    return by_scope.get(project_id) or by_scope.get("default")
+
+
+@dataclass(frozen=True)
+class Grants:
+    reserved: list[CreditGrant]
+    emergency: list[CreditGrant]
+
+    @property
+    def reserved_headroom(self) -> Decimal:
+        return sum((g.remaining_usd for g in self.reserved), ZERO)
+
+    @property
+    def emergency_headroom(self) -> Decimal:
+        return sum((g.remaining_usd for g in self.emergency), ZERO)
+
+
+def lock_grants(session: Session, tenant_id: uuid.UUID, project_id: str, now: datetime) -> Grants:
+    """Return usable grants, row-locked: reserved pool of the project or `default` scope, emergency of any."""
+    rows = session.scalars(
+        select(CreditGrant).where(
+            CreditGrant.tenant_id == tenant_id, CreditGrant.active.is_(True), CreditGrant.remaining_usd > 0,
+            or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
+            or_(CreditGrant.pool == "emergency", CreditGrant.scope_key.in_({project_id, "default"})),
+        ).order_by(CreditGrant.id).with_for_update()
+    ).all()
+    far = datetime.max.replace(tzinfo=now.tzinfo)
+
+    def order(g: CreditGrant) -> tuple[int, datetime, datetime, str]:
+        # Project grants before shared ones, soonest-expiring first, so the most perishable credit is spent.
+        return (0 if g.scope_key == project_id else 1, g.expires_at or far, g.created_at, str(g.id))
+
+    return Grants(reserved=sorted((g for g in rows if g.pool == "reserved"), key=order),
+                  emergency=sorted((g for g in rows if g.pool == "emergency"), key=order))
+
+
+def reserve(session: Session, decision: Decision, budget: Budget | None, grants: Grants | None, *,
+            reserved_credits: Decimal, emergency_credits: Decimal, now: datetime) -> list[dict[str, str]]:
+    """Hold the decision's allocation on its budget and debit credit grants; return the credit allocations."""
+    if decision.reserved_allocation_usd > 0:
+        assert budget is not None
+        budget.reserved_usd = monthly(budget.reserved_usd + decision.reserved_allocation_usd)
+    allocations: list[dict[str, str]] = []
+    for pool, amount in (("reserved", reserved_credits), ("emergency", emergency_credits)):
+        remaining = amount
+        for grant in (getattr(grants, pool) if grants else []):
+            if remaining <= 0:
+                break
+            take = min(remaining, grant.remaining_usd)
+            grant.remaining_usd = monthly(grant.remaining_usd - take)
+            remaining -= take
+            session.add(CreditReservation(id=uuid.uuid4(), tenant_id=decision.tenant_id, decision_id=decision.id,
+                                          grant_id=grant.id, pool=pool, reserved_usd=take, consumed_usd=ZERO,
+                                          released_usd=ZERO, active=True, settled_at=None, created_at=now))
+            allocations.append({"grant_id": str(grant.id), "pool": pool, "amount_usd": str(take)})
+        if remaining > 0:
+            # The grants were read under lock just before, so this means a bug, not a race.
+            raise Conflict(f"credit pool {pool} short by {remaining}", code="credit_headroom_shortfall")
+    return allocations
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settling a reservation did: allocation consumed/released and credit consumed/released."""
+
+    allocation_consumed: Decimal
+    allocation_released: Decimal
+    credit_consumed: Decimal
+    credit_released: Decimal
+
+
+def settle(session: Session, decision: Decision, *, actual_monthly: Decimal, now: datetime) -> Settlement:
+    """Settle an active reservation against `actual_monthly`: consume what was used, refund the rest.
+
+    Allocation is consumed first, then credit in the order it was drawn; released credit returns to its
+    grant exactly. Raise Conflict if the decision holds no active reservation.
+    """
+    if not decision.reservation_active:
+        raise Conflict("decision holds no active reservation", code="reservation_not_active")
+    allocation = decision.reserved_allocation_usd
+    alloc_used = min(allocation, max(ZERO, actual_monthly))
+    if allocation > 0 and decision.budget_scope is not None:
+        session.execute(update(Budget).where(Budget.tenant_id == decision.tenant_id,
+                                             Budget.scope_key == decision.budget_scope)
+                        .values(reserved_usd=Budget.reserved_usd - allocation))
+    left = max(ZERO, actual_monthly - alloc_used)
+    credit_used = credit_released = ZERO
+    rows = session.scalars(select(CreditReservation).where(CreditReservation.decision_id == decision.id,
+                                                           CreditReservation.active.is_(True))
+                           .order_by(CreditReservation.created_at, CreditReservation.id)).all()
+    for row in rows:
+        used = min(row.reserved_usd, left)
+        left -= used
+        released = row.reserved_usd - used
+        row.consumed_usd, row.released_usd, row.active, row.settled_at = used, released, False, now
+        if released > 0:
+            session.execute(update(CreditGrant).where(CreditGrant.id == row.grant_id)
+                            .values(remaining_usd=CreditGrant.remaining_usd + released))
+        credit_used += used
+        credit_released += released
+    decision.reservation_active = False
+    decision.updated_at = now
+    return Settlement(allocation_consumed=monthly(alloc_used), allocation_released=monthly(allocation - alloc_used),
+                      credit_consumed=monthly(credit_used), credit_released=monthly(credit_released))
+
+
+def release(session: Session, decision: Decision, *, now: datetime) -> Settlement:
+    """Release a reservation in full (deny, expiry, overdue sweep): every dollar returns to where it came from."""
+    return settle(session, decision, actual_monthly=ZERO, now=now)

@@ -1,0 +1,138 @@
+"""Generic gate routes, the CloudEvents gate and decision reads."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import and_, or_, select
+
+from valdrix.auth.service import Caller
+from valdrix.canonical import canonical_json
+from valdrix.clock import Clock, IdFactory
+from valdrix.config import Settings
+from valdrix.decisions import engine, service
+from valdrix.decisions.models import Decision
+from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
+from valdrix.deps import DB, ClockDep, IdsDep, Member, SettingsDep
+from valdrix.errors import InvalidInput
+
+router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"])
+
+
+def gate_context(caller: Caller, settings: Settings, clock: Clock, ids: IdFactory) -> service.GateContext:
+    """Return the gate context for an authenticated request."""
+    return service.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=clock.now(), ids=ids,
+                               timeout_seconds=settings.gate_timeout_seconds,
+                               lock_timeout_seconds=settings.lock_timeout_seconds)
+
+
+def _generic(source: str, body: GateRequest, db: DB, caller: Caller, settings: Settings, clock: Clock,
+             ids: IdFactory, header_key: str | None) -> JSONResponse:
+    inp = engine.make_input(source=source, project_id=body.project_id, environment=body.environment,
+                            action=body.action, resource_reference=body.resource_reference,
+                            monthly_delta=body.estimated_monthly_delta_usd,
+                            hourly_delta=body.estimated_hourly_delta_usd, metadata=body.metadata,
+                            dry_run=body.dry_run)
+    outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp,
+                             header_key or body.idempotency_key, body.expected_request_fingerprint)
+    return JSONResponse(decision_body(outcome.decision))
+
+
+@router.post("/gate/terraform")
+def gate_terraform(body: GateRequest, db: DB, caller: Member, settings: SettingsDep, clock: ClockDep, ids: IdsDep,
+                   idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
+    """Evaluate a Terraform change described by the generic gate body."""
+    return _generic("terraform", body, db, caller, settings, clock, ids, idempotency_key)
+
+
+@router.post("/gate/k8s/admission")
+def gate_k8s_generic(body: GateRequest, db: DB, caller: Member, settings: SettingsDep, clock: ClockDep, ids: IdsDep,
+                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
+    """Evaluate a Kubernetes change described by the generic gate body (the webhook uses /review)."""
+    return _generic("k8s_admission", body, db, caller, settings, clock, ids, idempotency_key)
+
+
+@router.post("/gate/cloud-event")
+def gate_cloud_event(body: CloudEventGateRequest, db: DB, caller: Member, settings: SettingsDep, clock: ClockDep,
+                     ids: IdsDep,
+                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
+    """Evaluate a change announced by a CloudEvents 1.0 event."""
+    event = body.cloud_event
+    reference = next((v.strip() for v in (body.resource_reference, event.subject, event.source) if v and v.strip()),
+                     None)
+    if reference is None:
+        raise InvalidInput("resource_reference could not be derived from the body or the event",
+                           code="resource_reference_missing")
+    extensions = {k: v for k, v in (event.model_extra or {}).items()}
+    metadata: dict[str, Any] = {
+        **body.metadata,
+        "cloud_event_id": event.id, "cloud_event_source": event.source, "cloud_event_type": event.type,
+        "cloud_event_specversion": event.specversion, "cloud_event_subject": event.subject,
+        "cloud_event_time": event.time.isoformat() if event.time else None,
+        "cloud_event_datacontenttype": event.datacontenttype, "cloud_event_dataschema": event.dataschema,
+        # The payload itself is not stored, only its digest: events can carry large or sensitive data.
+        "cloud_event_data_sha256": hashlib.sha256(canonical_json(event.data).encode()).hexdigest(),
+    }
+    if extensions:
+        metadata["cloud_event_extensions"] = dict(sorted(extensions.items()))
+    inp = engine.make_input(source="cloud_event", project_id=body.project_id, environment=body.environment,
+                            action=body.action, resource_reference=reference,
+                            monthly_delta=body.estimated_monthly_delta_usd,
+                            hourly_delta=body.estimated_hourly_delta_usd, metadata=metadata, dry_run=body.dry_run)
+    key = idempotency_key or body.idempotency_key or f"cloudevent:{event.source}:{event.id}"[:128]
+    outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp, key,
+                             body.expected_request_fingerprint)
+    return JSONResponse(decision_body(outcome.decision))
+
+
+@router.get("/decisions/{decision_id}")
+def get_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
+    """Return one decision with its stored request and response."""
+    return JSONResponse(decision_detail(service.get(db, caller.tenant_id, decision_id)))
+
+
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    """Return an opaque cursor for keyset pagination by (created_at, id)."""
+    return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), str(row_id)]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Return the position a cursor encodes; raise InvalidInput for a malformed cursor."""
+    try:
+        stamp, row_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(stamp), uuid.UUID(row_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("malformed cursor", code="invalid_cursor") from exc
+
+
+@router.get("/decisions")
+def list_decisions(db: DB, caller: Member, source: str | None = None, decision: str | None = None,
+                   project_id: str | None = None, environment: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
+    """Return a page of decisions, newest first, with `next_cursor` when more remain."""
+    query = select(Decision).where(Decision.tenant_id == caller.tenant_id)
+    for column, value in ((Decision.source, source), (Decision.decision, decision),
+                          (Decision.project_id, project_id),
+                          (Decision.environment, engine.normalise_environment(environment) if environment else None)):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(Decision.created_at >= since)
+    if until is not None:
+        query = query.where(Decision.created_at < until)
+    if cursor:
+        at, row_id = decode_cursor(cursor)
+        query = query.where(or_(Decision.created_at < at, and_(Decision.created_at == at, Decision.id < row_id)))
+    rows = list(db.scalars(query.order_by(Decision.created_at.desc(), Decision.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JSONResponse({"items": [decision_detail(r) for r in rows],
+                         "next_cursor": encode_cursor(rows[-1].created_at, rows[-1].id) if more else None})

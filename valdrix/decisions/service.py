@@ -1,0 +1,256 @@
+"""Deciding a gate request: replay or lock → evaluate → persist decision, reservations and ledger row together."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from valdrix.auth.models import Tenant
+from valdrix.budgets import service as budgets
+from valdrix.clock import IdFactory
+from valdrix.decisions import engine
+from valdrix.decisions.metrics import GATE_FAILURES, LOCK_EVENTS, LOCK_WAIT, observe_decision
+from valdrix.decisions.models import Decision
+from valdrix.errors import Conflict, NotFound, Unavailable
+from valdrix.ledger import service as ledger_service
+from valdrix.money import ZERO
+from valdrix.policies import service as policies
+
+log = logging.getLogger("valdrix.gate")
+
+# A lock wait longer than this is reported as contention even though it succeeded.
+CONTENDED_AFTER_SECONDS = 0.010
+
+__all__ = ["GateContext", "Outcome", "decide", "get"]
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """Who asks, when, and how long the gate may take."""
+
+    tenant_id: uuid.UUID
+    actor: uuid.UUID | None
+    now: datetime
+    ids: IdFactory
+    timeout_seconds: float
+    lock_timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    replayed: bool
+
+
+class _Deadline(Exception):
+    """The evaluation ran past the gate deadline."""
+
+
+def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempotency_key: str | None,
+           expected_fingerprint: str | None = None) -> Outcome:
+    """Return the stored decision for a repeated key, else evaluate and persist a new one (fail-safe on failure).
+
+    Raise Conflict, before anything is written, when `expected_fingerprint` differs from the request's, or
+    when the key was already used for a different request.
+    """
+    started = time.monotonic()
+    fingerprint = inp.fingerprint()
+    if expected_fingerprint is not None and expected_fingerprint.lower() != fingerprint:
+        raise Conflict("request fingerprint differs from expected_request_fingerprint: the planned change is not "
+                       "the one previously evaluated", code="request_fingerprint_mismatch",
+                       request_fingerprint=fingerprint, expected_request_fingerprint=expected_fingerprint.lower())
+    key = (idempotency_key or "").strip()[:128] or fingerprint
+    # A dry run lives in its own key space so it can never be replayed as the real decision.
+    stored_key = f"dry_run:{key}" if inp.dry_run else key
+    existing = _find(session, ctx.tenant_id, inp.source, stored_key)
+    if existing is not None:
+        return _replayed(existing, fingerprint, started)
+    policy = policies.current(session, ctx.tenant_id)
+    try:
+        with session.begin_nested():
+            decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started)
+    except IntegrityError:
+        return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
+    except (SQLAlchemyError, _Deadline, ArithmeticError, ValueError, TypeError, LookupError) as exc:
+        trigger = _trigger(exc)
+        GATE_FAILURES.labels(inp.source, {"gate_timeout": "timeout", "gate_lock_timeout": "lock_timeout"}
+                             .get(trigger, "evaluation_error")).inc()
+        log.warning("gate failed, answering fail-safe", extra={"trigger": trigger, "error": type(exc).__name__},
+                    exc_info=trigger == "gate_evaluation_error")
+        try:
+            with session.begin_nested():
+                decision = _persist_fail_safe(session, ctx, inp, policy, fingerprint, stored_key, trigger)
+        except IntegrityError:
+            return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
+        except SQLAlchemyError as second:
+            raise Unavailable("the gate could not evaluate or record a fail-safe decision",
+                              code="gate_unavailable") from second
+    observe_decision(inp.source, decision.decision, decision.reason_codes,
+                     "failsafe" if decision.fail_safe else "normal", time.monotonic() - started)
+    return Outcome(decision=decision, replayed=False)
+
+
+def get(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Decision:
+    """Return one of the tenant's decisions; raise NotFound otherwise."""
+    row = session.scalars(select(Decision).where(Decision.id == decision_id, Decision.tenant_id == tenant_id)).first()
+    if row is None:
+        raise NotFound("decision not found", code="decision_not_found")
+    return row
+
+
+def _find(session: Session, tenant_id: uuid.UUID, source: str, key: str) -> Decision | None:
+    return session.scalars(select(Decision).where(Decision.tenant_id == tenant_id, Decision.source == source,
+                                                  Decision.idempotency_key == key)).first()
+
+
+def _replayed(existing: Decision, fingerprint: str, started: float) -> Outcome:
+    if existing.request_fingerprint != fingerprint:
+        raise Conflict("idempotency key was already used for a different request",
+                       code="idempotency_key_reused", stored_request_fingerprint=existing.request_fingerprint,
+                       request_fingerprint=fingerprint)
+    observe_decision(existing.source, existing.decision, [], "failsafe" if existing.fail_safe else "normal",
+                     time.monotonic() - started)
+    return Outcome(decision=existing, replayed=True)
+
+
+def _after_race(session: Session, ctx: GateContext, source: str, key: str, fingerprint: str,
+                started: float) -> Outcome:
+    # A concurrent request with the same key committed first; its decision is the answer.
+    winner = _find(session, ctx.tenant_id, source, key)
+    if winner is None:
+        raise Unavailable("idempotency race could not be resolved", code="gate_unavailable")
+    return _replayed(winner, fingerprint, started)
+
+
+def _trigger(exc: BaseException) -> str:
+    if isinstance(exc, _Deadline):
+        return "gate_timeout"
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == "55P03":
+            return "gate_lock_timeout"
+        if sqlstate == "57014":
+            return "gate_timeout"
+        if "database is locked" in str(exc.orig):
+            return "gate_lock_timeout"
+    return "gate_evaluation_error"
+
+
+def _set_timeouts(session: Session, ctx: GateContext, started: float) -> None:
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    remaining = max(0.001, ctx.timeout_seconds - (time.monotonic() - started))
+    lock_ms = max(1, int(min(ctx.lock_timeout_seconds, remaining) * 1000))
+    # SET LOCAL inside the savepoint: reverted with it, so the fail-safe write is not bound by them.
+    session.execute(text("SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"),
+                    {"lock": f"{lock_ms}ms", "stmt": f"{max(1, int(remaining * 1000))}ms"})
+
+
+def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
+                  policy: policies.ActivePolicy) -> tuple[engine.Funding, Any, budgets.Grants | None]:
+    entitlements = policy.document.entitlements
+    waited = time.monotonic()
+    outcome = "acquired"
+    try:
+        tenant_total = ZERO
+        if entitlements.plan_monthly_ceiling_usd or entitlements.enterprise_monthly_ceiling_usd:
+            # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it.
+            session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update())
+            tenant_total = budgets.tenant_reserved_total(session, ctx.tenant_id)
+        budget = budgets.lock_budget(session, ctx.tenant_id, inp.project_id)
+        state = (engine.BudgetState(budget.scope_key, budget.monthly_limit_usd, budget.reserved_usd)
+                 if budget is not None else None)
+        grants = None
+        if engine.needs_credits(inp, state):
+            grants = budgets.lock_grants(session, ctx.tenant_id, inp.project_id, ctx.now)
+    except DBAPIError as exc:
+        outcome = "timeout" if _trigger(exc) == "gate_lock_timeout" else "error"
+        raise
+    finally:
+        wait = time.monotonic() - waited
+        LOCK_WAIT.labels(inp.source, outcome).observe(wait)
+        LOCK_EVENTS.labels(inp.source, outcome).inc()
+        if outcome == "timeout" or wait >= CONTENDED_AFTER_SECONDS:
+            LOCK_EVENTS.labels(inp.source, "contended").inc()
+    funding = engine.Funding(budget=state,
+                             reserved_credits=grants.reserved_headroom if grants else ZERO,
+                             emergency_credits=grants.emergency_headroom if grants else ZERO,
+                             tenant_reserved_total=tenant_total)
+    return funding, budget, grants
+
+
+def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.DecisionInput,
+                          policy: policies.ActivePolicy, fingerprint: str, key: str, started: float) -> Decision:
+    _set_timeouts(session, ctx, started)
+    funding, budget, grants = _lock_funding(session, ctx, inp, policy)
+    evaluation = engine.evaluate(inp, policy.document, policy.version, funding, ctx.now)
+    decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
+    decision.budget_scope = budget.scope_key if budget is not None else None
+    session.add(decision)
+    session.flush()  # the credit reservations reference the decision row
+    if evaluation.reservation_active:
+        decision.response_payload = {**decision.response_payload, "credit_reservations": budgets.reserve(
+            session, decision, budget, grants, reserved_credits=evaluation.reserve_reserved_credits,
+            emergency_credits=evaluation.reserve_emergency_credits, now=ctx.now)}
+    _open_approval(session, ctx, decision, policy)
+    ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now)
+    session.flush()
+    if time.monotonic() - started > ctx.timeout_seconds:
+        raise _Deadline()
+    return decision
+
+
+def _persist_fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput,
+                       policy: policies.ActivePolicy, fingerprint: str, key: str, trigger: str) -> Decision:
+    evaluation = engine.fail_safe(inp, policy.document, policy.version, trigger, ctx.now)
+    decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
+    session.add(decision)
+    session.flush()
+    _open_approval(session, ctx, decision, policy)
+    ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now,
+                          details={"fail_safe_trigger": trigger})
+    session.flush()
+    return decision
+
+
+def _open_approval(session: Session, ctx: GateContext, decision: Decision, policy: policies.ActivePolicy) -> None:
+    """Approval requests arrive with the approvals capability; until then a decision carries none."""
+
+
+def _new_decision(ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy, fingerprint: str,
+                  key: str, ev: engine.Evaluation) -> Decision:
+    metadata = {**inp.metadata, "computed_risk_class": ev.risk.level, "computed_risk_score": ev.risk.score}
+    metadata.setdefault("risk_level", ev.risk.level)
+    return Decision(
+        id=ctx.ids.new(), tenant_id=ctx.tenant_id, source=inp.source, environment=inp.environment,
+        project_id=inp.project_id, action=inp.action, resource_reference=inp.resource_reference,
+        decision=ev.decision, reason_codes=list(ev.reasons), mode=ev.mode, fail_safe=ev.fail_safe_trigger is not None,
+        dry_run=inp.dry_run, policy_version=policy.version, policy_sha256=policy.sha256,
+        request_fingerprint=fingerprint, idempotency_key=key,
+        estimated_monthly_delta_usd=inp.monthly_delta, estimated_hourly_delta_usd=inp.hourly_delta,
+        budget_scope=None, reserved_allocation_usd=ev.reserve_allocation, reserved_credit_usd=ev.reserve_credit,
+        reservation_active=ev.reservation_active, approval_request_id=None,
+        request_payload={
+            "project_id": inp.project_id, "environment": inp.environment, "action": inp.action,
+            "resource_reference": inp.resource_reference,
+            "estimated_monthly_delta_usd": str(inp.monthly_delta),
+            "estimated_hourly_delta_usd": str(inp.hourly_delta), "metadata": metadata, "dry_run": inp.dry_run,
+        },
+        response_payload={
+            "mode": ev.mode, "mode_scope": ev.mode_scope,
+            "ttl_seconds": policy.document.execution.default_ttl_seconds,
+            "entitlement_waterfall": [stage.as_json() for stage in ev.waterfall],
+            "reserved_credit_split_usd": {"reserved": str(ev.reserve_reserved_credits),
+                                          "emergency": str(ev.reserve_emergency_credits)},
+            "fail_safe_trigger": ev.fail_safe_trigger,
+        },
+        computed_context=ev.computed_context, created_by=ctx.actor, created_at=ctx.now, updated_at=ctx.now,
+    )

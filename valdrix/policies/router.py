@@ -1,0 +1,47 @@
+"""Policy document reads, writes and version history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from valdrix.deps import DB, Admin, ClockDep, Member
+from valdrix.policies import service
+from valdrix.policies.models import PolicyVersion
+from valdrix.policies.schemas import PolicyDocument
+
+router = APIRouter(prefix="/api/v1/enforcement", tags=["policies"])
+
+
+def _version(row: PolicyVersion) -> dict[str, Any]:
+    return {"version": row.version, "schema_version": row.schema_version, "sha256": row.sha256,
+            "created_at": row.created_at.isoformat(), "created_by": str(row.created_by) if row.created_by else None,
+            "document": row.document}
+
+
+@router.get("/policies")
+def get_policy(db: DB, caller: Member) -> JSONResponse:
+    """Return the policy in force."""
+    active = service.current(db, caller.tenant_id)
+    return JSONResponse(_version(service.get_version(db, caller.tenant_id, active.version)))
+
+
+@router.put("/policies")
+def put_policy(document: PolicyDocument, db: DB, caller: Admin, clock: ClockDep) -> JSONResponse:
+    """Store a new policy version if the document changed; a no-op PUT creates no version."""
+    row, changed = service.put(db, caller.tenant_id, document, actor=caller.principal_id, now=clock.now())
+    return JSONResponse({**_version(row), "changed": changed})
+
+
+@router.get("/policies/versions")
+def list_versions(db: DB, caller: Member) -> JSONResponse:
+    """Return every policy version, newest first."""
+    return JSONResponse({"items": [_version(r) for r in service.history(db, caller.tenant_id)]})
+
+
+@router.get("/policies/versions/{version}")
+def get_version(version: int, db: DB, caller: Member) -> JSONResponse:
+    """Return one policy version."""
+    return JSONResponse(_version(service.get_version(db, caller.tenant_id, version)))

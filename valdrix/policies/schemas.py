@@ -1,0 +1,149 @@
+"""The policy document (`valdrix.enforcement.policy.v1`): closed, validated, canonically hashed."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+
+from valdrix.canonical import sha256_hex
+from valdrix.money import MAX_AMOUNT, monthly
+
+SCHEMA_VERSION = "valdrix.enforcement.policy.v1"
+
+Mode = Literal["shadow", "soft", "hard"]
+Permission = Literal["approve:prod", "approve:nonprod"]
+Role = Literal["owner", "admin", "member"]
+RiskLevel = Literal["low", "medium", "high"]
+# Money in a policy is a 4-dp Decimal, serialised as a string so the document hash is exact.
+PolicyMoney = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
+                        PlainSerializer(lambda v: str(monthly(v)), return_type=str)]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceModes(_Closed):
+    default: Mode = "soft"
+    prod: Mode = "soft"
+    nonprod: Mode = "soft"
+
+
+class ModeMatrix(_Closed):
+    terraform: SourceModes = SourceModes()
+    k8s_admission: SourceModes = SourceModes()
+    cloud_event: SourceModes = SourceModes()
+
+
+class EnvironmentFlags(_Closed):
+    default: bool
+    prod: bool
+    nonprod: bool
+
+
+class RoutingRule(_Closed):
+    rule_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    enabled: bool = True
+    environments: tuple[str, ...] = ()
+    action_prefixes: tuple[str, ...] = ()
+    min_monthly_delta_usd: PolicyMoney | None = None
+    max_monthly_delta_usd: PolicyMoney | None = None
+    risk_levels: tuple[RiskLevel, ...] = ()
+    required_permission: Permission
+    allowed_reviewer_roles: tuple[Role, ...] = ("owner", "admin")
+    require_requester_reviewer_separation: bool | None = None
+
+    @field_validator("environments")
+    @classmethod
+    def _known_envs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from valdrix.decisions.engine import normalise_environment
+
+        return tuple(normalise_environment(v) for v in value)
+
+    @field_validator("action_prefixes")
+    @classmethod
+    def _lower_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower() for v in value if v.strip())
+
+    @field_validator("allowed_reviewer_roles")
+    @classmethod
+    def _some_roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("allowed_reviewer_roles must name at least one role")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> RoutingRule:
+        lo, hi = self.min_monthly_delta_usd, self.max_monthly_delta_usd
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError("min_monthly_delta_usd must not exceed max_monthly_delta_usd")
+        return self
+
+
+class Approval(_Closed):
+    require_approval: EnvironmentFlags = EnvironmentFlags(default=False, prod=True, nonprod=False)
+    requester_reviewer_separation: EnvironmentFlags = EnvironmentFlags(default=False, prod=True, nonprod=False)
+    routing_rules: tuple[RoutingRule, ...] = Field(default=(), max_length=64)
+
+    @field_validator("routing_rules")
+    @classmethod
+    def _unique_ids(cls, value: tuple[RoutingRule, ...]) -> tuple[RoutingRule, ...]:
+        seen: set[str] = set()
+        for rule in value:
+            key = rule.rule_id.lower()
+            if key in seen:
+                raise ValueError(f"duplicate rule_id {rule.rule_id!r}")
+            seen.add(key)
+        return value
+
+
+class Entitlements(_Closed):
+    plan_monthly_ceiling_usd: PolicyMoney | None = None
+    enterprise_monthly_ceiling_usd: PolicyMoney | None = None
+    auto_approve_below_monthly_usd: PolicyMoney = Decimal("25")
+    hard_deny_above_monthly_usd: PolicyMoney = Decimal("5000")
+
+    @model_validator(mode="after")
+    def _ordering(self) -> Entitlements:
+        if self.hard_deny_above_monthly_usd <= 0:
+            raise ValueError("hard_deny_above_monthly_usd must be greater than 0")
+        if self.auto_approve_below_monthly_usd > self.hard_deny_above_monthly_usd:
+            raise ValueError("auto_approve_below_monthly_usd must not exceed hard_deny_above_monthly_usd")
+        return self
+
+
+class Execution(_Closed):
+    default_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+
+
+class PolicyDocument(_Closed):
+    schema_version: Literal["valdrix.enforcement.policy.v1"] = "valdrix.enforcement.policy.v1"
+    mode_matrix: ModeMatrix = ModeMatrix()
+    approval: Approval = Approval()
+    entitlements: Entitlements = Entitlements()
+    execution: Execution = Execution()
+    # How budget headroom is measured: active reservations only, or forecast spend plus reservations.
+    budget_basis: Literal["reservations", "forecast"] = "reservations"
+
+    def canonical(self) -> dict[str, object]:
+        """Return the document as canonical plain JSON data (money as 4-dp strings)."""
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Return the SHA-256 of the canonical document."""
+        return sha256_hex(self.canonical())
+
+
+class PolicyVersionOut(BaseModel):
+    version: int
+    schema_version: str
+    sha256: str
+    created_at: str
+    created_by: str | None
+    document: PolicyDocument
+
+
+class PolicyPutResult(PolicyVersionOut):
+    changed: bool

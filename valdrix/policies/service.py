@@ -1,0 +1,66 @@
+"""Reading and versioning tenant policies."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from valdrix.errors import NotFound
+from valdrix.policies.models import PolicyVersion
+from valdrix.policies.schemas import SCHEMA_VERSION, PolicyDocument
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """The policy in force: its version number, hash and validated document."""
+
+    version: int
+    sha256: str
+    document: PolicyDocument
+
+
+def current(session: Session, tenant_id: uuid.UUID) -> ActivePolicy:
+    """Return the tenant's newest policy version (every tenant is created with version 1)."""
+    row = session.execute(
+        select(PolicyVersion.version, PolicyVersion.sha256, PolicyVersion.document)
+        .where(PolicyVersion.tenant_id == tenant_id)
+        .order_by(PolicyVersion.version.desc()).limit(1)
+    ).first()
+    if row is None:
+        raise NotFound("tenant has no policy", code="policy_not_found")
+    return ActivePolicy(version=row.version, sha256=row.sha256, document=PolicyDocument.model_validate(row.document))
+
+
+def put(session: Session, tenant_id: uuid.UUID, document: PolicyDocument, *, actor: uuid.UUID | None,
+        now: datetime) -> tuple[PolicyVersion, bool]:
+    """Store `document` as a new version unless it equals the current one; return (version, changed)."""
+    latest = session.scalars(select(PolicyVersion).where(PolicyVersion.tenant_id == tenant_id)
+                             .order_by(PolicyVersion.version.desc()).limit(1)).first()
+    digest = document.sha256()
+    if latest is not None and digest == latest.sha256:
+        return latest, False
+    row = PolicyVersion(id=uuid.uuid4(), tenant_id=tenant_id, version=(latest.version if latest else 0) + 1,
+                        schema_version=SCHEMA_VERSION, document=document.canonical(), sha256=digest,
+                        created_by=actor, created_at=now)
+    session.add(row)
+    session.flush()  # surfaces a concurrent writer of the same version as a unique violation now
+    return row, True
+
+
+def get_version(session: Session, tenant_id: uuid.UUID, version: int) -> PolicyVersion:
+    """Return one stored version; raise NotFound if the tenant has no such version."""
+    row = session.scalars(select(PolicyVersion).where(PolicyVersion.tenant_id == tenant_id,
+                                                      PolicyVersion.version == version)).first()
+    if row is None:
+        raise NotFound(f"policy version {version} not found", code="policy_version_not_found")
+    return row
+
+
+def history(session: Session, tenant_id: uuid.UUID) -> list[PolicyVersion]:
+    """Return every stored version, newest first."""
+    return list(session.scalars(select(PolicyVersion).where(PolicyVersion.tenant_id == tenant_id)
+                                .order_by(PolicyVersion.version.desc())))
