@@ -1,4 +1,4 @@
-"""Price catalogue for Terraform resources: YAML data files validated with pydantic (unknown keys rejected)."""
+"""Price catalogue for Terraform resources: YAML data files validated by pydantic (unknown keys rejected)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ class _ProviderCatalogue(_Strict):
 
     def is_free(self, resource_type: str) -> bool:
         """Return True if `resource_type` matches the free list (a trailing `*` matches a prefix)."""
-        return any(resource_type == p or (p.endswith("*") and resource_type.startswith(p[:-1])) for p in self.free)
+        return any(
+            resource_type == p or (p.endswith("*") and resource_type.startswith(p[:-1])) for p in self.free
+        )
 
 
 class AwsCatalogue(_ProviderCatalogue):
@@ -119,8 +121,12 @@ class Catalogue(_Strict):
     def provider_for(self, resource_type: str) -> _ProviderCatalogue | None:
         """Return the catalogue whose provider prefix matches `resource_type`, or None."""
         prefix = resource_type.split("_", 1)[0]
-        found: _ProviderCatalogue | None = {"aws": self.aws, "google": self.google, "azurerm": self.azurerm}.get(prefix)
-        return found
+        catalogues: dict[str, _ProviderCatalogue] = {
+            "aws": self.aws,
+            "google": self.google,
+            "azurerm": self.azurerm,
+        }
+        return catalogues.get(prefix)
 
 
 def regional(table: Mapping[str, T], region: str) -> T | None:
@@ -139,7 +145,9 @@ def _load(name: str) -> Any:
 def load_catalogue() -> Catalogue:
     """Return the packaged price catalogue; raise pydantic ValidationError if a data file is malformed."""
     return Catalogue.model_validate(
-        {"aws": _load("terraform_aws.yaml"), "google": _load("terraform_gcp.yaml"),
-         "azurerm": _load("terraform_azure.yaml")}
+        {
+            "aws": _load("terraform_aws.yaml"),
+            "google": _load("terraform_gcp.yaml"),
+            "azurerm": _load("terraform_azure.yaml"),
+        }
     )
-
