@@ -658,12 +658,14 @@ def runs_per_month(schedule: str) -> Decimal:
 
 @dataclass(frozen=True)
 class _Estimate:
-    pod_monthly: Decimal  # one replica over the object's pod-hours
+    """Total = pod_monthly x replicas + flat_monthly; storage_monthly is the part of it spent on volumes."""
+
+    pod_monthly: Decimal  # one replica over the object's pod-hours, with the volumes it brings
     pod_hours: Decimal  # hours each replica runs per month
     replicas: Decimal
     lines: tuple[_Line, ...] = ()
     storage_monthly: Decimal = ZERO
-    flat_monthly: Decimal = ZERO
+    flat_monthly: Decimal = ZERO  # not per replica: a PVC, a load balancer
     floor_monthly: Decimal | None = None
     notes: tuple[str, ...] = ()
 
@@ -747,7 +749,8 @@ def _estimate(kind: str, obj: Mapping[str, Any], prices: ClusterPrices,
         return _cronjob(obj, spec, prices)
     if kind == "PersistentVolumeClaim":
         claim_monthly, note = _price_claim(obj, prices, "object")
-        return _Estimate(ZERO, HOURS_PER_MONTH, ONE, storage_monthly=claim_monthly, notes=(note,))
+        return _Estimate(ZERO, HOURS_PER_MONTH, ONE, storage_monthly=claim_monthly,
+                         flat_monthly=claim_monthly, notes=(note,))
     if kind == "Service":
         if _opt_str(spec, "type", "spec") != "LoadBalancer":
             return None
@@ -840,7 +843,7 @@ def price_object(obj: Mapping[str, Any], book: PriceBook, *, cluster: str = "def
     if estimate is None:
         return ObjectCost(monthly(ZERO), hourly(ZERO), False, kind, (), ZERO, None, owned,
                           (*notes, f"{kind} has no direct cost"))
-    total = estimate.pod_monthly * estimate.replicas + estimate.storage_monthly + estimate.flat_monthly
+    total = estimate.pod_monthly * estimate.replicas + estimate.flat_monthly
     if total > MAX_AMOUNT:
         raise PricingError(f"estimated cost of {kind} exceeds {MAX_AMOUNT} USD per month; "
                            "check replicas and requests")
