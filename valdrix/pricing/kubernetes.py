@@ -40,7 +40,7 @@ GIB = Decimal(1024**3)
 _MAX_QUANTITY = Decimal(2**63 - 1)
 # spec.replicas is an int32 in every workload API.
 _MAX_REPLICAS = 2**31 - 1
-_MONTHS_PER_YEAR = Decimal(12)
+_MONTHS_PER_YEAR = 12
 
 _WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"})
 
@@ -640,16 +640,12 @@ def runs_per_month(schedule: str) -> Decimal:
     doms, dom_star = _cron_field(fields[2], 1, 31, {}, "day-of-month")
     months, _ = _cron_field(fields[3], 1, 12, _MONTH_NAMES, "month")
     dows, dow_star = _cron_field(fields[4], 0, 7, _DOW_NAMES, "day-of-week")
-    dow_share = Decimal(len({d % 7 for d in dows})) / 7
-    matching_days = ZERO
-    for month in months:
-        for day in range(1, _DAYS_IN_MONTH[month - 1] + 1):
-            dom_hit = ONE if day in doms else ZERO
-            if dom_star or dow_star:
-                matching_days += dom_hit * dow_share
-            else:
-                matching_days += dom_hit + (1 - dom_hit) * dow_share
-    return len(minutes_set) * len(hours_set) * matching_days / _MONTHS_PER_YEAR
+    weekdays = len({day % 7 for day in dows})
+    days = [day for month in months for day in range(1, _DAYS_IN_MONTH[month - 1] + 1)]
+    dated = sum(1 for day in days if day in doms)
+    # Matching days per year x 7, kept integral so the month average needs a single division.
+    matching_x7 = dated * weekdays if dom_star or dow_star else 7 * dated + (len(days) - dated) * weekdays
+    return Decimal(len(minutes_set) * len(hours_set) * matching_x7) / (7 * _MONTHS_PER_YEAR)
 
 
 # --------------------------------------------------------------------------------------------------
