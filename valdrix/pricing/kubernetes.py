@@ -171,6 +171,10 @@ class PriceBook:
     clusters: Mapping[str, ClusterPrices]
     digest: str
 
+    def __hash__(self) -> int:
+        # The mapping fields are unhashable; the digest identifies the content.
+        return hash(self.digest)
+
     @classmethod
     def load(cls, path: Path | None = None) -> PriceBook:
         """Return the book in the YAML file at `path` (None: the packaged default); raise PriceBookError."""
