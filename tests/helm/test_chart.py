@@ -94,7 +94,9 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def one(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
     found = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(name_suffix)]
-    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[d['metadata']['name'] for d in found]}"
+    assert len(found) == 1, (
+        f"expected one {kind} *{name_suffix}, got {[d['metadata']['name'] for d in found]}"
+    )
     return found[0]
 
 
@@ -172,7 +174,10 @@ def test_default_render_serves_https_and_wires_the_server(helm: str) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "valdrix-webhook-tls"
     env = {e["name"]: e for e in c["env"]}
-    assert env["VALDRIX_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "valdrix-database", "key": "url"}
+    assert env["VALDRIX_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "valdrix-database",
+        "key": "url",
+    }
 
     settings = one(docs, "ConfigMap", "-settings")["data"]
     assert settings["VALDRIX_HOST"] == "0.0.0.0"
@@ -253,12 +258,17 @@ def test_hard_profile_renders_fail_closed_deployment(helm: str, values: tuple[Pa
     assert pdb["spec"]["maxUnavailable"] == 1
     dep = one(docs, "Deployment", "-api")
     assert dep["spec"]["replicas"] >= 2
-    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     pod = dep["spec"]["template"]["spec"]
     required = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     host_terms = [t for t in required if t["topologyKey"] == "kubernetes.io/hostname"]
-    assert host_terms and host_terms[0]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert (
+        host_terms and host_terms[0]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    )
     # failurePolicy Fail: readiness is the deep check.
     assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
@@ -347,7 +357,7 @@ def test_api_key_mode_sets_no_admission_shortcut(helm: str, tmp_path: Path) -> N
     assert "VALDRIX_ADMISSION_MTLS_TENANTS" not in settings
 
 
-# --------------------------------------------------------------------------------------------- kubernetes schemas
+# ------------------------------------------------------------------------------ kubernetes schemas
 
 FULL = (
     "worker:\n  enabled: true\nautoscaling:\n  enabled: true\n"
