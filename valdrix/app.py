@@ -63,27 +63,29 @@ class RequestGuard:
                                "request body must be application/json")
             return
         received = 0
+        rejected = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, rejected
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise _TooLarge()
+            if received > self.max_body_bytes and not rejected:
+                # Answer 413 ourselves and tell the app the client left: the framework would turn an
+                # exception raised while reading the body into a generic 400.
+                rejected = True
+                await problem(413, "payload_too_large",
+                              f"request body exceeds {self.max_body_bytes} bytes")(scope, receive, send)
+                return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send, 413, "payload_too_large",
-                               f"request body exceeds {self.max_body_bytes} bytes")
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        await self.app(scope, limited, guarded_send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, detail: str) -> None:
         await problem(status, code, detail)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _validation_problem(exc: RequestValidationError) -> JSONResponse:

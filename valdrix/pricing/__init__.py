@@ -1,1 +1,1 @@
-"""Pure cost estimators: Terraform plans, Infracost output and Kubernetes workloads, priced from data files."""
+"""Pure cost estimators for Terraform plans, Infracost output and Kubernetes workloads, priced from data files."""
