@@ -1,7 +1,7 @@
 """Core tables: tenants, keys, policies, budgets, credits, decisions, and the append-only ledger.
 
 Revision ID: 0001_core
-Revises: 
+Revises: (none)
 """
 
 from __future__ import annotations
