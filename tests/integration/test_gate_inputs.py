@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.live import LiveServer, Tenant, post
 from tests.integration.test_gate_flow import preflight
+from tests.live import LiveServer, Tenant, post
 
 GOOD = preflight("10")
 

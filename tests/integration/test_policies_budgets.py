@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.live import LiveServer, Tenant, post
 from tests.integration.test_gate_flow import preflight, set_mode
+from tests.live import LiveServer, Tenant, post
 from valdrix.db import make_engine
 
 API = "/api/v1/enforcement"
@@ -62,7 +62,7 @@ def test_credits_fund_overflow_and_are_debited(tenant: Tenant) -> None:
         assert r["decision"] == "ALLOW_WITH_CREDITS"
         assert (r["reserved_allocation_usd"], r["reserved_credit_usd"]) == ("10.0000", "20.0000")
         assert c.get(f"{API}/credits").json()["items"][0]["remaining_usd"] == "80.0000"
-        past = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+        past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
         bad = c.post(f"{API}/credits", json={"amount_usd": "5", "expires_at": past})
         assert (bad.status_code, bad.json()["code"]) == (422, "credit_expiry_in_past")
         assert c.post(f"{API}/credits", json={"amount_usd": "0"}).status_code == 422
@@ -101,8 +101,7 @@ def test_ledger_refuses_update_and_delete(server: LiveServer, tenant: Tenant) ->
     engine = make_engine(server.settings)
     try:
         for statement in ("UPDATE decision_ledger SET decision = 'ALLOW'", "DELETE FROM decision_ledger"):
-            with pytest.raises(DBAPIError, match="append-only"):
-                with engine.begin() as conn:
-                    conn.execute(text(statement))
+            with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+                conn.execute(text(statement))
     finally:
         engine.dispose()

@@ -70,11 +70,10 @@ def create_tenant(session: Session, name: str, *, now: datetime) -> Tenant:
 
 def get_tenant(session: Session, name_or_id: str) -> Tenant:
     """Return a tenant by name or id; raise NotFound otherwise."""
-    query = select(Tenant).where(Tenant.name == name_or_id)
     try:
         query = select(Tenant).where((Tenant.name == name_or_id) | (Tenant.id == uuid.UUID(name_or_id)))
     except ValueError:
-        pass
+        query = select(Tenant).where(Tenant.name == name_or_id)
     tenant = session.scalars(query).first()
     if tenant is None:
         raise NotFound(f"tenant {name_or_id!r} not found", code="tenant_not_found")

@@ -150,7 +150,8 @@ def _set_timeouts(session: Session, ctx: GateContext, started: float) -> None:
     remaining = max(0.001, ctx.timeout_seconds - (time.monotonic() - started))
     lock_ms = max(1, int(min(ctx.lock_timeout_seconds, remaining) * 1000))
     # SET LOCAL inside the savepoint: reverted with it, so the fail-safe write is not bound by them.
-    session.execute(text("SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"),
+    session.execute(text("SELECT set_config('lock_timeout', :lock, true), "
+                         "set_config('statement_timeout', :stmt, true)"),
                     {"lock": f"{lock_ms}ms", "stmt": f"{max(1, int(remaining * 1000))}ms"})
 
 

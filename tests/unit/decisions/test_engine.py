@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -14,7 +14,7 @@ from valdrix.decisions.engine import BudgetState, Funding, make_input
 from valdrix.money import monthly
 from valdrix.policies.schemas import PolicyDocument
 
-NOW = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 2, 20, 12, tzinfo=UTC)
 D = Decimal
 
 
