@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -118,8 +119,9 @@ def process_servers(database_url: str, count: int, *, workers: int = 1,
             port = free_port()
             proc_env = {**os.environ, "VALDRIX_DATABASE_URL": database_url, "VALDRIX_PORT": str(port),
                         "VALDRIX_WORKERS": str(workers), **(env or {})}
+            log = open(f"{tempfile.gettempdir()}/valdrix-server-{port}.log", "wb")  # noqa: SIM115
             procs.append(subprocess.Popen([sys.executable, "-m", "valdrix", "serve", "--no-migrate"], env=proc_env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                          stdout=log, stderr=subprocess.STDOUT))
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
             _wait_ready(url)

@@ -85,7 +85,7 @@ def make_engine(settings: Settings) -> Engine:
 
         return engine
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                         pool_pre_ping=True, pool_recycle=1800)
+                         pool_recycle=1800)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

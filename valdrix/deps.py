@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -32,17 +32,17 @@ def get_session(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_clock(request: Request) -> Clock:
+async def get_clock(request: Request) -> Clock:
     clock: Clock = request.app.state.clock
     return clock
 
 
-def get_ids(request: Request) -> IdFactory:
+async def get_ids(request: Request) -> IdFactory:
     ids: IdFactory = request.app.state.ids
     return ids
 
@@ -72,10 +72,10 @@ def current_caller(request: Request, db: DB) -> Caller:
     return caller
 
 
-def require(role: str) -> Callable[[Caller], Caller]:
+def require(role: str) -> Callable[[Caller], Awaitable[Caller]]:
     """Return a dependency that admits callers holding at least `role`, else raises Forbidden."""
 
-    def check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+    async def check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
         if not caller.has_role(role):
             raise Forbidden(f"role {role!r} or higher required (caller is {caller.role!r})",
                             code="insufficient_role", required_role=role)

@@ -80,7 +80,7 @@ def lock_budget(session: Session, tenant_id: uuid.UUID, project_id: str) -> Budg
     rows = session.scalars(
         select(Budget).where(Budget.tenant_id == tenant_id, Budget.active.is_(True),
                              Budget.scope_key.in_({project_id, "default"}))
-        .order_by(Budget.scope_key).with_for_update()
+        .order_by(Budget.scope_key).with_for_update(key_share=True)
     ).all()
     # Both candidate rows are locked in scope order so two scopes never deadlock; the project's wins.
     by_scope = {row.scope_key: row for row in rows}
@@ -108,7 +108,7 @@ def lock_grants(session: Session, tenant_id: uuid.UUID, project_id: str, now: da
             CreditGrant.tenant_id == tenant_id, CreditGrant.active.is_(True), CreditGrant.remaining_usd > 0,
             or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
             or_(CreditGrant.pool == "emergency", CreditGrant.scope_key.in_({project_id, "default"})),
-        ).order_by(CreditGrant.id).with_for_update()
+        ).order_by(CreditGrant.id).with_for_update(key_share=True)
     ).all()
     far = datetime.max.replace(tzinfo=now.tzinfo)
 

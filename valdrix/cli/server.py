@@ -9,6 +9,7 @@ import tempfile
 import typer
 import uvicorn
 from rich.console import Console
+from sqlalchemy.exc import IntegrityError
 
 from valdrix import migrate as migrations
 from valdrix.auth import service as auth
@@ -35,8 +36,11 @@ def serve(
     if migrate_first:
         migrations.upgrade(settings.database_url)
     engine = make_engine(settings)
-    with transaction(make_sessionmaker(engine)) as session:
-        key = auth.bootstrap(session, settings.bootstrap_tenant, now=SystemClock().now())
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            key = auth.bootstrap(session, settings.bootstrap_tenant, now=SystemClock().now())
+    except IntegrityError:
+        key = None  # another replica starting at the same moment bootstrapped the empty database
     engine.dispose()
     if key:
         console.print(f"[bold]Created tenant {settings.bootstrap_tenant!r}. Owner API key (shown once):[/bold]")

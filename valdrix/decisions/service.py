@@ -164,7 +164,8 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
         tenant_total = ZERO
         if entitlements.plan_monthly_ceiling_usd or entitlements.enterprise_monthly_ceiling_usd:
             # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it.
-            session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update())
+            # NO KEY UPDATE: decision inserts referencing the tenant (FK checks) must not queue behind it.
+            session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update(key_share=True))
             tenant_total = budgets.tenant_reserved_total(session, ctx.tenant_id)
         budget = budgets.lock_budget(session, ctx.tenant_id, inp.project_id)
         state = (engine.BudgetState(budget.scope_key, budget.monthly_limit_usd, budget.reserved_usd)
@@ -196,7 +197,6 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
     decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
     decision.budget_scope = budget.scope_key if budget is not None else None
     session.add(decision)
-    session.flush()  # the credit reservations reference the decision row
     if evaluation.reservation_active:
         decision.response_payload = {**decision.response_payload, "credit_reservations": budgets.reserve(
             session, decision, budget, grants, reserved_credits=evaluation.reserve_reserved_credits,
