@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(BIN)/mypy valdrix
 
 bench: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python bench/gate.py
 
 clean:
