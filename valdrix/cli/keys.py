@@ -39,11 +39,14 @@ def list_keys(tenant: str = typer.Option(..., help="Tenant name or id.")) -> Non
     with db_session() as session:
         rows = auth.list_keys(session, auth.get_tenant(session, tenant).id)
     table = Table("id", "prefix", "principal", "role", "permissions", "created", "revoked")
+    for column in table.columns:
+        column.overflow = "fold"  # ids must stay whole (and copyable) in narrow or non-terminal output
+        column.no_wrap = False
     for key, principal in rows:
         table.add_row(str(key.id), key.prefix + "…", principal.name, principal.role,
                       ",".join(principal.permissions), key.created_at.isoformat(timespec="seconds"),
                       key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "")
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 @app.command("revoke")
