@@ -197,6 +197,9 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
     decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
     decision.budget_scope = budget.scope_key if budget is not None else None
     session.add(decision)
+    # Insert the decision first: credit reservations, approvals and the ledger reference it, and without
+    # ORM relationships the unit of work does not order those inserts after it.
+    session.flush()
     if evaluation.reservation_active:
         decision.response_payload = {**decision.response_payload, "credit_reservations": budgets.reserve(
             session, decision, budget, grants, reserved_credits=evaluation.reserve_reserved_credits,
