@@ -231,8 +231,8 @@ def test_backlog_metric_and_jwks(tenant: Tenant, server: LiveServer) -> None:
     with tenant.client() as c:
         gate = preflight(c)
         text = httpx.get(server.url + "/metrics").text
-        line = next(ln for ln in text.splitlines()
-                    if ln.startswith('valdrix_ops_enforcement_approval_queue_backlog{required_permission="approve:prod"}'))
+        sample = 'valdrix_ops_enforcement_approval_queue_backlog{required_permission="approve:prod"}'
+        line = next(ln for ln in text.splitlines() if ln.startswith(sample))
         assert float(line.split()[-1]) >= 1
         jwks = httpx.get(server.url + "/.well-known/jwks.json").json()
         assert {k["kid"] for k in jwks["keys"]} == {"test-active", "test-retired"}
