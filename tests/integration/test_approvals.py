@@ -11,6 +11,8 @@ import httpx
 
 from tests.integration.pipeline import APPROVALS, approve, consume, deny, preflight, set_budget
 from tests.live import LiveServer, Tenant, post
+from valdrix.approvals import service as approvals
+from valdrix.db import make_engine, make_sessionmaker, transaction
 
 
 def _budget(c: httpx.Client, scope: str = "payments") -> dict[str, Any]:
@@ -243,3 +245,22 @@ def test_backlog_metric_and_jwks(tenant: Tenant, server: LiveServer) -> None:
         assert consume(c, token, gate).status_code == 200
         assert 'valdrix_ops_enforcement_approval_token_events_total{event="consumed"}' in httpx.get(
             server.url + "/metrics").text
+
+
+def test_expire_due_sweep(tenant: Tenant, server: LiveServer) -> None:
+    with tenant.client() as c:
+        set_budget(c)
+        gates = [preflight(c, run=f"sweep{i}") for i in range(3)]
+        assert Decimal(_budget(c)["reserved_usd"]) == Decimal(300)
+        engine = make_engine(server.settings)
+        try:
+            later = server.clock.now() + timedelta(seconds=901)
+            with transaction(make_sessionmaker(engine)) as session:
+                assert approvals.expire_due(session, later, limit=2, tenant_id=tenant.id) == 2
+            with transaction(make_sessionmaker(engine)) as session:
+                assert approvals.expire_due(session, later, limit=10, tenant_id=tenant.id) == 1
+                assert approvals.expire_due(session, later, limit=10, tenant_id=tenant.id) == 0
+        finally:
+            engine.dispose()
+        assert {c.get(f"{APPROVALS}/{g['approval_request_id']}").json()["status"] for g in gates} == {"expired"}
+        assert Decimal(_budget(c)["reserved_usd"]) == Decimal(0)
