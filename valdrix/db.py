@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator, Uuid
 
 from valdrix.config import Settings
+from valdrix.errors import ValdrixError
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -95,11 +96,21 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yield a session whose work commits on normal exit and rolls back on any exception."""
+    """Yield a session whose work commits on normal exit and rolls back on any exception.
+
+    A ValdrixError raised with `commit=True` (a refusal whose state change must persist, such as an
+    approval found expired while being reviewed) commits before it propagates.
+    """
     session = factory()
     try:
         yield session
         session.commit()
+    except ValdrixError as exc:
+        if exc.commit:
+            session.commit()
+        else:
+            session.rollback()
+        raise
     except BaseException:
         session.rollback()
         raise

@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.tokens import KeyRing
 from valdrix.auth.service import Caller, authenticate
 from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
-from valdrix.errors import Forbidden, Unauthenticated, Unavailable, ValdrixError
+from valdrix.db import transaction
+from valdrix.errors import Forbidden, Unauthenticated, Unavailable
+
+T = TypeVar("T")
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """Yield the request's one transaction: committed after the handler returns, rolled back if it raises."""
-    session: Session = request.app.state.sessions()
-    try:
+    with transaction(request.app.state.sessions) as session:
         yield session
-        session.commit()
-    except ValdrixError as exc:
-        if exc.commit:
-            session.commit()
-        else:
-            session.rollback()
-        raise
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function" closes the transaction before the response is sent: a client never sees an
@@ -77,9 +68,8 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def current_caller(request: Request, db: DB) -> Caller:
-    """Return the authenticated caller; raise Unauthenticated for a missing, unknown or revoked key."""
-    token = bearer_token(request)
+def authenticated(db: Session, token: str | None) -> Caller:
+    """Return the caller owning `token`; raise Unauthenticated for a missing, unknown or revoked key."""
     if token is None:
         raise Unauthenticated("missing bearer API key", code="missing_credentials")
     caller = authenticate(db, token)
@@ -88,16 +78,42 @@ def current_caller(request: Request, db: DB) -> Caller:
     return caller
 
 
+def authorised(caller: Caller, role: str) -> Caller:
+    """Return `caller` if it holds at least `role`; raise Forbidden otherwise."""
+    if not caller.has_role(role):
+        raise Forbidden(f"role {role!r} or higher required (caller is {caller.role!r})",
+                        code="insufficient_role", required_role=role)
+    return caller
+
+
+def current_caller(request: Request, db: DB) -> Caller:
+    """Return the authenticated caller of the request."""
+    return authenticated(db, bearer_token(request))
+
+
 def require(role: str) -> Callable[[Caller], Awaitable[Caller]]:
     """Return a dependency that admits callers holding at least `role`, else raises Forbidden."""
 
     async def check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
-        if not caller.has_role(role):
-            raise Forbidden(f"role {role!r} or higher required (caller is {caller.role!r})",
-                            code="insufficient_role", required_role=role)
-        return caller
+        return authorised(caller, role)
 
     return check
+
+
+async def in_one_transaction(request: Request, role: str, work: Callable[[Session, Caller], T]) -> T:
+    """Return `work(db, caller)` run with authentication, the work and the commit in one worker thread.
+
+    The latency-critical gate routes use this instead of the `DB` dependency: with the dependency the commit
+    runs in a separate thread-pool hop after the handler, and under load the row locks a decision holds
+    would stay held while that hop waits for a thread.
+    """
+    token = bearer_token(request)
+
+    def unit() -> T:
+        with transaction(request.app.state.sessions) as db:
+            return work(db, authorised(authenticated(db, token), role))
+
+    return await run_in_threadpool(unit)
 
 
 Member = Annotated[Caller, Depends(require("member"))]

@@ -24,16 +24,24 @@ def run_budget_race(urls: list[str], database_url: str) -> None:
         set_mode(c, "hard")
         c.put(f"{API}/budgets", json={"budgets": [{"scope_key": "payments", "monthly_limit_usd": "1000"}]})
 
-    def call(i: int) -> dict[str, object]:
-        with httpx.Client(base_url=urls[i % len(urls)], timeout=60,
-                          headers={"Authorization": f"Bearer {tenant.owner_key}"}) as client:
-            r = client.post(f"{API}/gate/terraform/preflight", json=preflight("60", run=f"run-{i}"))
-            assert r.status_code == 200, r.text
-            body: dict[str, object] = r.json()
-            return body
+    # One pooled client per server, shared by the threads: the load should be on the servers, not on
+    # building 64 clients.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    clients = [httpx.Client(base_url=url, timeout=60, limits=limits,
+                            headers={"Authorization": f"Bearer {tenant.owner_key}"}) for url in urls]
 
-    with ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(call, range(64)))
+    def call(i: int) -> dict[str, object]:
+        r = clients[i % len(clients)].post(f"{API}/gate/terraform/preflight", json=preflight("60", run=f"run-{i}"))
+        assert r.status_code == 200, r.text
+        body: dict[str, object] = r.json()
+        return body
+
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(call, range(64)))
+    finally:
+        for client in clients:
+            client.close()
     decisions = Counter(r["decision"] for r in results)
     assert decisions == {"ALLOW": 16, "DENY": 48}, decisions
     fail_safe = [r["reason_codes"] for r in results if any(str(c).startswith("gate_") for c in r["reason_codes"])]  # type: ignore[attr-defined]

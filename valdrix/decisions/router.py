@@ -6,12 +6,14 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
 
 from valdrix.auth.service import Caller
 from valdrix.canonical import canonical_json
@@ -20,7 +22,7 @@ from valdrix.config import Settings
 from valdrix.decisions import engine, service
 from valdrix.decisions.models import Decision
 from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
-from valdrix.deps import DB, ClockDep, IdsDep, Member, SettingsDep
+from valdrix.deps import DB, ClockDep, IdsDep, Member, SettingsDep, in_one_transaction
 from valdrix.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"])
@@ -33,36 +35,41 @@ def gate_context(caller: Caller, settings: Settings, clock: Clock, ids: IdFactor
                                lock_timeout_seconds=settings.lock_timeout_seconds)
 
 
-def _generic(source: str, body: GateRequest, db: DB, caller: Caller, settings: Settings, clock: Clock,
-             ids: IdFactory, header_key: str | None) -> JSONResponse:
+def _generic(source: str, body: GateRequest, request: Request, settings: Settings, clock: Clock, ids: IdFactory,
+             header_key: str | None) -> Awaitable[dict[str, Any]]:
     inp = engine.make_input(source=source, project_id=body.project_id, environment=body.environment,
                             action=body.action, resource_reference=body.resource_reference,
                             monthly_delta=body.estimated_monthly_delta_usd,
                             hourly_delta=body.estimated_hourly_delta_usd, metadata=body.metadata,
                             dry_run=body.dry_run)
-    outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp,
-                             header_key or body.idempotency_key, body.expected_request_fingerprint)
-    return JSONResponse(decision_body(outcome.decision))
+
+    def work(db: Session, caller: Caller) -> dict[str, Any]:
+        outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp,
+                                 header_key or body.idempotency_key, body.expected_request_fingerprint)
+        return decision_body(outcome.decision)
+
+    return in_one_transaction(request, "member", work)
 
 
 @router.post("/gate/terraform")
-def gate_terraform(body: GateRequest, db: DB, caller: Member, settings: SettingsDep, clock: ClockDep, ids: IdsDep,
-                   idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
+async def gate_terraform(body: GateRequest, request: Request, settings: SettingsDep, clock: ClockDep, ids: IdsDep,
+                         idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Terraform change described by the generic gate body."""
-    return _generic("terraform", body, db, caller, settings, clock, ids, idempotency_key)
+    return JSONResponse(await _generic("terraform", body, request, settings, clock, ids, idempotency_key))
 
 
 @router.post("/gate/k8s/admission")
-def gate_k8s_generic(body: GateRequest, db: DB, caller: Member, settings: SettingsDep, clock: ClockDep, ids: IdsDep,
-                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
+async def gate_k8s_generic(body: GateRequest, request: Request, settings: SettingsDep, clock: ClockDep,
+                           ids: IdsDep,
+                           idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Kubernetes change described by the generic gate body (the webhook uses /review)."""
-    return _generic("k8s_admission", body, db, caller, settings, clock, ids, idempotency_key)
+    return JSONResponse(await _generic("k8s_admission", body, request, settings, clock, ids, idempotency_key))
 
 
 @router.post("/gate/cloud-event")
-def gate_cloud_event(body: CloudEventGateRequest, db: DB, caller: Member, settings: SettingsDep, clock: ClockDep,
-                     ids: IdsDep,
-                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
+async def gate_cloud_event(body: CloudEventGateRequest, request: Request, settings: SettingsDep, clock: ClockDep,
+                           ids: IdsDep,
+                           idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a change announced by a CloudEvents 1.0 event."""
     event = body.cloud_event
     reference = next((v.strip() for v in (body.resource_reference, event.subject, event.source) if v and v.strip()),
@@ -70,7 +77,7 @@ def gate_cloud_event(body: CloudEventGateRequest, db: DB, caller: Member, settin
     if reference is None:
         raise InvalidInput("resource_reference could not be derived from the body or the event",
                            code="resource_reference_missing")
-    extensions = {k: v for k, v in (event.model_extra or {}).items()}
+    extensions = dict(event.model_extra or {})
     metadata: dict[str, Any] = {
         **body.metadata,
         "cloud_event_id": event.id, "cloud_event_source": event.source, "cloud_event_type": event.type,
@@ -87,9 +94,13 @@ def gate_cloud_event(body: CloudEventGateRequest, db: DB, caller: Member, settin
                             monthly_delta=body.estimated_monthly_delta_usd,
                             hourly_delta=body.estimated_hourly_delta_usd, metadata=metadata, dry_run=body.dry_run)
     key = idempotency_key or body.idempotency_key or f"cloudevent:{event.source}:{event.id}"[:128]
-    outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp, key,
-                             body.expected_request_fingerprint)
-    return JSONResponse(decision_body(outcome.decision))
+
+    def work(db: Session, caller: Caller) -> dict[str, Any]:
+        outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp, key,
+                                 body.expected_request_fingerprint)
+        return decision_body(outcome.decision)
+
+    return JSONResponse(await in_one_transaction(request, "member", work))
 
 
 @router.get("/decisions/{decision_id}")
