@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from valdrix import __version__
+from valdrix.audit.router import router as audit_router
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
@@ -30,7 +31,7 @@ from valdrix.preflight.router import router as preflight_router
 log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
-ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router)
+ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router, audit_router)
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
