@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from valdrix.audit import service
 from valdrix.audit.metrics import EXPORT_EVENTS
-from valdrix.deps import Admin, ClockDep, SettingsDep
+from valdrix.deps import Admin, ClockDep, KeyRingDep, SettingsDep
 from valdrix.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1/enforcement/exports", tags=["exports"])
@@ -38,14 +38,14 @@ def _counted(artifact: str, build: Callable[[], T]) -> T:
 
 
 @router.get("/parity")
-def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, start: date | None = None,
-           end: date | None = None) -> JSONResponse:
+def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
+           start: date | None = None, end: date | None = None) -> JSONResponse:
     """Return counts (database vs exported), file hashes, both lineages and the signed manifest's digest."""
 
     def build() -> service.Export:
         win = service.window(start, end, clock.now().date())
         return service.parity(request.app.state.engine, caller.tenant_id, win, max_rows=settings.export_max_rows,
-                              signer=getattr(request.app.state, "keyring", None))
+                              signer=keyring)
 
     result = _counted("parity", build)
     manifest = result.manifest
@@ -66,15 +66,15 @@ def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsD
 
 
 @router.get("/archive")
-def archive(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, start: date | None = None,
-            end: date | None = None) -> StreamingResponse:
+def archive(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
+            start: date | None = None, end: date | None = None) -> StreamingResponse:
     """Return the ZIP of decisions.csv, approvals.csv, ledger.csv, policies.json, manifest.json, manifest.sig."""
 
     def build() -> tuple[service.Export, IO[bytes], service.Window]:
         win = service.window(start, end, clock.now().date())
         result, spool = service.archive(request.app.state.engine, caller.tenant_id, win,
                                         max_rows=settings.export_max_rows,
-                                        signer=getattr(request.app.state, "keyring", None))
+                                        signer=keyring)
         return result, spool, win
 
     result, spool, win = _counted("archive", build)

@@ -25,13 +25,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, Select, and_, bindparam, func, select
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import Uuid
 
+from valdrix.approvals.models import ApprovalRequest
+from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Kind
 from valdrix.canonical import canonical_json
@@ -47,18 +49,6 @@ BATCH_ROWS = 2000
 SPOOL_BYTES = 8 * 1024 * 1024
 # Fixed member timestamp and attributes make the ZIP bytes themselves deterministic.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-class Signer(Protocol):
-    """The part of the signing key ring an export needs."""
-
-    @property
-    def algorithm(self) -> str: ...
-
-    @property
-    def active_kid(self) -> str: ...
-
-    def sign_bytes(self, data: bytes) -> tuple[str, bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -191,7 +181,33 @@ LEDGER = _stream("ledger.csv", [
 ], lambda q: q.join(Decision, Decision.id == LedgerEntry.decision_id)
     .where(LedgerEntry.tenant_id == _TENANT, _IN_WINDOW).order_by(LedgerEntry.seq))
 
-STREAMS: tuple[TableStream, ...] = (DECISIONS, LEDGER)
+APPROVALS = _stream("approvals.csv", [
+    ("approval_id", ApprovalRequest.id, "uuid"),
+    ("decision_id", ApprovalRequest.decision_id, "uuid"),
+    ("status", ApprovalRequest.status, "text"),
+    ("requested_by", ApprovalRequest.requested_by, "uuid"),
+    ("reviewed_by", ApprovalRequest.reviewed_by, "uuid"),
+    ("review_notes", ApprovalRequest.review_notes, "text"),
+    ("routing_rule_id", ApprovalRequest.routing_rule_id, "text"),
+    ("required_permission", ApprovalRequest.required_permission, "text"),
+    ("routing", ApprovalRequest.routing, "json"),
+    ("expires_at", ApprovalRequest.expires_at, "datetime"),
+    ("approved_at", ApprovalRequest.approved_at, "datetime"),
+    ("denied_at", ApprovalRequest.denied_at, "datetime"),
+    ("expired_at", ApprovalRequest.expired_at, "datetime"),
+    # The token's jti and lifecycle are audit facts; its hash and sealed form are credentials and stay out.
+    ("token_jti", ApprovalRequest.token_jti, "text"),
+    ("token_expires_at", ApprovalRequest.token_expires_at, "datetime"),
+    ("token_picked_up_at", ApprovalRequest.token_picked_up_at, "datetime"),
+    ("token_consumed_at", ApprovalRequest.token_consumed_at, "datetime"),
+    ("token_consumed_by", ApprovalRequest.token_consumed_by, "uuid"),
+    ("created_at", ApprovalRequest.created_at, "datetime"),
+    ("updated_at", ApprovalRequest.updated_at, "datetime"),
+], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id)
+    .where(ApprovalRequest.tenant_id == _TENANT, _IN_WINDOW).order_by(ApprovalRequest.created_at, ApprovalRequest.id))
+
+# Archive member order; approvals are one more stream keyed by the window's decisions.
+STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)
 
 
 @dataclass(frozen=True)
@@ -238,16 +254,16 @@ class _Member:
         return manifests.FileDigest(self.name, self._digest.hexdigest(), self.size, rows)
 
 
-def export(conn: Connection, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: Signer | None,
+def export(conn: Connection, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing,
            archive: zipfile.ZipFile | None) -> Export:
     """Write every stream of the window (into `archive` when given) and return the signed manifest.
 
     Raise InvalidInput (export_too_many_rows) before writing when a stream exceeds `max_rows`, and
-    Unavailable when no Ed25519 signing key is configured.
+    Unavailable when the key ring is not Ed25519 (an HS256 deployment has no publishable key).
     """
-    if signer is None or signer.algorithm != "EdDSA":
-        raise Unavailable("audit exports are signed with Ed25519: configure VALDRIX_SIGNING_KEYS_DIR",
-                          code="export_signing_unavailable")
+    if signer.algorithm != "EdDSA":
+        raise Unavailable("audit exports are signed with Ed25519, not a shared secret: configure Ed25519 keys in "
+                          "VALDRIX_SIGNING_KEYS_DIR", code="export_signing_unavailable")
     params = {"tenant_id": tenant_id, "start_at": win.start_at, "end_before": win.end_before}
     database = {s.file: int(conn.execute(s.count(), params).scalar_one()) for s in STREAMS}
     for file, rows in database.items():
@@ -307,7 +323,7 @@ def _write_policies(conn: Connection, tenant_id: uuid.UUID, cited: list[tuple[in
 
 
 def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
-            signer: Signer | None) -> tuple[Export, IO[bytes]]:
+            signer: KeyRing) -> tuple[Export, IO[bytes]]:
     """Return the export and its ZIP, spooled to disk beyond SPOOL_BYTES and rewound; the caller closes it."""
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned to caller
     try:
@@ -320,7 +336,7 @@ def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
     return result, spool
 
 
-def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: Signer | None) -> Export:
+def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing) -> Export:
     """Return the export of the window computed without storing it (the same manifest the archive carries)."""
     with snapshot(engine) as conn:
         return export(conn, tenant_id, win, max_rows=max_rows, signer=signer, archive=None)
