@@ -8,6 +8,7 @@ import json
 import threading
 import zipfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from typer.testing import CliRunner
 
 from tests.integration.test_gate_flow import preflight, set_mode
 from tests.live import LiveServer, Tenant, post, thread_server
+from valdrix.audit import service
 from valdrix.audit.verify import Report, verify
 from valdrix.cli import app as cli_app
+from valdrix.db import make_engine
 
 EXPORTS = "/api/v1/enforcement/exports"
 
@@ -248,3 +251,23 @@ def test_empty_window_exports_and_verifies(tenant: Tenant, tmp_path: Path) -> No
     assert manifest["policy_lineage"] == [] and manifest["computed_context_lineage"] == []
     assert manifest["policy_lineage_sha256"] == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
     assert io.BytesIO(zipfile.ZipFile(path).read("decisions.csv")).read().count(b"\r\n") == 1
+
+
+def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tenant) -> None:
+    """A decision committed between the snapshot's count and its row read is in neither."""
+    engine = make_engine(server.settings)
+    params = {"tenant_id": tenant.id, "start_at": datetime(2000, 1, 1, tzinfo=UTC),
+              "end_before": datetime(2100, 1, 1, tzinfo=UTC)}
+    try:
+        with tenant.client() as c:
+            populate(c)
+            with service.snapshot(engine) as conn:
+                counted = conn.execute(service.DECISIONS.count(), params).scalar_one()
+                assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
+                rows = conn.execute(service.DECISIONS.query, params).all()
+            with service.snapshot(engine) as conn:
+                after = conn.execute(service.DECISIONS.count(), params).scalar_one()
+    finally:
+        engine.dispose()
+    assert counted == len(rows) == 4
+    assert after == 5

@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -57,29 +57,41 @@ def unneutralise(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
+def _text(value: Any) -> str:
+    return neutralise(str(value))
+
+
+def _bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _int(value: Any) -> str:
+    return str(int(value))
+
+
+def _decimal(value: Any) -> str:
+    if not isinstance(value, Decimal):
+        raise TypeError(f"decimal column holds {type(value).__name__}")
+    return format(value, "f")
+
+
+def _datetime(value: Any) -> str:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise TypeError("datetime column holds a naive or non-datetime value")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _uuid(value: Any) -> str:
+    return str(uuid.UUID(str(value)))
+
+
+_FORMATTERS: dict[str, Callable[[Any], str]] = {"text": _text, "json": canonical_json, "bool": _bool, "int": _int,
+                                                "decimal": _decimal, "datetime": _datetime, "uuid": _uuid}
+
+
 def cell(kind: Kind, value: Any) -> str:
     """Return one value formatted as a cell of `kind`; raise TypeError for a value the kind cannot hold."""
-    if value is None:
-        return ""
-    if kind == "text":
-        return neutralise(str(value))
-    if kind == "json":
-        return canonical_json(value)
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind == "int":
-        return str(int(value))
-    if kind == "decimal":
-        if not isinstance(value, Decimal):
-            raise TypeError(f"decimal column holds {type(value).__name__}")
-        return format(value, "f")
-    if kind == "datetime":
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise TypeError("datetime column holds a naive or non-datetime value")
-        return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if kind == "uuid":
-        return str(uuid.UUID(str(value)))
-    raise TypeError(f"unknown column kind {kind!r}")
+    return "" if value is None else _FORMATTERS[kind](value)
 
 
 class CsvEncoder:
@@ -87,6 +99,7 @@ class CsvEncoder:
 
     def __init__(self, columns: tuple[Column, ...]) -> None:
         self.columns = columns
+        self._formatters = [_FORMATTERS[c.kind] for c in columns]
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
 
@@ -97,8 +110,9 @@ class CsvEncoder:
 
     def rows(self, rows: Iterable[Sequence[Any]]) -> bytes:
         """Return the records of `rows`, whose values are in column order."""
-        kinds = [c.kind for c in self.columns]
-        self._writer.writerows([cell(k, v) for k, v in zip(kinds, row, strict=True)] for row in rows)
+        formatters = self._formatters
+        self._writer.writerows([("" if v is None else f(v)) for f, v in zip(formatters, row, strict=True)]
+                               for row in rows)
         return self._take()
 
     def _take(self) -> bytes:

@@ -2,7 +2,8 @@
 
 Window: the decisions created in [start 00:00 UTC, end + 1 day 00:00 UTC). Each stream is selected by those
 decisions — decisions.csv the rows themselves, approvals.csv their approval requests, ledger.csv their full
-ledger history — so an archive is the complete record of the decisions it covers.
+ledger history — so an archive is the complete record of the decisions it covers. Approval and ledger rows
+are reached only through the tenant's decisions (they always carry their decision's tenant).
 
 Snapshot: counts and rows come from one read-only transaction on a dedicated connection (PostgreSQL
 REPEATABLE READ READ ONLY; SQLite a deferred BEGIN, which under WAL reads one snapshot from its first read
@@ -44,7 +45,8 @@ from valdrix.policies.models import PolicyVersion
 
 MAX_WINDOW_DAYS = 366
 DEFAULT_WINDOW_DAYS = 30
-BATCH_ROWS = 2000
+# Rows fetched (server-side cursor) and encoded per batch: the unit of memory an export holds at once.
+BATCH_ROWS = 500
 # The archive is assembled in memory up to this size, then on disk, so a large window keeps memory bounded.
 SPOOL_BYTES = 8 * 1024 * 1024
 # Fixed member timestamp and attributes make the ZIP bytes themselves deterministic.
@@ -179,7 +181,7 @@ LEDGER = _stream("ledger.csv", [
     ("details", LedgerEntry.details, "json"),
     ("actor", LedgerEntry.actor, "uuid"),
 ], lambda q: q.join(Decision, Decision.id == LedgerEntry.decision_id)
-    .where(LedgerEntry.tenant_id == _TENANT, _IN_WINDOW).order_by(LedgerEntry.seq))
+    .where(_IN_WINDOW).order_by(LedgerEntry.seq))
 
 APPROVALS = _stream("approvals.csv", [
     ("approval_id", ApprovalRequest.id, "uuid"),
@@ -204,7 +206,7 @@ APPROVALS = _stream("approvals.csv", [
     ("created_at", ApprovalRequest.created_at, "datetime"),
     ("updated_at", ApprovalRequest.updated_at, "datetime"),
 ], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id)
-    .where(ApprovalRequest.tenant_id == _TENANT, _IN_WINDOW).order_by(ApprovalRequest.created_at, ApprovalRequest.id))
+    .where(_IN_WINDOW).order_by(ApprovalRequest.created_at, ApprovalRequest.id))
 
 # Archive member order; approvals are one more stream keyed by the window's decisions.
 STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)
