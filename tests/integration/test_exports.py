@@ -159,12 +159,15 @@ def test_signature_from_an_unknown_key_fails(tenant: Tenant, tmp_path: Path) -> 
     assert "not an Ed25519 key in the JWKS" in problems(report)
 
 
-def test_cli_verify_reports_and_exits_nonzero(tenant: Tenant, tmp_path: Path) -> None:
+def test_cli_downloads_verifies_and_exits_nonzero_on_tampering(tenant: Tenant, tmp_path: Path) -> None:
     with tenant.client() as c:
         populate(c)
-        path = archive(c, tmp_path / "a.zip")
         (tmp_path / "jwks.json").write_text(json.dumps(jwks(c)))
     runner = CliRunner()
+    path = tmp_path / "a.zip"
+    got = runner.invoke(cli_app, ["export", "archive", "--server", tenant.url, "--api-key", tenant.owner_key,
+                                  "--out", str(path)])
+    assert got.exit_code == 0, got.output
     ok = runner.invoke(cli_app, ["export", "verify", str(path), "--jwks", str(tmp_path / "jwks.json")])
     assert ok.exit_code == 0, ok.output
     assert "VERIFIED" in ok.output
