@@ -20,6 +20,7 @@ from valdrix.approvals.metrics import QueueBacklogCollector
 from valdrix.approvals.router import jwks_router
 from valdrix.approvals.router import router as approvals_router
 from valdrix.approvals.tokens import KeyRing
+from valdrix.audit.router import router as audit_router
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
@@ -35,7 +36,7 @@ log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
 ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router, approvals_router,
-           jwks_router)
+           jwks_router, audit_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector,)
 

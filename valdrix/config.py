@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     token_issuer: str = "valdrix-gate"
     token_audience: str = "valdrix-enforcement-consume"
 
+    # Audit exports: no table stream of an archive may exceed this many rows (larger windows get 422).
+    export_max_rows: int = Field(default=1_000_000, ge=1)
+
     public_url: str = "http://127.0.0.1:8080"
     bootstrap_tenant: str = "default"
     log_level: str = "info"

@@ -81,8 +81,10 @@ def make_engine(settings: Settings) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # Immediate transactions take the write lock up front, so concurrent gate evaluations
-            # serialise on it instead of failing with SQLITE_BUSY at commit time.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # serialise on it instead of failing with SQLITE_BUSY at commit time. A read snapshot (audit
+            # export) takes no write lock: under WAL a deferred transaction reads one snapshot throughout.
+            read_only = conn.get_execution_options().get("valdrix_read_snapshot", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,

@@ -1,0 +1,276 @@
+"""Signed audit exports over real HTTP on each backend: verification, tampering, limits, concurrent writers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typer.testing import CliRunner
+
+from tests.integration.test_gate_flow import preflight, set_mode
+from tests.live import LiveServer, Tenant, post, thread_server
+from valdrix.audit import service
+from valdrix.audit.verify import Report, verify
+from valdrix.cli import app as cli_app
+from valdrix.db import make_engine
+
+EXPORTS = "/api/v1/enforcement/exports"
+
+
+def jwks(client: httpx.Client) -> dict[str, Any]:
+    return dict(client.get("/.well-known/jwks.json").json())
+
+
+def archive(client: httpx.Client, path: Path, **params: str) -> Path:
+    response = client.get(EXPORTS + "/archive", params=params)
+    assert response.status_code == 200, response.text
+    path.write_bytes(response.content)
+    return path
+
+
+def populate(client: httpx.Client) -> None:
+    """Decisions under three policy versions, one of them awaiting approval (so approvals.csv has a row)."""
+    assert client.put("/api/v1/enforcement/budgets", json={"budgets": [
+        {"scope_key": "payments", "monthly_limit_usd": "1000"}]}).status_code == 200
+    for run in ("a1", "a2"):
+        assert post(client, "/gate/terraform/preflight", preflight("10", run=run)).status_code == 200
+    set_mode(client, "hard")
+    assert post(client, "/gate/terraform/preflight", preflight("2000", run="b1")).json()["decision"] == "DENY"
+    set_mode(client, "soft")
+    pending = post(client, "/gate/terraform/preflight", preflight("2000", run="c1",
+                                                                 resource_reference="=HYPERLINK(\"x\")"))
+    assert pending.json()["decision"] == "REQUIRE_APPROVAL", pending.text
+
+
+def rewrite(source: Path, target: Path, member: str, change: Callable[[bytes], bytes]) -> Path:
+    """Copy the archive with one member's bytes changed."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            data = old.read(info.filename)
+            new.writestr(info.filename, change(data) if info.filename == member else data)
+    return target
+
+
+def problems(report: Report) -> str:
+    return "\n".join(report.problems())
+
+
+def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tenant: Tenant, tmp_path: Path) -> None:
+    with tenant.client() as c:
+        populate(c)
+        path = archive(c, tmp_path / "a.zip")
+        report = verify(path, jwks(c))
+        assert report.ok, problems(report)
+        again = archive(c, tmp_path / "b.zip")
+        assert again.read_bytes() == path.read_bytes()
+        parity = c.get(EXPORTS + "/parity").json()
+    with zipfile.ZipFile(path) as z:
+        assert z.namelist() == ["decisions.csv", "approvals.csv", "ledger.csv", "policies.json", "manifest.json",
+                                "manifest.sig"]
+        manifest = json.loads(z.read("manifest.json"))
+        policies = json.loads(z.read("policies.json"))
+        decisions_csv = z.read("decisions.csv").decode()
+    assert [p["version"] for p in policies] == [1, 2, 3]
+    assert [e["policy_version"] for e in manifest["policy_lineage"]] == [1, 2, 3]
+    assert [e["decision_count"] for e in manifest["policy_lineage"]] == [2, 1, 1]
+    assert manifest["counts"] == {"decisions": {"database": 4, "exported": 4},
+                                  "approvals": {"database": 1, "exported": 1},
+                                  "ledger": {"database": 4, "exported": 4}}
+    assert "'=HYPERLINK" in decisions_csv and decisions_csv.endswith("\r\n")
+    assert parity["parity_ok"] is True
+    assert parity["decision_count_db"] == parity["decision_count_exported"] == 4
+    assert parity["approval_count_db"] == parity["approval_count_exported"] == 1
+    assert parity["manifest_sha256"] == manifest_sha(path)
+    assert parity["policy_lineage_sha256"] == manifest["policy_lineage_sha256"]
+    assert parity["computed_context_lineage"] == manifest["computed_context_lineage"]
+    assert parity["signature_algorithm"] == "Ed25519" and parity["signature_kid"] == manifest["signature"]["kid"]
+
+
+def manifest_sha(path: Path) -> str:
+    import hashlib
+
+    with zipfile.ZipFile(path) as z:
+        return hashlib.sha256(z.read("manifest.json")).hexdigest()
+
+
+def _flip_digit(data: bytes, marker: bytes) -> bytes:
+    at = data.index(marker) + len(marker)
+    while not data[at:at + 1].isdigit():
+        at += 1
+    digit = data[at:at + 1]
+    return data[:at] + (b"8" if digit != b"8" else b"9") + data[at + 1:]
+
+
+def _change_after(data: bytes, marker: bytes) -> bytes:
+    at = data.index(marker) + len(marker)
+    return data[:at] + (b"X" if data[at:at + 1] != b"X" else b"Y") + data[at + 1:]
+
+
+@pytest.mark.parametrize(("member", "change", "named"), [
+    ("decisions.csv", lambda d: d.replace(b"payments", b"paymentz", 1), ["decisions.csv digest"]),
+    ("decisions.csv", lambda d: _change_after(d, b'""risk_class"":""'),
+     ["decisions.csv digest", "computed_context_lineage"]),
+    ("approvals.csv", lambda d: d.replace(b"pending", b"approved", 1), ["approvals.csv digest"]),
+    ("ledger.csv", lambda d: d.replace(b"decision_created", b"decision_cReated", 1), ["ledger.csv digest"]),
+    ("manifest.json", lambda d: _flip_digit(d, b'"decision_count":'), ["signature", "computed_context_lineage"]),
+    ("policies.json", lambda d: d.replace(b'"default_ttl_seconds":900', b'"default_ttl_seconds":901', 1),
+     ["policies.json digest", "policies.json documents", "policy citations"]),
+])
+def test_one_changed_byte_fails_verification_naming_it(tenant: Tenant, tmp_path: Path, member: str,
+                                                        change: Callable[[bytes], bytes], named: list[str]) -> None:
+    with tenant.client() as c:
+        populate(c)
+        original = archive(c, tmp_path / "a.zip")
+        keys = jwks(c)
+    tampered = rewrite(original, tmp_path / "t.zip", member, change)
+    report = verify(tampered, keys)
+    assert not report.ok
+    failed = {check.name for check in report.checks if not check.ok}
+    assert set(named) <= failed, problems(report)
+    if member == "policies.json":
+        assert "policy version 1" in problems(report)
+
+
+def test_signature_from_an_unknown_key_fails(tenant: Tenant, tmp_path: Path) -> None:
+    with tenant.client() as c:
+        populate(c)
+        path = archive(c, tmp_path / "a.zip")
+        real = jwks(c)
+    kid = json.loads(zipfile.ZipFile(path).read("manifest.json"))["signature"]["kid"]
+    impostor = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
+                                                                      serialization.PublicFormat.Raw)
+    same_kid_other_key = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                                    "x": base64.urlsafe_b64encode(impostor).rstrip(b"=").decode()}]}
+    report = verify(path, same_kid_other_key)
+    assert [c.name for c in report.checks if not c.ok] == ["signature"], problems(report)
+    without = {"keys": [k for k in real["keys"] if k["kid"] != kid]}
+    report = verify(path, without)
+    assert "not an Ed25519 key in the JWKS" in problems(report)
+
+
+def test_cli_downloads_verifies_and_exits_nonzero_on_tampering(tenant: Tenant, tmp_path: Path) -> None:
+    with tenant.client() as c:
+        populate(c)
+        (tmp_path / "jwks.json").write_text(json.dumps(jwks(c)))
+    runner = CliRunner()
+    path = tmp_path / "a.zip"
+    got = runner.invoke(cli_app, ["export", "archive", "--server", tenant.url, "--api-key", tenant.owner_key,
+                                  "--out", str(path)])
+    assert got.exit_code == 0, got.output
+    ok = runner.invoke(cli_app, ["export", "verify", str(path), "--jwks", str(tmp_path / "jwks.json")])
+    assert ok.exit_code == 0, ok.output
+    assert "VERIFIED" in ok.output
+    bad = rewrite(path, tmp_path / "bad.zip", "ledger.csv", lambda d: d + b"x")
+    failed = runner.invoke(cli_app, ["export", "verify", str(bad), "--jwks", str(tmp_path / "jwks.json")])
+    assert failed.exit_code == 1
+    assert "ledger.csv" in failed.output and "NOT VERIFIED" in failed.output
+
+
+def test_window_and_row_limits_answer_422_with_a_code(server: LiveServer, tenant: Tenant) -> None:
+    with tenant.client() as c:
+        r = c.get(EXPORTS + "/parity", params={"start": "2025-01-01", "end": "2026-01-02"})
+        assert r.status_code == 422 and r.json()["code"] == "export_window_too_large"
+        r = c.get(EXPORTS + "/archive", params={"start": "2026-02-02", "end": "2026-02-01"})
+        assert r.status_code == 422 and r.json()["code"] == "invalid_export_window"
+        assert c.get(EXPORTS + "/parity", params={"start": "yesterday"}).status_code == 422
+        populate(c)
+    small = server.settings.model_copy(update={"export_max_rows": 3})
+    with thread_server(small, server.backend) as limited, tenant.client() as c:
+        c.base_url = httpx.URL(limited.url)
+        for artifact in ("parity", "archive"):
+            r = c.get(f"{EXPORTS}/{artifact}")
+            assert r.status_code == 422, r.text
+            assert r.json()["code"] == "export_too_many_rows" and r.json()["file"] == "decisions.csv"
+        metrics = c.get("/metrics").text
+    assert 'valdrix_ops_enforcement_export_events_total{artifact="archive",outcome="rejected_limit"}' in metrics
+
+
+def test_members_may_not_export(tenant: Tenant) -> None:
+    with tenant.client(tenant.key("viewer")) as c:
+        assert c.get(EXPORTS + "/parity").status_code == 403
+        assert c.get(EXPORTS + "/archive").status_code == 403
+
+
+def test_parity_holds_while_the_gate_writes_concurrently(tenant: Tenant, tmp_path: Path) -> None:
+    stop = threading.Event()
+    written: list[int] = []
+    errors: list[str] = []
+
+    def hammer(worker: int) -> None:
+        with tenant.client() as c:
+            n = 0
+            while not stop.is_set():
+                r = post(c, "/gate/terraform/preflight", preflight("1", run=f"w{worker}-{n}"))
+                if r.status_code != 200:
+                    errors.append(r.text)
+                n += 1
+            written.append(n)
+
+    with tenant.client() as c:
+        populate(c)
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            keys = jwks(c)
+            for round_ in range(4):
+                parity = c.get(EXPORTS + "/parity").json()
+                assert parity["parity_ok"] is True, parity
+                assert parity["decision_count_db"] == parity["decision_count_exported"]
+                assert parity["ledger_count_db"] == parity["ledger_count_exported"]
+                path = archive(c, tmp_path / f"r{round_}.zip")
+                report = verify(path, keys)
+                assert report.ok, problems(report)
+                manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+                rows = zipfile.ZipFile(path).read("decisions.csv").decode().count("\r\n") - 1
+                assert manifest["counts"]["decisions"]["exported"] == rows
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        final = c.get(EXPORTS + "/parity").json()
+    assert not errors, errors[:3]
+    assert sum(written) > 0
+    assert final["decision_count_exported"] == 4 + sum(written)
+
+
+def test_empty_window_exports_and_verifies(tenant: Tenant, tmp_path: Path) -> None:
+    with tenant.client() as c:
+        path = archive(c, tmp_path / "e.zip", start="2020-01-01", end="2020-01-31")
+        report = verify(path, jwks(c))
+    assert report.ok, problems(report)
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    assert manifest["policy_lineage"] == [] and manifest["computed_context_lineage"] == []
+    assert manifest["policy_lineage_sha256"] == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
+    assert io.BytesIO(zipfile.ZipFile(path).read("decisions.csv")).read().count(b"\r\n") == 1
+
+
+def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tenant) -> None:
+    """A decision committed between the snapshot's count and its row read is in neither."""
+    engine = make_engine(server.settings)
+    params = {"tenant_id": tenant.id, "start_at": datetime(2000, 1, 1, tzinfo=UTC),
+              "end_before": datetime(2100, 1, 1, tzinfo=UTC)}
+    try:
+        with tenant.client() as c:
+            populate(c)
+            with service.snapshot(engine) as conn:
+                counted = conn.execute(service.DECISIONS.count(), params).scalar_one()
+                assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
+                rows = conn.execute(service.DECISIONS.query, params).all()
+            with service.snapshot(engine) as conn:
+                after = conn.execute(service.DECISIONS.count(), params).scalar_one()
+    finally:
+        engine.dispose()
+    assert counted == len(rows) == 4
+    assert after == 5

@@ -1,0 +1,117 @@
+"""The export manifest and the two lineages, computed the same way by the exporter and the offline verifier.
+
+Policy lineage: one entry per (policy_version, policy_schema_version, policy_sha256) cited by the exported
+decisions, with its `decision_count`; sorted by version, then hash.
+
+Computed-context lineage: decisions grouped by the context version and the context fields that select the
+engine's branch — `mode` (what a violation becomes), `mode_scope` (which matrix cell chose it), `budget_basis`
+(how headroom is measured), `risk_class` (drives approval routing), `fail_safe_trigger` (evaluation replaced
+by the fail-safe answer) and `budget_configured` (a budget scope applied, else `no_budget_configured`).
+Amounts and timestamps are not grouping keys, as they differ for nearly every decision; instead each group
+carries `contexts_sha256`, the SHA-256 over the lines `<decision_id> <sha256_hex(computed_context)>\\n` of its
+decisions in decisions.csv order, so every byte of every decision's full context is bound by the lineage.
+Missing fields are grouped as "". Entries are sorted by their key fields.
+
+Both lineage hashes are `valdrix.canonical.sha256_hex(list)`. The manifest is canonical JSON; its bytes are
+what the Ed25519 signature covers, and it holds no wall-clock time, so the same window over the same data
+gives a byte-identical manifest and (Ed25519 being deterministic) signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from valdrix.canonical import canonical_json, sha256_hex
+
+SCHEMA_VERSION = "valdrix.audit.export_manifest.v1"
+SIGNATURE_ALGORITHM = "Ed25519"
+CONTEXT_KEYS = ("context_version", "mode", "mode_scope", "budget_basis", "risk_class", "fail_safe_trigger")
+FILES = ("decisions.csv", "approvals.csv", "ledger.csv", "policies.json")
+LINEAGE_FIELDS = ("policy_lineage_sha256", "policy_lineage", "computed_context_lineage_sha256",
+                  "computed_context_lineage")
+
+
+class Lineage:
+    """Accumulates both lineages one decision at a time, in export order (memory grows with groups, not rows)."""
+
+    def __init__(self) -> None:
+        self._policies: Counter[tuple[int, str, str]] = Counter()
+        self._contexts: dict[tuple[str, ...], tuple[int, Any]] = {}
+
+    def add(self, decision_id: uuid.UUID, policy_version: int, policy_schema_version: str, policy_sha256: str,
+            computed_context: Any) -> None:
+        """Count one decision into both lineages."""
+        self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
+        context = computed_context if isinstance(computed_context, dict) else {}
+        key = (*(_text(context.get(k)) for k in CONTEXT_KEYS),
+               "true" if context.get("budget_scope") is not None else "false")
+        count, digest = self._contexts.get(key) or (0, hashlib.sha256())
+        digest.update(f"{decision_id} {sha256_hex(computed_context)}\n".encode("ascii"))
+        self._contexts[key] = (count + 1, digest)
+
+    def referenced_policies(self) -> list[tuple[int, str]]:
+        """Return the (version, sha256) pairs cited, sorted."""
+        return sorted({(version, sha) for version, sha, _ in self._policies})
+
+    def policy_lineage(self) -> list[dict[str, Any]]:
+        """Return the policy lineage entries, sorted by version then hash."""
+        return [{"policy_version": version, "policy_schema_version": schema, "policy_sha256": sha,
+                 "decision_count": count}
+                for (version, sha, schema), count in sorted(self._policies.items())]
+
+    def context_lineage(self) -> list[dict[str, Any]]:
+        """Return the computed-context lineage entries, sorted by their key fields."""
+        entries = []
+        for key, (count, digest) in sorted(self._contexts.items()):
+            entry: dict[str, Any] = dict(zip(CONTEXT_KEYS, key[:-1], strict=True))
+            entry.update(budget_configured=key[-1] == "true", decision_count=count, contexts_sha256=digest.hexdigest())
+            entries.append(entry)
+        return entries
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """What the manifest records about one archive member."""
+
+    name: str
+    sha256: str
+    size: int
+    rows: int
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the manifest form."""
+        return {"sha256": self.sha256, "bytes": self.size, "rows": self.rows}
+
+
+def build(*, tenant_id: uuid.UUID, window: dict[str, str], files: list[FileDigest], counts: dict[str, dict[str, int]],
+          lineage: Lineage, kid: str, csv_dialect: str) -> dict[str, Any]:
+    """Return the manifest: window, per-file digests, counts, parity, both lineages and the signing key."""
+    policy_lineage = lineage.policy_lineage()
+    context_lineage = lineage.context_lineage()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tenant_id": str(tenant_id),
+        "window": window,
+        "csv_dialect": csv_dialect,
+        "files": {f.name: f.as_json() for f in files},
+        "counts": counts,
+        "parity_ok": all(c["database"] == c["exported"] for c in counts.values()),
+        "policy_lineage": policy_lineage,
+        "policy_lineage_sha256": sha256_hex(policy_lineage),
+        "computed_context_lineage": context_lineage,
+        "computed_context_lineage_sha256": sha256_hex(context_lineage),
+        "signature": {"algorithm": SIGNATURE_ALGORITHM, "kid": kid},
+    }
+
+
+def encode(manifest: dict[str, Any]) -> bytes:
+    """Return the signed byte form of a manifest (its canonical JSON)."""
+    return canonical_json(manifest).encode("ascii")
