@@ -190,9 +190,10 @@ def settle(session: Session, decision: Decision, *, actual_monthly: Decimal, now
     allocation = decision.reserved_allocation_usd
     alloc_used = min(allocation, max(ZERO, actual_monthly))
     if allocation > 0 and decision.budget_scope is not None:
+        # round(): SQLite keeps NUMERIC as binary floating point, so unrounded sums drift below zero.
         session.execute(update(Budget).where(Budget.tenant_id == decision.tenant_id,
                                              Budget.scope_key == decision.budget_scope)
-                        .values(reserved_usd=Budget.reserved_usd - allocation)
+                        .values(reserved_usd=func.round(Budget.reserved_usd - allocation, 4))
                         .execution_options(synchronize_session="fetch"))
     left = max(ZERO, actual_monthly - alloc_used)
     credit_used = credit_released = ZERO
@@ -207,7 +208,7 @@ def settle(session: Session, decision: Decision, *, actual_monthly: Decimal, now
         row.consumed_usd, row.released_usd, row.active, row.settled_at = used, released, False, now
         if released > 0:
             session.execute(update(CreditGrant).where(CreditGrant.id == row.grant_id)
-                            .values(remaining_usd=CreditGrant.remaining_usd + released)
+                            .values(remaining_usd=func.round(CreditGrant.remaining_usd + released, 4))
                             .execution_options(synchronize_session="fetch"))
         credit_used += used
         credit_released += released
