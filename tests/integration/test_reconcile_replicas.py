@@ -1,4 +1,4 @@
-"""PostgreSQL, two `valdrix serve` processes on one database: reconciliations and sweeps settle each reservation once."""
+"""PostgreSQL, two `valdrix serve` processes on one database: reconciliations and sweeps settle each once."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def totals(url: str, tenant_id: uuid.UUID, event: str) -> dict[str, Any]:
         with transaction(make_sessionmaker(engine)) as s:
             return {
                 "budget_reserved": s.scalar(select(Budget.reserved_usd).where(Budget.tenant_id == tenant_id)),
-                "grant_remaining": s.scalar(select(CreditGrant.remaining_usd).where(CreditGrant.tenant_id == tenant_id)),
+                "grant_remaining": s.scalar(select(CreditGrant.remaining_usd)
+                                            .where(CreditGrant.tenant_id == tenant_id)),
                 "ledger": s.scalar(select(func.count()).select_from(LedgerEntry).where(
                     LedgerEntry.tenant_id == tenant_id, LedgerEntry.event == event)),
                 "rows": s.scalar(select(func.count()).select_from(Reconciliation).where(
@@ -146,7 +147,7 @@ def test_job_lease_is_taken_by_exactly_one_of_many_racers(fresh_url: str) -> Non
 
     for round_ in range(5):
         when = now + timedelta(minutes=2 * round_)
-        wins = at_once([lambda h=f"r{round_}-{i}": take(h, when) for i in range(8)])
+        wins = at_once([lambda h=f"r{round_}-{i}", w=when: take(h, w) for i in range(8)])
         assert wins.count(True) == 1, wins
     with transaction(factory) as s:
         leases.finish(s, "sweep", "nobody", now=now, status="success", next_run_at=now)  # not the holder: no-op

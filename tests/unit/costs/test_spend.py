@@ -60,7 +60,8 @@ def test_focus_sample_translates_to_daily_totals_per_scope() -> None:
         effective = translate.translate(handle, cost_column="EffectiveCost", scope_column="SubAccountName",
                                         unscoped=None)
     assert {d.scope_key for d in effective.days} == {"payments-prod", "search-prod"}
-    assert sum(d.amount for d in effective.days if d.scope_key == "payments-prod") == D("713.5")  # 37.5 x 19 - 2 credit + 3 support
+    # 37.5 x 19 days - 2 credit + 3 support
+    assert sum(d.amount for d in effective.days if d.scope_key == "payments-prod") == D("713.5")
 
 
 def test_bad_rows_are_all_reported_with_line_numbers_and_nothing_is_returned() -> None:

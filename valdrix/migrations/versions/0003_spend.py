@@ -41,7 +41,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_cost_records'))
     )
     with op.batch_alter_table('cost_records', schema=None) as batch_op:
-        batch_op.create_index('ix_cost_records_identity', ['tenant_id', 'source', 'period_key', 'scope_key', 'cost_date'], unique=True)
+        batch_op.create_index('ix_cost_records_identity',
+                              ['tenant_id', 'source', 'period_key', 'scope_key', 'cost_date'], unique=True)
         batch_op.create_index('ix_cost_records_scope_date', ['tenant_id', 'scope_key', 'cost_date'], unique=False)
         batch_op.create_index('ix_cost_records_tenant_date', ['tenant_id', 'cost_date'], unique=False)
 
@@ -60,26 +61,32 @@ def upgrade() -> None:
     sa.Column('allocation_released_usd', sa.Numeric(precision=18, scale=4), nullable=False),
     sa.Column('credit_consumed_usd', sa.Numeric(precision=18, scale=4), nullable=False),
     sa.Column('credit_released_usd', sa.Numeric(precision=18, scale=4), nullable=False),
-    sa.Column('credit_settlement', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('credit_settlement', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'),
+              nullable=False),
     sa.Column('notes', sa.String(length=1000), nullable=True),
     sa.Column('actor', sa.Uuid(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['decision_id'], ['decisions.id'], name=op.f('fk_reservation_reconciliations_decision_id_decisions')),
-    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_reservation_reconciliations_tenant_id_tenants')),
+    sa.ForeignKeyConstraint(['decision_id'], ['decisions.id'],
+                            name=op.f('fk_reservation_reconciliations_decision_id_decisions')),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'],
+                            name=op.f('fk_reservation_reconciliations_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_reservation_reconciliations'))
     )
     with op.batch_alter_table('reservation_reconciliations', schema=None) as batch_op:
         batch_op.create_index('ix_reservation_reconciliations_decision', ['tenant_id', 'decision_id'], unique=True)
-        batch_op.create_index('ix_reservation_reconciliations_status', ['tenant_id', 'status', 'created_at'], unique=False)
+        batch_op.create_index('ix_reservation_reconciliations_status', ['tenant_id', 'status', 'created_at'],
+                              unique=False)
 
     with op.batch_alter_table('decisions', schema=None) as batch_op:
-        batch_op.create_index('ix_decisions_reservation_age', ['created_at'], unique=False, postgresql_where=sa.text('reservation_active'), sqlite_where=sa.text('reservation_active'))
+        batch_op.create_index('ix_decisions_reservation_age', ['created_at'], unique=False,
+                              postgresql_where=sa.text('reservation_active'),
+                              sqlite_where=sa.text('reservation_active'))
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('decisions', schema=None) as batch_op:
-        batch_op.drop_index('ix_decisions_reservation_age', postgresql_where=sa.text('reservation_active'), sqlite_where=sa.text('reservation_active'))
+        batch_op.drop_index('ix_decisions_reservation_age')
 
     with op.batch_alter_table('reservation_reconciliations', schema=None) as batch_op:
         batch_op.drop_index('ix_reservation_reconciliations_status')
