@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # keeps replicas from running one job twice (it must outlast a run).
     worker_tick_seconds: float = Field(default=15.0, gt=0, le=3600)
     reconcile_interval_seconds: int = Field(default=300, ge=10, le=86400)
+    approval_expiry_interval_seconds: int = Field(default=60, ge=10, le=86400)
     job_lease_seconds: int = Field(default=600, ge=10, le=86400)
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     # Actual spend in decisions: off (read only for policies with budget_basis=forecast), observe (always read,

@@ -10,6 +10,7 @@ TABLE_MODULES = (
     "valdrix.budgets.models",
     "valdrix.decisions.models",
     "valdrix.ledger.models",
+    "valdrix.approvals.models",
     "valdrix.costs.models",
     "valdrix.reservations.models",
     "valdrix.jobs.models",

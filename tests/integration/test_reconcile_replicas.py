@@ -39,6 +39,8 @@ def fresh_url(pg_cluster: str) -> str:
 
 @pytest.fixture(scope="module")
 def replicas(fresh_url: str) -> Iterator[list[str]]:
+    # A tenant before the replicas start: they find a non-empty database and do not race to bootstrap one.
+    make_tenant(Settings(database_url=fresh_url), "")
     with process_servers(fresh_url, 2) as urls:
         yield urls
 

@@ -23,6 +23,7 @@ from prometheus_client import Counter, start_http_server
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
+from valdrix.approvals import service as approvals
 from valdrix.clock import SystemClock
 from valdrix.config import Settings, get_settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
@@ -49,12 +50,20 @@ def _release_overdue(session: Session, now: datetime, settings: Settings) -> str
     return f"released {len(result.decision_ids)} reservation(s), {result.total_usd} USD"
 
 
+def _expire_approvals(session: Session, now: datetime, settings: Settings) -> str:
+    # Pending approvals past their deadline also expire lazily when touched; the sweep frees their
+    # reservations even when nobody looks at them again.
+    return f"expired {approvals.expire_due(session, now, limit=settings.reconcile_sweep_limit)} approval(s)"
+
+
 RELEASE_OVERDUE = "reservations.release_overdue"
+EXPIRE_APPROVALS = "approvals.expire"
 
 
 def jobs(settings: Settings) -> tuple[Job, ...]:
     """Return the periodic jobs the worker runs."""
-    return (Job(RELEASE_OVERDUE, settings.reconcile_interval_seconds, _release_overdue),)
+    return (Job(RELEASE_OVERDUE, settings.reconcile_interval_seconds, _release_overdue),
+            Job(EXPIRE_APPROVALS, settings.approval_expiry_interval_seconds, _expire_approvals))
 
 
 def run_job(factory: sessionmaker[Session], settings: Settings, job: Job, holder: str, *,

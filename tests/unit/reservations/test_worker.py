@@ -52,6 +52,19 @@ def test_reconcile_once_and_worker_schedule(tmp_path: Path) -> None:
     assert worker.run_job(factory, settings, job, "replica-a", respect_schedule=True) == "success"
     assert worker.run_job(factory, settings, job, "replica-b", respect_schedule=True) is None  # not due
     assert worker.run_job(factory, settings, job, f"cron-{uuid.uuid4()}", respect_schedule=False) == "success"
+    with transaction(factory) as s:
+        # A prod change needs approval; nobody reviews it within the 900 s TTL.
+        ctx = service.GateContext(tenant_id=tenant.id, actor=None, now=datetime.now(UTC) - timedelta(hours=1),
+                                  ids=UuidFactory(), timeout_seconds=30, lock_timeout_seconds=5)
+        pending = service.decide(s, ctx, engine.make_input(
+            source="terraform", project_id="payments", environment="prod", action="create", resource_reference="p",
+            monthly_delta=Decimal(50), hourly_delta=Decimal(0)), None).decision
+        assert pending.decision == "REQUIRE_APPROVAL" and pending.reservation_active
+    expiry = next(j for j in worker.jobs(settings) if j.name == worker.EXPIRE_APPROVALS)
+    assert worker.run_job(factory, settings, expiry, "replica-a", respect_schedule=True) == "success"
+    with transaction(factory) as s:
+        assert s.get(Decision, pending.id).reservation_active is False  # type: ignore[union-attr]
+        assert s.scalar(select(Budget.reserved_usd)) == Decimal(100)
     failing = worker.Job("test.failing", 3600, lambda _s, _now, _settings: str(1 / 0))
     assert worker.run_job(factory, settings, failing, "replica-a", respect_schedule=True) == "failure"
     eng.dispose()

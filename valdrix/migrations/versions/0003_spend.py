@@ -1,7 +1,7 @@
 """Reservation reconciliations, daily cost records (actual spend), job leases for the worker.
 
 Revision ID: 0003_spend
-Revises: 0001_core
+Revises: 0002_approvals
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = '0003_spend'
-down_revision = '0001_core'
+down_revision = '0002_approvals'
 branch_labels = None
 depends_on = None
 
