@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from valdrix.auth import service as auth
 from valdrix.budgets import service as budgets
 from valdrix.budgets.models import Budget
-from valdrix.cli import worker
 from valdrix.clock import UuidFactory
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
 from valdrix.decisions import engine, service
 from valdrix.decisions.models import Decision
+from valdrix.jobs import runner as worker
 from valdrix.migrate import upgrade
 
 
@@ -68,3 +68,8 @@ def test_reconcile_once_and_worker_schedule(tmp_path: Path) -> None:
     failing = worker.Job("test.failing", 3600, lambda _s, _now, _settings: str(1 / 0))
     assert worker.run_job(factory, settings, failing, "replica-a", respect_schedule=True) == "failure"
     eng.dispose()
+
+
+def test_the_cli_creates_no_metrics_before_serve_sets_the_multiprocess_directory() -> None:
+    code = "import sys, valdrix.cli; sys.exit('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
