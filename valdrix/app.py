@@ -24,6 +24,7 @@ from valdrix.audit.router import router as audit_router
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
+from valdrix.costs.router import router as costs_router
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.errors import ValdrixError
@@ -31,12 +32,13 @@ from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
 from valdrix.policies.router import router as policies_router
 from valdrix.preflight.router import router as preflight_router
+from valdrix.reservations.router import router as reservations_router
 
 log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
 ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router, approvals_router,
-           jwks_router, audit_router)
+           jwks_router, audit_router, reservations_router, costs_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector,)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +49,23 @@ class Settings(BaseSettings):
 
     # Audit exports: no table stream of an archive may exceed this many rows (larger windows get 422).
     export_max_rows: int = Field(default=1_000_000, ge=1)
+    # Reservations older than this are released in full by the overdue sweep (docs/reconciliation.md).
+    reservation_sla_seconds: int = Field(default=86400, ge=60, le=604800)
+    # A reconciliation is `matched` when |actual - reserved| <= max(tolerance_usd, tolerance_percent % of reserved).
+    reconciliation_tolerance_usd: Decimal = Field(default=Decimal("0.01"), ge=0, le=1000000)
+    reconciliation_tolerance_percent: Decimal = Field(default=Decimal("1"), ge=0, le=100)
+    reconcile_sweep_limit: int = Field(default=500, ge=1, le=1000)
+    # The worker: how often each replica looks for due jobs, how often the sweeps run, and the lease that
+    # keeps replicas from running one job twice (it must outlast a run).
+    worker_tick_seconds: float = Field(default=15.0, gt=0, le=3600)
+    reconcile_interval_seconds: int = Field(default=300, ge=10, le=86400)
+    approval_expiry_interval_seconds: int = Field(default=60, ge=10, le=86400)
+    job_lease_seconds: int = Field(default=600, ge=10, le=86400)
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Actual spend in decisions: off (read only for policies with budget_basis=forecast), observe (always read,
+    # reported in computed_context), required (missing, stale or unreadable data fails per mode).
+    cost_context: Literal["off", "observe", "required"] = "off"
+    cost_data_max_age_days: int = Field(default=3, ge=0, le=62)
 
     public_url: str = "http://127.0.0.1:8080"
     bootstrap_tenant: str = "default"

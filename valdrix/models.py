@@ -11,6 +11,9 @@ TABLE_MODULES = (
     "valdrix.decisions.models",
     "valdrix.ledger.models",
     "valdrix.approvals.models",
+    "valdrix.costs.models",
+    "valdrix.reservations.models",
+    "valdrix.jobs.models",
 )
 
 

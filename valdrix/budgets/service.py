@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from valdrix.budgets.models import Budget, CreditGrant, CreditReservation
 from valdrix.decisions.models import Decision
@@ -147,30 +148,56 @@ def reserve(session: Session, decision: Decision, budget: Budget | None, grants:
 
 @dataclass(frozen=True)
 class Settlement:
-    """What settling a reservation did: allocation consumed/released and credit consumed/released."""
+    """What settling a reservation did: allocation consumed/released, credit consumed/released per grant."""
 
     allocation_consumed: Decimal
     allocation_released: Decimal
     credit_consumed: Decimal
     credit_released: Decimal
+    credits: tuple[dict[str, str], ...] = ()
+
+    @property
+    def reserved_total(self) -> Decimal:
+        return monthly(self.allocation_consumed + self.allocation_released + self.credit_consumed
+                       + self.credit_released)
+
+
+def claim(session: Session, decision: Decision, *, now: datetime) -> bool:
+    """Return whether this transaction ended the decision's active reservation (False if it was not active).
+
+    One conditional UPDATE: of two concurrent settlements the second blocks on the row lock, then matches
+    no row, so a reservation is only ever settled once.
+    """
+    result = session.execute(update(Decision).where(Decision.id == decision.id, Decision.reservation_active.is_(True))
+                             .values(reservation_active=False, updated_at=now)
+                             .execution_options(synchronize_session=False))
+    claimed = bool(getattr(result, "rowcount", 0) == 1)
+    set_committed_value(decision, "reservation_active", False if claimed else decision.reservation_active)
+    if claimed:
+        set_committed_value(decision, "updated_at", now)
+    return claimed
 
 
 def settle(session: Session, decision: Decision, *, actual_monthly: Decimal, now: datetime) -> Settlement:
     """Settle an active reservation against `actual_monthly`: consume what was used, refund the rest.
 
     Allocation is consumed first, then credit in the order it was drawn; released credit returns to its
-    grant exactly. Raise Conflict if the decision holds no active reservation.
+    grant exactly. Raise Conflict if the decision holds no active reservation (including when a concurrent
+    settlement claimed it first).
     """
-    if not decision.reservation_active:
+    if not decision.reservation_active or not claim(session, decision, now=now):
         raise Conflict("decision holds no active reservation", code="reservation_not_active")
     allocation = decision.reserved_allocation_usd
     alloc_used = min(allocation, max(ZERO, actual_monthly))
     if allocation > 0 and decision.budget_scope is not None:
+        # round(): SQLite keeps NUMERIC as binary floating point, so unrounded sums drift below zero.
         session.execute(update(Budget).where(Budget.tenant_id == decision.tenant_id,
                                              Budget.scope_key == decision.budget_scope)
-                        .values(reserved_usd=Budget.reserved_usd - allocation))
+                        .values(reserved_usd=func.round(Budget.reserved_usd - allocation, 4))
+                        .execution_options(synchronize_session="fetch"))
     left = max(ZERO, actual_monthly - alloc_used)
     credit_used = credit_released = ZERO
+    credits: list[dict[str, str]] = []
     rows = session.scalars(select(CreditReservation).where(CreditReservation.decision_id == decision.id,
                                                            CreditReservation.active.is_(True))
                            .order_by(CreditReservation.created_at, CreditReservation.id)).all()
@@ -181,13 +208,16 @@ def settle(session: Session, decision: Decision, *, actual_monthly: Decimal, now
         row.consumed_usd, row.released_usd, row.active, row.settled_at = used, released, False, now
         if released > 0:
             session.execute(update(CreditGrant).where(CreditGrant.id == row.grant_id)
-                            .values(remaining_usd=CreditGrant.remaining_usd + released))
+                            .values(remaining_usd=func.round(CreditGrant.remaining_usd + released, 4))
+                            .execution_options(synchronize_session="fetch"))
         credit_used += used
         credit_released += released
-    decision.reservation_active = False
-    decision.updated_at = now
+        credits.append({"grant_id": str(row.grant_id), "pool": row.pool, "reserved_usd": str(monthly(row.reserved_usd)),
+                        "consumed_usd": str(monthly(used)), "released_usd": str(monthly(released))})
+    session.flush()
     return Settlement(allocation_consumed=monthly(alloc_used), allocation_released=monthly(allocation - alloc_used),
-                      credit_consumed=monthly(credit_used), credit_released=monthly(credit_released))
+                      credit_consumed=monthly(credit_used), credit_released=monthly(credit_released),
+                      credits=tuple(credits))
 
 
 def release(session: Session, decision: Decision, *, now: datetime) -> Settlement:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from valdrix.cli import export, keys, server, signing, tenants
+from valdrix.cli import costs, export, keys, server, signing, tenants, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
 server.register(app)
+worker.register(app)
 app.add_typer(tenants.app, name="tenant")
 app.add_typer(keys.app, name="key")
 app.add_typer(signing.app, name="signing-key")
 app.add_typer(export.app, name="export")
+app.add_typer(costs.app, name="costs")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from valdrix.canonical import sha256_hex
+from valdrix.costs.engine import Spend
 from valdrix.money import ZERO, hourly, monthly
 from valdrix.policies.schemas import PolicyDocument
 
@@ -27,7 +28,7 @@ Source = Literal["terraform", "k8s_admission", "cloud_event"]
 SOURCES: tuple[str, ...] = ("terraform", "k8s_admission", "cloud_event")
 DECISIONS: tuple[str, ...] = ("ALLOW", "ALLOW_WITH_CREDITS", "REQUIRE_APPROVAL", "DENY")
 FAIL_SAFE_TRIGGERS: tuple[str, ...] = ("gate_lock_timeout", "gate_timeout", "gate_evaluation_error")
-CONTEXT_VERSION = "valdrix.computed_context.v1"
+CONTEXT_VERSION = "valdrix.computed_context.v2"
 
 _PROD = {"prod", "production", "live"}
 _NONPROD = {"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"}
@@ -115,13 +116,18 @@ def make_input(*, source: str, project_id: str | None, environment: str | None, 
 
 @dataclass(frozen=True)
 class BudgetState:
+    """A scope's limit and what counts against it: active reservations, or (forecast basis) committed spend."""
+
     scope_key: str
     limit: Decimal
     reserved: Decimal
+    # Set on the forecast basis: max(month-to-date, forecast) + reservations not yet reflected in spend.
+    committed: Decimal | None = None
 
     @property
     def headroom(self) -> Decimal:
-        return max(ZERO, monthly(self.limit - self.reserved))
+        used = self.reserved if self.committed is None else self.committed
+        return max(ZERO, monthly(self.limit - used))
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ class Funding:
     reserved_credits: Decimal = ZERO
     emergency_credits: Decimal = ZERO
     tenant_reserved_total: Decimal = ZERO
-    spend: dict[str, Any] | None = None
+    spend: Spend | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,7 @@ def _context(inp: DecisionInput, policy: PolicyDocument, policy_version: int, mo
         "budget_limit_usd": _money(budget.limit) if budget else None,
         "scope_reserved_usd": _money(budget.reserved) if budget else None,
         "scope_headroom_usd": _money(budget.headroom) if budget else None,
+        "scope_committed_usd": _money(budget.committed) if budget and budget.committed is not None else None,
         "reserved_credits_headroom_usd": _money(funding.reserved_credits) if funding else None,
         "emergency_credits_headroom_usd": _money(funding.emergency_credits) if funding else None,
         "tenant_reserved_total_usd": (_money(funding.tenant_reserved_total) if funding and (
@@ -253,7 +260,7 @@ def _context(inp: DecisionInput, policy: PolicyDocument, policy_version: int, mo
         "risk_class": risk.level,
         "risk_score": risk.score,
         "risk_factors": list(risk.factors),
-        "spend": funding.spend if funding else None,
+        "spend": funding.spend.as_json() if funding and funding.spend else None,
     }
 
 
@@ -334,7 +341,7 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
              now: datetime, *, context_unavailable: bool = False) -> Evaluation:
     """Return the decision for `inp` under `policy` given the funding read under lock at time `now`."""
     mode, mode_scope = mode_for(policy, inp.source, inp.environment)
-    anomaly = bool((funding.spend or {}).get("anomaly_signal"))
+    anomaly = funding.spend is not None and funding.spend.usable and funding.spend.anomaly_kind is not None
     risk = assess_risk(inp, anomaly=anomaly)
     reasons: list[str] = []
     if funding.budget is None:

@@ -19,6 +19,9 @@ class Decision(Base):
         Index("ix_decisions_idempotency", "tenant_id", "source", "idempotency_key", unique=True),
         Index("ix_decisions_tenant_created", "tenant_id", "created_at"),
         Index("ix_decisions_active_reservations", "tenant_id", "reservation_active", "created_at"),
+        # The worker's cross-tenant overdue sweep: only the (few) rows still holding a reservation, by age.
+        Index("ix_decisions_reservation_age", "created_at", postgresql_where=text("reservation_active"),
+              sqlite_where=text("reservation_active")),
         CheckConstraint("estimated_monthly_delta_usd >= 0", name="monthly_non_negative"),
         CheckConstraint("estimated_hourly_delta_usd >= 0", name="hourly_non_negative"),
         CheckConstraint("reserved_allocation_usd >= 0 AND reserved_credit_usd >= 0", name="reserved_non_negative"),

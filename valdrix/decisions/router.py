@@ -32,7 +32,9 @@ def gate_context(caller: Caller, settings: Settings, clock: Clock, ids: IdFactor
     """Return the gate context for an authenticated request."""
     return service.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=clock.now(), ids=ids,
                                timeout_seconds=settings.gate_timeout_seconds,
-                               lock_timeout_seconds=settings.lock_timeout_seconds)
+                               lock_timeout_seconds=settings.lock_timeout_seconds,
+                               cost_context=settings.cost_context,
+                               cost_data_max_age_days=settings.cost_data_max_age_days)
 
 
 def _generic(source: str, body: GateRequest, request: Request, settings: Settings, clock: Clock, ids: IdFactory,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,8 @@ from valdrix.approvals import service as approvals
 from valdrix.auth.models import Tenant
 from valdrix.budgets import service as budgets
 from valdrix.clock import IdFactory
+from valdrix.costs import engine as spend_engine
+from valdrix.costs import service as costs
 from valdrix.decisions import engine
 from valdrix.decisions.metrics import GATE_FAILURES, LOCK_EVENTS, LOCK_WAIT, observe_decision
 from valdrix.decisions.models import Decision
@@ -43,6 +45,8 @@ class GateContext:
     ids: IdFactory
     timeout_seconds: float
     lock_timeout_seconds: float
+    cost_context: str = "off"
+    cost_data_max_age_days: int = 3
 
 
 @dataclass(frozen=True)
@@ -157,9 +161,12 @@ def _set_timeouts(session: Session, ctx: GateContext, started: float) -> None:
 
 
 def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
-                  policy: policies.ActivePolicy) -> tuple[engine.Funding, Any, budgets.Grants | None]:
+                  policy: policies.ActivePolicy) -> tuple[engine.Funding, Any, budgets.Grants | None, bool]:
+    """Return the funding read under lock, the budget row, the locked grants, and whether spend was unavailable."""
     entitlements = policy.document.entitlements
+    forecast = policy.document.budget_basis == "forecast"
     waited = time.monotonic()
+    reading = 0.0  # time spent reading spend, which is not lock wait
     outcome = "acquired"
     try:
         tenant_total = ZERO
@@ -169,16 +176,24 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
             session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update(key_share=True))
             tenant_total = budgets.tenant_reserved_total(session, ctx.tenant_id)
         budget = budgets.lock_budget(session, ctx.tenant_id, inp.project_id)
-        state = (engine.BudgetState(budget.scope_key, budget.monthly_limit_usd, budget.reserved_usd)
-                 if budget is not None else None)
+        spend = None
+        if budget is not None and (forecast or ctx.cost_context != "off"):
+            started = time.monotonic()
+            spend = _read_spend(session, ctx, budget, forecast=forecast)
+            reading = time.monotonic() - started
+        unavailable = spend is not None and not spend.usable and (forecast or ctx.cost_context == "required")
+        state = None
+        if budget is not None:
+            committed = spend.committed if forecast and spend is not None and spend.usable else None
+            state = engine.BudgetState(budget.scope_key, budget.monthly_limit_usd, budget.reserved_usd, committed)
         grants = None
-        if engine.needs_credits(inp, state):
+        if not unavailable and engine.needs_credits(inp, state):
             grants = budgets.lock_grants(session, ctx.tenant_id, inp.project_id, ctx.now)
     except DBAPIError as exc:
         outcome = "timeout" if _trigger(exc) == "gate_lock_timeout" else "error"
         raise
     finally:
-        wait = time.monotonic() - waited
+        wait = time.monotonic() - waited - reading
         LOCK_WAIT.labels(inp.source, outcome).observe(wait)
         LOCK_EVENTS.labels(inp.source, outcome).inc()
         if outcome == "timeout" or wait >= CONTENDED_AFTER_SECONDS:
@@ -186,15 +201,32 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
     funding = engine.Funding(budget=state,
                              reserved_credits=grants.reserved_headroom if grants else ZERO,
                              emergency_credits=grants.emergency_headroom if grants else ZERO,
-                             tenant_reserved_total=tenant_total)
-    return funding, budget, grants
+                             tenant_reserved_total=tenant_total, spend=spend)
+    return funding, budget, grants, unavailable
+
+
+def _read_spend(session: Session, ctx: GateContext, budget: Any, *, forecast: bool) -> spend_engine.Spend:
+    """Return the budget scope's spend; a failed read yields status `unavailable` instead of failing the gate."""
+    try:
+        # A savepoint of its own, so a failed read leaves the gate's transaction usable.
+        with session.begin_nested():
+            spend = costs.read_spend(session, ctx.tenant_id, budget.scope_key, ctx.now,
+                                     max_age_days=ctx.cost_data_max_age_days)
+            if forecast and spend.usable and budget.reserved_usd > 0:
+                spend = replace(spend, unreflected_reserved=costs.unreflected_reserved(
+                    session, ctx.tenant_id, budget.scope_key, spend.data_through))
+    except SQLAlchemyError as exc:
+        log.warning("spend unavailable for the gate", extra={"error": type(exc).__name__})
+        return spend_engine.unavailable(budget.scope_key, "unavailable")
+    return spend
 
 
 def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.DecisionInput,
                           policy: policies.ActivePolicy, fingerprint: str, key: str, started: float) -> Decision:
     _set_timeouts(session, ctx, started)
-    funding, budget, grants = _lock_funding(session, ctx, inp, policy)
-    evaluation = engine.evaluate(inp, policy.document, policy.version, funding, ctx.now)
+    funding, budget, grants, unavailable = _lock_funding(session, ctx, inp, policy)
+    evaluation = engine.evaluate(inp, policy.document, policy.version, funding, ctx.now,
+                                 context_unavailable=unavailable)
     decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
     decision.budget_scope = budget.scope_key if budget is not None else None
     session.add(decision)

@@ -1,0 +1,1 @@
+"""costs: actual daily spend per scope, imported from FOCUS exports or pushed over the API."""

@@ -1,0 +1,27 @@
+"""Cost record request bodies."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import Field
+
+from valdrix.decisions.schemas import Closed
+from valdrix.money import MAX_AMOUNT
+
+# Daily cost may be negative: credits and refunds appear as negative charges in billing exports.
+SignedAmount = Annotated[Decimal, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False)]
+
+
+class CostRecordIn(Closed):
+    scope_key: str = Field(min_length=1, max_length=128)
+    date: date
+    amount_usd: SignedAmount
+    currency: str = Field(default="USD", min_length=3, max_length=3)
+
+
+class CostBatchIn(Closed):
+    source: str = Field(default="api", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    records: list[CostRecordIn] = Field(min_length=1, max_length=10000)

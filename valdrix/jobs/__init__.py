@@ -1,0 +1,1 @@
+"""jobs: periodic sweeps run under a database lease."""

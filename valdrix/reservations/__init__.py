@@ -1,0 +1,1 @@
+"""reservations: settling, reconciling and releasing the budget and credit held by decisions."""

@@ -1,0 +1,17 @@
+"""Reservation request bodies."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from valdrix.decisions.schemas import Amount, Closed
+
+
+class ReconcileIn(Closed):
+    actual_monthly_delta_usd: Amount
+    notes: str | None = Field(default=None, max_length=1000)
+
+
+class OverdueIn(Closed):
+    older_than_seconds: int | None = Field(default=None, ge=60, le=604800)
+    limit: int = Field(default=200, ge=1, le=1000)
