@@ -198,3 +198,37 @@ def test_bad_price_book_refuses_to_start(scratch_dir: Path) -> None:
     from valdrix.pricing.kubernetes import PricingError
     with pytest.raises(PricingError):
         create_app(Settings(database_url="sqlite://", k8s_price_book_file=bad))  # type: ignore[call-arg]
+
+
+def test_scale_subresource_priced_from_the_workloads_last_decision(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        budget(c, "default", "1000")
+        assert call(c, load("deployment-web-requests-limits.json")).json()["response"]["allowed"] is True
+        old = {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": 3}}
+        new = {**old, "spec": {"replicas": 6}}
+        req = request_for(new, operation="UPDATE", old=old, uid=str(uuid.uuid4()), subResource="scale")
+        req["resource"] = {"group": "apps", "version": "v1", "resource": "deployments"}
+        res = c.post(PATH, json=envelope(req)).json()["response"]
+        # one replica: 0.008962 /h x 730 = 6.5423 /month; 3 more replicas = 19.6269
+        assert res["auditAnnotations"]["monthly-delta-usd"] == "19.6269", res
+
+
+def test_lock_timeout_gives_the_hard_mode_fail_safe(tenant: Tenant) -> None:
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    if not tenant.settings.database_url.startswith("postgresql"):
+        pytest.skip("row-lock timeouts are a PostgreSQL behaviour")
+    with tenant.client() as c:
+        budget(c, "default", "100000")
+        set_mode(c, "hard")
+        engine = create_engine(tenant.settings.database_url)
+        with engine.connect() as holder:
+            holder.execute(text("SELECT 1 FROM budgets WHERE tenant_id = :t FOR UPDATE"), {"t": tenant.id})
+            r = call(c, load("deployment-web-requests-limits.json"))
+            holder.rollback()
+        engine.dispose()
+        res = r.json()["response"]
+        assert r.status_code == 200 and res["allowed"] is False
+        assert "gate_lock_timeout" in res["status"]["message"] or "gate_timeout" in res["status"]["message"]

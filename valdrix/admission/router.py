@@ -65,13 +65,13 @@ async def admission_review(request: Request) -> JSONResponse:
         audit = {"decision": "ALLOW", "fast-path": outcome.why}
         if delta is not None:
             audit["monthly-delta-usd"] = str(delta)
-        return JSONResponse(review_response(req.uid, allowed=True, audit=audit))
+        return _timed(review_response(req.uid, allowed=True, audit=audit), started)
     if isinstance(outcome, translate.Refused):
         await _verify_fast(gate, credential)
         observe_decision(translate.SOURCE, "DENY", ["invalid_cost_input"], "invalid", time.monotonic() - started)
-        return JSONResponse(review_response(
+        return _timed(review_response(
             req.uid, allowed=False, message=f"Valdrix Gate cannot price this object: {outcome.message}",
-            audit={"decision": "DENY", "invalid-cost-input": outcome.message[:256]}))
+            audit={"decision": "DENY", "invalid-cost-input": outcome.message[:256]}), started)
     deadline = gate.settings.admission_timeout_seconds
     executor: ThreadPoolExecutor = request.app.state.admission_executor
     work = asyncio.get_running_loop().run_in_executor(executor, gate.decide, req, credential, outcome,
@@ -82,9 +82,14 @@ async def admission_review(request: Request) -> JSONResponse:
         # The worker may still finish and record its decision; a retry of this uid then replays that record.
         inp = outcome.inp if isinstance(outcome, translate.Priced) else None
         answer = gate.unrecorded(gate.cached_caller(credential), inp, "gate_timeout", started)
-    return JSONResponse(_review(req.uid, answer))
+    return _timed(_review(req.uid, answer), started)
 
 
 def _review(uid: str, answer: Answer) -> dict[str, object]:
     return review_response(uid, allowed=answer.allowed, message=answer.message, warnings=list(answer.warnings),
                            audit=dict(answer.audit))
+
+
+def _timed(body: dict[str, object], started: float) -> JSONResponse:
+    # Server-Timing lets operators (and bench/admission.py) see the time spent inside the gate.
+    return JSONResponse(body, headers={"Server-Timing": f"gate;dur={(time.monotonic() - started) * 1000:.3f}"})
