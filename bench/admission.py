@@ -92,7 +92,8 @@ async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> 
             tasks.append(asyncio.create_task(one(make())))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    return {"load": f"{rate}/s open loop" if rate else "sequential", "sent": total, "ok": len(server), "errors": errors, "achieved_rps": round(total / elapsed, 1),
+    return {"load": f"{rate}/s open loop" if rate else "sequential", "sent": total, "ok": len(server),
+            "errors": errors, "achieved_rps": round(total / elapsed, 1),
             "server_ms": {"p50": pct(server, .50), "p95": pct(server, .95), "p99": pct(server, .99),
                           "mean": round(statistics.fmean(server), 3)},
             "client_ms": {"p50": round(pct(client, .50), 3), "p95": round(pct(client, .95), 3),
