@@ -143,9 +143,11 @@ def main() -> None:
                     args.seconds)),
             }
             results["server_peak_rss_mib"] = round(rss_peak_mib(proc.pid), 1)
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tenant.owner_key}"}) as c:
-                results["decisions_recorded"] = len(c.get("/api/v1/enforcement/decisions",
-                                                          params={"limit": 500}).json()["items"])
+            import psycopg
+
+            with psycopg.connect(url.replace("+psycopg", "")) as conn:
+                row = conn.execute("SELECT count(*) FROM decisions").fetchone()
+                results["decisions_recorded_in_postgresql"] = row[0] if row else 0
         finally:
             proc.terminate()
             proc.wait(10)
