@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from valdrix import __version__
+from valdrix.admission.router import router as admission_router
+from valdrix.admission.service import AdmissionGate
 from valdrix.approvals.metrics import QueueBacklogCollector
 from valdrix.approvals.router import jwks_router
 from valdrix.approvals.router import router as approvals_router
@@ -32,13 +35,15 @@ from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
 from valdrix.policies.router import router as policies_router
 from valdrix.preflight.router import router as preflight_router
+from valdrix.pricing.kubernetes import PriceBook
 from valdrix.reservations.router import router as reservations_router
 
 log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
 ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router, approvals_router,
-           jwks_router, audit_router, reservations_router, costs_router)
+           jwks_router, audit_router, reservations_router, costs_router,
+           admission_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector,)
 
@@ -119,7 +124,8 @@ def _metrics(scrape: CollectorRegistry) -> Response:
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory | None = None) -> FastAPI:
-    """Return the Valdrix Gate ASGI application bound to `settings`."""
+    """Return the Valdrix Gate ASGI application bound to `settings`; raise PricingError for a bad price book."""
+    book = PriceBook.load(settings.k8s_price_book_file)
     app = FastAPI(title="Valdrix Gate", version=__version__)
     engine = make_engine(settings)
     app.state.settings = settings
@@ -136,6 +142,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     scrape = CollectorRegistry(auto_describe=True)
     for collector in SCRAPE_COLLECTORS:
         scrape.register(collector(app.state.sessions, app.state.clock))
+    app.state.price_book = book
+    app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids)
+    # Priced admission decisions run here so their deadline can be enforced from the event loop.
+    app.state.admission_executor = ThreadPoolExecutor(max_workers=2 * settings.db_pool_size,
+                                                      thread_name_prefix="admission")
     for router in ROUTERS:
         app.include_router(router)
 

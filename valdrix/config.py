@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     admission_cluster_tenant: str | None = None
     # JSON object: verified client-certificate subject CN -> tenant name (mTLS from the API server).
     admission_mtls_tenants: dict[str, str] = Field(default_factory=dict)
+    # JSON objects: namespace -> project id / environment, consulted when the object carries no valdrix.io label.
+    admission_namespace_projects: dict[str, str] = Field(default_factory=dict)
+    admission_namespace_environments: dict[str, str] = Field(default_factory=dict)
+    # The whole admission answer must fit inside the webhook's timeoutSeconds (default 2 s): keep this below it.
+    admission_timeout_seconds: float = Field(default=1.5, gt=0, le=29)
+    # How long a verified admission credential is trusted without a database lookup (revocation lag).
+    admission_auth_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
     k8s_price_book_file: Path | None = None
     k8s_cluster_name: str = "default"
 

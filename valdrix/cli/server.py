@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import tempfile
 
 import typer
-import uvicorn
 from rich.console import Console
 from sqlalchemy.exc import IntegrityError
 
 from valdrix import migrate as migrations
+from valdrix import serving
 from valdrix.auth import service as auth
 from valdrix.clock import SystemClock
 from valdrix.config import get_settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
+from valdrix.pricing.kubernetes import PriceBook, PricingError
 
 console = Console(stderr=True)
 
@@ -33,6 +35,15 @@ def serve(
 ) -> None:
     """Serve the API; on an empty database create the default tenant and print its owner key once."""
     settings = get_settings()
+    try:
+        PriceBook.load(settings.k8s_price_book_file)
+        serving.tls_settings(settings)
+    except PricingError as exc:
+        console.print(f"[red]VALDRIX_K8S_PRICE_BOOK_FILE is invalid, not starting:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (OSError, ssl.SSLError) as exc:
+        console.print(f"[red]VALDRIX_TLS_CERT_FILE/KEY_FILE/CLIENT_CA_FILE do not load, not starting:[/red] {exc}")
+        raise typer.Exit(2) from None
     if migrate_first:
         migrations.upgrade(settings.database_url)
     engine = make_engine(settings)
@@ -49,10 +60,11 @@ def serve(
     # Metrics from several worker processes are merged through files in one shared directory.
     metrics_dir = tempfile.mkdtemp(prefix="valdrix-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Imported only now: metric families pick single- or multi-process storage when first imported.
+    from valdrix.app import app_from_env
+
     try:
-        uvicorn.run("valdrix.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    workers=count, log_level=settings.log_level, access_log=settings.access_log,
-                    timeout_graceful_shutdown=10)
+        serving.run(settings, count, app_from_env)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

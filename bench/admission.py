@@ -1,0 +1,158 @@
+"""Admission webhook load test: server-side p50/p95/p99 and peak RSS at a fixed open-loop request rate.
+
+Starts a private PostgreSQL cluster and one `valdrix serve` process (one worker) on 127.0.0.1, then offers
+(a) fast-path ConfigMap reviews and (b) priced Deployment reviews (each a new uid, so each is a decision
+persisted in PostgreSQL with its reservation and ledger row) at RATE requests/s for SECONDS each.
+Server-side latency is the `Server-Timing: gate;dur=` the handler reports (body read → answer built);
+client-side latency (including HTTP on loopback) is printed alongside. Peak RSS is VmHWM of the server.
+
+Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/admission.py [--rate 200] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.live import _wait_ready, make_tenant  # noqa: E402
+from tests.pg import create_database, free_port, postgres_cluster  # noqa: E402
+from valdrix.config import Settings  # noqa: E402
+from valdrix.migrate import upgrade  # noqa: E402
+
+PATH = "/api/v1/enforcement/gate/k8s/admission/review"
+DEPLOYMENT = json.loads((ROOT.parent / "shared" / "fixtures" / "k8s-objects" / "kubectl-generated" /
+                         "deployment-web-requests-limits.json").read_text())
+CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}
+
+
+def review(obj: dict[str, Any], resource: str, group: str) -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": str(uuid.uuid4()), "kind": {"group": group, "version": "v1", "kind": obj["kind"]},
+        "resource": {"group": group, "version": "v1", "resource": resource}, "namespace": "bench",
+        "name": obj["metadata"]["name"], "operation": "CREATE", "userInfo": {"username": "bench"},
+        "object": obj, "dryRun": False}}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> dict[str, Any]:
+    """Offer rate x seconds requests open-loop (rate 0: 500 requests one at a time, the uncontended cost)."""
+    total = rate * seconds if rate else 500
+    server: list[float] = []
+    client: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits,
+                                 timeout=10) as c:
+
+        async def one(body: dict[str, Any]) -> None:
+            nonlocal errors
+            sent = time.perf_counter()
+            try:
+                r = await c.post(PATH, json=body)
+            except httpx.HTTPError:
+                errors += 1
+                return
+            client.append((time.perf_counter() - sent) * 1000)
+            if r.status_code != 200:
+                errors += 1
+                return
+            server.append(float(r.headers["server-timing"].split("dur=")[1]))
+
+        await one(make())  # warm-up: caches the verified key, opens connections
+        server.clear()
+        client.clear()
+        start = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            # Open loop: request i leaves at start + i/rate whatever happened to earlier ones.
+            if not rate:
+                await one(make())
+                continue
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(make())))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"load": f"{rate}/s open loop" if rate else "sequential", "sent": total, "ok": len(server),
+            "errors": errors, "achieved_rps": round(total / elapsed, 1),
+            "server_ms": {"p50": pct(server, .50), "p95": pct(server, .95), "p99": pct(server, .99),
+                          "mean": round(statistics.fmean(server), 3)},
+            "client_ms": {"p50": round(pct(client, .50), 3), "p95": round(pct(client, .95), 3),
+                          "p99": round(pct(client, .99), 3)}}
+
+
+def rss_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    with postgres_cluster() as cluster:
+        url = create_database(cluster, "valdrix_bench")
+        upgrade(url)
+        settings = Settings(database_url=url)  # type: ignore[call-arg]
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        tenant = make_tenant(settings, base, name="bench")
+        env = {**os.environ, "VALDRIX_DATABASE_URL": url, "VALDRIX_PORT": str(port), "VALDRIX_WORKERS": "1",
+               "VALDRIX_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "valdrix", "serve", "--no-migrate"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_ready(base)
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tenant.owner_key}"}) as c:
+                c.put("/api/v1/enforcement/budgets", json={"budgets": [
+                    {"scope_key": "bench", "monthly_limit_usd": "100000000"}]}).raise_for_status()
+                doc = c.get("/api/v1/enforcement/policies").json()["document"]
+                doc["mode_matrix"]["k8s_admission"].update(default="soft", prod="soft", nonprod="soft")
+                c.put("/api/v1/enforcement/policies", json=doc).raise_for_status()
+            results = {
+                "sequential_fast_path": asyncio.run(run_phase(
+                    base, tenant.owner_key, lambda: review(CONFIG_MAP, "configmaps", ""), 0, 0)),
+                "sequential_priced": asyncio.run(run_phase(
+                    base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps"), 0, 0)),
+                "fast_path_configmap": asyncio.run(run_phase(
+                    base, tenant.owner_key, lambda: review(CONFIG_MAP, "configmaps", ""), args.rate, args.seconds)),
+                "priced_deployment_persisted_postgresql": asyncio.run(run_phase(
+                    base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps"), args.rate,
+                    args.seconds)),
+            }
+            results["server_peak_rss_mib"] = round(rss_peak_mib(proc.pid), 1)
+            import psycopg
+
+            with psycopg.connect(url.replace("+psycopg", "")) as conn:
+                row = conn.execute("SELECT count(*) FROM decisions").fetchone()
+                results["decisions_recorded_in_postgresql"] = row[0] if row else 0
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(json.dumps({"rate_rps": args.rate, "seconds_per_phase": args.seconds, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""AdmissionReview `admission.k8s.io/v1` as the API server sends it (open to fields it may add) and our answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from valdrix.errors import BadRequest
+
+API_VERSION = "admission.k8s.io/v1"
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+
+
+class Open(BaseModel):
+    # Newer API servers add fields; ignoring the unknown ones keeps old webhooks working (peers.md §4).
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class GroupVersionKind(Open):
+    group: str = Field(default="", max_length=253)
+    version: str = Field(default="", max_length=63)
+    kind: str = Field(min_length=1, max_length=128)
+
+
+class GroupVersionResource(Open):
+    group: str = Field(default="", max_length=253)
+    version: str = Field(default="", max_length=63)
+    resource: str = Field(min_length=1, max_length=128)
+
+
+class UserInfo(Open):
+    username: str = Field(default="", max_length=512)
+    uid: str = Field(default="", max_length=256)
+    groups: list[str] = Field(default_factory=list)
+
+
+class AdmissionRequest(Open):
+    uid: str = Field(min_length=1, max_length=256)
+    kind: GroupVersionKind
+    resource: GroupVersionResource
+    sub_resource: str | None = Field(default=None, alias="subResource", max_length=128)
+    request_kind: GroupVersionKind | None = Field(default=None, alias="requestKind")
+    request_resource: GroupVersionResource | None = Field(default=None, alias="requestResource")
+    request_sub_resource: str | None = Field(default=None, alias="requestSubResource", max_length=128)
+    name: str | None = Field(default=None, max_length=253)
+    namespace: str | None = Field(default=None, max_length=63)
+    operation: Operation
+    user_info: UserInfo = Field(default_factory=UserInfo, alias="userInfo")
+    object: dict[str, Any] | None = None
+    old_object: dict[str, Any] | None = Field(default=None, alias="oldObject")
+    dry_run: bool | None = Field(default=None, alias="dryRun")
+
+
+class AdmissionReview(Open):
+    api_version: Literal["admission.k8s.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["AdmissionReview"]
+    request: AdmissionRequest
+
+
+def parse_review(body: bytes) -> AdmissionReview:
+    """Return the AdmissionReview in `body`; raise BadRequest `malformed_admission_review` for anything else."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}", code="malformed_admission_review") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be an AdmissionReview object", code="malformed_admission_review")
+    try:
+        return AdmissionReview.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BadRequest(f"malformed AdmissionReview: {fields}", code="malformed_admission_review") from None
+
+
+def review_response(uid: str, *, allowed: bool, message: str | None = None, warnings: list[str] | None = None,
+                    audit: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the AdmissionReview answer; a rejection carries status 403 with `message`."""
+    response: dict[str, Any] = {"uid": uid, "allowed": allowed}
+    if not allowed:
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": message or "denied by Valdrix Gate"}
+    if warnings:
+        response["warnings"] = warnings
+    if audit:
+        response["auditAnnotations"] = audit
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}

@@ -1,0 +1,199 @@
+"""Serving the app: plain HTTP and/or HTTPS listeners in every worker, certificate rotation, client certificates.
+
+`valdrix serve` binds the sockets once, then each worker process runs one event loop with a uvicorn server
+per listener (HTTP on VALDRIX_PORT, HTTPS on VALDRIX_TLS_PORT when a certificate is configured).
+
+Rotation: every TLS handshake checks the certificate, key and client-CA files' mtime/size (a `stat`, a few
+microseconds); when they changed, a new SSLContext is built and the handshake switches to it, so a rotated
+certificate (cert-manager, a re-mounted Secret) is served from the next connection on, without a restart.
+A half-written pair that fails to load is logged and the previous certificate keeps being served.
+
+Client certificates: with VALDRIX_TLS_CLIENT_CA_FILE the HTTPS listener asks for one (CERT_OPTIONAL): a
+presented certificate must chain to that CA or the handshake fails, while callers without one (probes,
+API-key callers) still connect. The verified leaf is exposed to the app as the ASGI TLS extension
+(`scope["extensions"]["tls"]["client_cert_chain"]`); the plain HTTP listener never sets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from starlette.types import ASGIApp, Scope
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from valdrix.config import Settings
+
+log = logging.getLogger("valdrix.serving")
+
+
+class ReloadingTLS:
+    """Server TLS settings that follow the certificate files on disk."""
+
+    def __init__(self, cert_file: Path, key_file: Path, client_ca_file: Path | None = None) -> None:
+        self.files = tuple(p for p in (cert_file, key_file, client_ca_file) if p is not None)
+        self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
+        self._stamp = self._stat()
+        self.base = self._build()
+        self.base.sni_callback = self._on_handshake
+        self.current = self.base
+
+    def _stat(self) -> tuple[tuple[int, int], ...]:
+        return tuple((s.st_mtime_ns, s.st_size) for s in (p.stat() for p in self.files))
+
+    def _build(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            ctx.load_verify_locations(cafile=self.client_ca_file)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+    def refresh(self) -> None:
+        """Switch to the files' current certificate if they changed and load cleanly; keep the old one if not."""
+        try:
+            stamp = self._stat()
+        except OSError as exc:
+            log.warning("TLS files unreadable, keeping the current certificate: %s", exc)
+            return
+        if stamp == self._stamp:
+            return
+        try:
+            fresh = self._build()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("rotated TLS files do not load (yet), keeping the current certificate: %s", exc)
+            return
+        self.current, self._stamp = fresh, stamp
+        log.info("TLS certificate reloaded from %s", self.cert_file)
+
+    def _on_handshake(self, conn: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
+                      _ctx: ssl.SSLContext) -> None:
+        self.refresh()
+        if conn.context is not self.current:
+            conn.context = self.current
+
+
+class TLSHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol plus the ASGI TLS extension carrying the verified client certificate."""
+
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        der = ssl_object.getpeercert(binary_form=True)
+        self._tls = {"server_cert": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None,
+                     "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+                     "client_cert_name": (x509.load_der_x509_certificate(der).subject.rfc4514_string()
+                                          if der else None)}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
+
+
+def client_common_name(scope: Scope) -> str | None:
+    """Return the subject CN of the verified client certificate of this connection, or None."""
+    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
+    if not chain:
+        return None
+    names = x509.load_pem_x509_certificate(chain[0].encode()).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) and value else None
+
+
+class _Listener(uvicorn.Server):
+    # One process runs several servers: signals are handled once, for all of them, by `serve_sockets`.
+    @contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def _config(app: ASGIApp, settings: Settings, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level=settings.log_level, access_log=settings.access_log,
+                          timeout_graceful_shutdown=10, lifespan="off", **extra)
+
+
+def tls_settings(settings: Settings) -> ReloadingTLS | None:
+    """Return the HTTPS settings when both certificate and key files are configured, else None."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    return ReloadingTLS(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+
+
+async def serve_sockets(app: ASGIApp, settings: Settings, http: socket.socket | None,
+                        https: socket.socket | None) -> None:
+    """Serve `app` on the given listening sockets until SIGINT/SIGTERM or until all servers stop."""
+    servers: list[tuple[uvicorn.Server, socket.socket]] = []
+    if http is not None:
+        servers.append((_Listener(_config(app, settings)), http))
+    tls = tls_settings(settings)
+    if https is not None and tls is not None:
+        servers.append((_Listener(_config(app, settings, http=TLSHttpProtocol,
+                                          ssl_context_factory=lambda _c, _d: tls.base)), https))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server, _ in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Return a listening TCP socket (shared by every worker process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(http: socket.socket | None, https: socket.socket | None) -> None:
+    from valdrix.app import app_from_env
+    from valdrix.config import get_settings
+
+    asyncio.run(serve_sockets(app_from_env(), get_settings(), http, https))
+
+
+def run(settings: Settings, workers: int, app_factory: Callable[[], ASGIApp]) -> None:
+    """Bind the configured listeners and serve them from `workers` processes (in this one when 1)."""
+    tls = settings.tls_cert_file is not None and settings.tls_key_file is not None
+    http = bind(settings.host, settings.port) if settings.tls_serve_http or not tls else None
+    https = bind(settings.host, settings.tls_port) if tls else None
+    if workers == 1:
+        asyncio.run(serve_sockets(app_factory(), settings, http, https))
+        return
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_worker, args=(http, https)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    def forward(sig: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.join()
