@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from valdrix.cli import keys, server, tenants
+from valdrix.cli import approvals, keys, preflight, server, tenants
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
 server.register(app)
 app.add_typer(tenants.app, name="tenant")
 app.add_typer(keys.app, name="key")
+app.command("preflight")(preflight.preflight)
+approvals.register(app)
 
 
 def main() -> None:
     """Run the command line."""
-    app()
+    app(args=preflight.optional_values(sys.argv[1:]))
