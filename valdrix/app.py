@@ -16,6 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from valdrix import __version__
+from valdrix.approvals.metrics import QueueBacklogCollector
+from valdrix.approvals.router import jwks_router
+from valdrix.approvals.router import router as approvals_router
+from valdrix.approvals.tokens import KeyRing
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
@@ -30,7 +34,10 @@ from valdrix.preflight.router import router as preflight_router
 log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
-ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router)
+ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router, approvals_router,
+           jwks_router)
+# Collectors that read the database at scrape time, built per app from its session factory and clock.
+SCRAPE_COLLECTORS = (QueueBacklogCollector,)
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
@@ -95,13 +102,15 @@ def _validation_problem(exc: RequestValidationError) -> JSONResponse:
     return problem(422, "invalid_request", f"invalid request: {fields}", errors=errors)
 
 
-def _metrics() -> Response:
+def _metrics(scrape: CollectorRegistry) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         from prometheus_client import REGISTRY as registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # Database-backed collectors live in the app's own registry in both modes: process-wide registration
+    # would clash when one process builds several apps, and multiprocess files cannot hold them.
+    return Response(generate_latest(registry) + generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory | None = None) -> FastAPI:
@@ -114,6 +123,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     app.state.clock = clock or SystemClock()
     app.state.ids = ids or UuidFactory()
     app.state.head = head_revision()
+    # Misconfigured keys stop the start-up; no keys at all leave approval tokens unavailable (503), never
+    # silently replaced by an ephemeral key that other replicas could not verify.
+    app.state.keyring = KeyRing.from_settings(settings)
+    if app.state.keyring is None:
+        log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): approval tokens are unavailable")
+    scrape = CollectorRegistry(auto_describe=True)
+    for collector in SCRAPE_COLLECTORS:
+        scrape.register(collector(app.state.sessions, app.state.clock))
     for router in ROUTERS:
         app.include_router(router)
 
@@ -157,7 +174,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return _metrics()
+        return _metrics(scrape)
 
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     return app

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from valdrix.approvals.tokens import KeyRing
 from valdrix.auth.service import Caller, authenticate
 from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
-from valdrix.errors import Forbidden, Unauthenticated
+from valdrix.errors import Forbidden, Unauthenticated, Unavailable, ValdrixError
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -20,6 +21,12 @@ def get_session(request: Request) -> Iterator[Session]:
     try:
         yield session
         session.commit()
+    except ValdrixError as exc:
+        if exc.commit:
+            session.commit()
+        else:
+            session.rollback()
+        raise
     except BaseException:
         session.rollback()
         raise
@@ -47,7 +54,16 @@ def get_ids(request: Request) -> IdFactory:
     return ids
 
 
+def get_keyring(request: Request) -> KeyRing:
+    """Return the app's signing key ring; raise Unavailable (503) when no signing keys are configured."""
+    keyring: KeyRing | None = request.app.state.keyring
+    if keyring is None:
+        raise Unavailable("no signing keys are configured (VALDRIX_SIGNING_KEYS_DIR)", code="signing_keys_unavailable")
+    return keyring
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 IdsDep = Annotated[IdFactory, Depends(get_ids)]
 

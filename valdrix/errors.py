@@ -6,17 +6,22 @@ from typing import Any
 
 
 class ValdrixError(Exception):
-    """Base error: `status` is the HTTP status, `code` the stable machine-readable code."""
+    """Base error: `status` is the HTTP status, `code` the stable machine-readable code.
+
+    `commit=True` marks an error raised after a state change that must persist anyway (an approval found
+    expired on access is expired and its reservation released even though the request is refused).
+    """
 
     status = 400
     code = "bad_request"
     title = "Bad request"
 
-    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+    def __init__(self, message: str, *, code: str | None = None, commit: bool = False, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.commit = commit
         self.extra = extra
 
     def problem(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ TABLE_MODULES = (
     "valdrix.budgets.models",
     "valdrix.decisions.models",
     "valdrix.ledger.models",
+    "valdrix.approvals.models",
 )
 
 

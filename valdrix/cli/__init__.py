@@ -6,12 +6,13 @@ import sys
 
 import typer
 
-from valdrix.cli import approvals, keys, preflight, server, tenants
+from valdrix.cli import approvals, keys, preflight, server, signing, tenants
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
 server.register(app)
 app.add_typer(tenants.app, name="tenant")
 app.add_typer(keys.app, name="key")
+app.add_typer(signing.app, name="signing-key")
 app.command("preflight")(preflight.preflight)
 approvals.register(app)
 

@@ -13,6 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from valdrix.approvals import service as approvals
 from valdrix.auth.models import Tenant
 from valdrix.budgets import service as budgets
 from valdrix.clock import IdFactory
@@ -222,7 +223,14 @@ def _persist_fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionI
 
 
 def _open_approval(session: Session, ctx: GateContext, decision: Decision, policy: policies.ActivePolicy) -> None:
-    """Approval requests arrive with the approvals capability; until then a decision carries none."""
+    """Open the pending approval of a real REQUIRE_APPROVAL decision (soft fail-safe ones included).
+
+    The `decision_created` ledger row written next records its `approval_request_id`, so opening needs no
+    row of its own; every later review writes one.
+    """
+    if decision.decision == "REQUIRE_APPROVAL" and not decision.dry_run and decision.mode != "shadow":
+        approvals.open_for_decision(session, decision, policy, requested_by=ctx.actor, now=ctx.now,
+                                    approval_id=ctx.ids.new())
 
 
 def _new_decision(ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy, fingerprint: str,

@@ -1,0 +1,53 @@
+"""The approval request row: one per REQUIRE_APPROVAL decision, with its frozen routing and its one token."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from valdrix.db import Base
+
+STATUSES = ("pending", "approved", "denied", "expired")
+
+
+class ApprovalRequest(Base):
+    """Status moves only pending → approved | denied | expired, each by one conditional UPDATE.
+
+    Only the token's hash and `jti` are kept in clear; the token itself is kept sealed (encrypted under a key
+    derived from the signing key) until its requester picks it up or it is consumed, then erased.
+    """
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        Index("ix_approval_requests_tenant_status", "tenant_id", "status", "created_at"),
+        Index("ix_approval_requests_due", "status", "expires_at"),
+        CheckConstraint("status IN ('pending', 'approved', 'denied', 'expired')", name="status_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    decision_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("decisions.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[uuid.UUID | None]
+    reviewed_by: Mapped[uuid.UUID | None]
+    review_notes: Mapped[str | None] = mapped_column(String(1000))
+    routing: Mapped[dict[str, Any]]
+    routing_rule_id: Mapped[str] = mapped_column(String(64))
+    required_permission: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime]
+    approved_at: Mapped[datetime | None]
+    denied_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    token_jti: Mapped[str | None] = mapped_column(String(64))
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    token_expires_at: Mapped[datetime | None]
+    token_sealed: Mapped[str | None] = mapped_column(Text)
+    token_picked_up_at: Mapped[datetime | None]
+    token_consumed_at: Mapped[datetime | None]
+    token_consumed_by: Mapped[uuid.UUID | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
