@@ -171,6 +171,9 @@ def consume(client: GateClient, state: State, path: Path | None, err: Console) -
         try:
             pickup = client.pickup_token(state.approval_request_id)
         except ApiError as exc:
+            if exc.code in ("approval_not_approved", "approval_expired"):
+                return Result(Exit.APPROVAL, exc.code, f"the approval cannot be used yet or any more: {exc.detail}",
+                              error=exc.body)
             if exc.status == 409:
                 return Result(Exit.CONSUME_REFUSED, "token_unavailable",
                               f"the approval token cannot be collected: {exc.detail} [{exc.code}]. It is handed "
@@ -244,7 +247,8 @@ def wait_for_approval(client: GateClient, state: State, path: Path | None, timeo
             return consume(client, state, path, err)
         if status in ("denied", "expired"):
             return Result(Exit.APPROVAL, f"approval_{status}", f"approval {approval_id} was {status}"
-                          + (f": {approval['notes']}" if approval.get("notes") else ""), approval=approval)
+                          + (f": {approval['review_notes']}" if approval.get("review_notes") else ""),
+                          approval=approval)
         if status != "pending":
             return Result(Exit.ERROR, "approval_unknown_status", f"approval {approval_id} has unknown status "
                           f"{status!r}", approval=approval)
