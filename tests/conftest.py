@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import LiveServer, Tenant, thread_server
+from tests.live import LiveServer, SigningKeys, Tenant, thread_server
 from tests.pg import create_database, postgres_cluster
+from valdrix.approvals.tokens import generate_key_file, retire_key_file
 from valdrix.config import Settings
 from valdrix.migrate import upgrade
 
@@ -43,10 +44,23 @@ def settings_for(url: str, **extra: object) -> Settings:
     return Settings(database_url=url, **extra)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> SigningKeys:
+    """A key directory with an active signing key and a retired, verify-only one (its private key kept aside)."""
+    root = tmp_path_factory.mktemp("signing")
+    keys = root / "keys"
+    generate_key_file(keys, "test-active")
+    generate_key_file(keys, "test-retired")
+    retired_private = (keys / "test-retired.pem").read_bytes()
+    retire_key_file(keys, "test-retired")
+    return SigningKeys(directory=keys, active_kid="test-active", retired_kid="test-retired",
+                       retired_private_pem=retired_private)
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+def server(request: pytest.FixtureRequest, signing_keys: SigningKeys) -> Iterator[LiveServer]:
     url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
-    with thread_server(settings_for(url), request.param) as live:
+    with thread_server(settings_for(url, **signing_keys.settings()), request.param) as live:
         yield live
 
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,22 @@ from valdrix.auth import service as auth
 from valdrix.clock import OffsetClock, SystemClock
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """The test key directory: `active_kid` signs; `retired_kid` is listed public-only."""
+
+    directory: Path
+    active_kid: str
+    retired_kid: str
+    retired_private_pem: bytes
+
+    def settings(self) -> dict[str, Any]:
+        return {"signing_keys_dir": self.directory, "signing_active_kid": self.active_kid}
+
+    def env(self) -> dict[str, str]:
+        return {"VALDRIX_SIGNING_KEYS_DIR": str(self.directory), "VALDRIX_SIGNING_ACTIVE_KID": self.active_kid}
 
 
 @dataclass

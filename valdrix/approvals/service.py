@@ -333,7 +333,7 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
                                  ApprovalRequest.tenant_id == caller.tenant_id)).first()
     if row is None:
         raise _mismatch("approval_id")
-    approval, decision = row.tuple()
+    approval, decision = row
     if claims.decision_id != approval.decision_id:
         raise _mismatch("decision_id")
     if approval.status != "approved":
@@ -467,7 +467,7 @@ def _load(session: Session, tenant_id: uuid.UUID, approval_id: uuid.UUID) -> tup
                           .where(ApprovalRequest.id == approval_id, ApprovalRequest.tenant_id == tenant_id)).first()
     if row is None:
         raise NotFound("approval request not found", code="approval_not_found")
-    approval, decision = row.tuple()
+    approval, decision = row
     return approval, decision
 
 
