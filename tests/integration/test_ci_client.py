@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import BACKENDS, FIXTURES, settings_for
-from tests.live import LiveServer, Tenant, thread_server
+from tests.conftest import FIXTURES
+from tests.live import Tenant
 from tests.pg import free_port
 from valdrix.cli import app
 from valdrix.cli.preflight import optional_values
@@ -22,16 +21,6 @@ PLANS = FIXTURES / "terraform-plans"
 SMALL_PLAN = PLANS / "infracost__small_terraform_plan_nat_ebs.json"  # $54.7170/month, all priced
 OTHER_PLAN = PLANS / "infracost__plan_with_target_update_t3micro_to_t3small.json"  # $7.5920/month
 UNPRICED_PLAN = PLANS / "checkov__plan_tags_55_resources.json"  # 2 resource types not in the catalogue
-HS256_SECRET = "ci-client-tests-" + "s" * 32
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def gate(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server able to issue approval tokens (HS256, so the test needs no key files)."""
-    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
-    settings = settings_for(url, token_algorithm="HS256", token_hs256_secret=HS256_SECRET)
-    with thread_server(settings, request.param) as live:
-        yield live
 
 
 @dataclass
@@ -64,13 +53,12 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(gate: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+def pipeline(tenant: Tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
     for name in ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_PIPELINE_ID", "CI_JOB_NAME", "VALDRIX_APPROVAL_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     workdir = tmp_path / "network"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    tenant = gate.tenant()
     with tenant.client() as c:
         r = c.put("/api/v1/enforcement/budgets", json={"budgets": [{"scope_key": "payments",
                                                                    "monthly_limit_usd": "1000"}]})
