@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from valdrix.cli import costs, export, keys, server, signing, tenants, worker
+from valdrix.cli import approvals, costs, export, keys, preflight, server, signing, tenants, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
 server.register(app)
@@ -14,8 +16,10 @@ app.add_typer(keys.app, name="key")
 app.add_typer(signing.app, name="signing-key")
 app.add_typer(export.app, name="export")
 app.add_typer(costs.app, name="costs")
+app.command("preflight")(preflight.preflight)
+approvals.register(app)
 
 
 def main() -> None:
     """Run the command line."""
-    app()
+    app(args=preflight.optional_values(sys.argv[1:]))

@@ -5,9 +5,18 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
   soft_mode_cost_context_escalation | hard_mode_cost_context_closed}, hard_deny_threshold_exceeded,
   {shadow_mode_override | soft_mode_escalation}, plan_limit_exceeded, budget_exceeded,
   enterprise_ceiling_exceeded, {shadow|soft}_mode_{plan_limit|budget|enterprise_ceiling}_{override|escalation},
+  unpriced_resources [{shadow_mode_unpriced_resources_override | soft_mode_unpriced_resources_escalation}],
   credit_waterfall_used, reserved_credit_waterfall_used, emergency_credit_waterfall_used,
   shadow_mode_approval_override, approval_required, dry_run; fail-safe: gate_lock_timeout | gate_timeout |
   gate_evaluation_error, then shadow_mode_fail_open | soft_mode_fail_safe_escalation | hard_mode_fail_closed.
+
+`unpriced_resources`: the client's cost estimate could not price some resources (request metadata
+`pricing.unpriced_count`, a non-negative integer, > 0; anything else counts as 0) and the policy's
+`entitlements.unpriced_resources` is not `ignore`. It only ever raises an otherwise allowed decision:
+`escalate` → REQUIRE_APPROVAL in soft and hard mode; `deny` → the mode's violation decision (soft
+REQUIRE_APPROVAL with `soft_mode_unpriced_resources_escalation`, hard DENY); shadow allows and adds
+`shadow_mode_unpriced_resources_override`. An escalation keeps the reservation the waterfall made, like an
+approval required by policy.
 """
 
 from __future__ import annotations
@@ -333,6 +342,30 @@ def _waterfall(requested: Decimal, mode: str, policy: PolicyDocument, funding: F
     return out
 
 
+def unpriced_count(metadata: dict[str, Any]) -> int:
+    """Return `metadata.pricing.unpriced_count` when it is a non-negative integer, else 0."""
+    pricing = metadata.get("pricing")
+    count = pricing.get("unpriced_count") if isinstance(pricing, dict) else None
+    # bool is an int subclass; `true` is not a count.
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def _unpriced(policy: PolicyDocument, mode: str, decision: str, reasons: list[str]) -> str:
+    """Return the decision after the unpriced-resources rule, appending its reasons."""
+    rule = policy.entitlements.unpriced_resources
+    if rule == "ignore" or decision not in ("ALLOW", "ALLOW_WITH_CREDITS"):
+        return decision
+    reasons.append("unpriced_resources")
+    if mode == "shadow":
+        reasons.append("shadow_mode_unpriced_resources_override")
+        return decision
+    if rule == "deny":
+        if mode == "soft":
+            reasons.append("soft_mode_unpriced_resources_escalation")
+        return violation_decision(mode)
+    return "REQUIRE_APPROVAL"
+
+
 _SUFFIX_SUBJECT = {"plan_limit_exceeded": "plan_limit", "budget_exceeded": "budget",
                    "enterprise_ceiling_exceeded": "enterprise_ceiling"}
 
@@ -373,6 +406,8 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
                 reasons.append("reserved_credit_waterfall_used")
             if wf.emergency_credits > 0:
                 reasons.append("emergency_credit_waterfall_used")
+    if unpriced_count(inp.metadata):
+        decision = _unpriced(policy, mode, decision, reasons)
     column = environment_class(inp.environment)
     approval_by_policy = (getattr(policy.approval.require_approval, column)
                           and requested >= policy.entitlements.auto_approve_below_monthly_usd)

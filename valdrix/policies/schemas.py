@@ -104,6 +104,10 @@ class Entitlements(_Closed):
     enterprise_monthly_ceiling_usd: PolicyMoney | None = None
     auto_approve_below_monthly_usd: PolicyMoney = Decimal("25")
     hard_deny_above_monthly_usd: PolicyMoney = Decimal("5000")
+    # What a request whose cost estimate left resources unpriced (metadata `pricing.unpriced_count` > 0)
+    # becomes: `ignore` prices them at nothing; `escalate` asks a reviewer (shadow only records it);
+    # `deny` treats them as a policy violation of the mode (shadow allows, soft escalates, hard denies).
+    unpriced_resources: Literal["ignore", "escalate", "deny"] = "escalate"
 
     @model_validator(mode="after")
     def _ordering(self) -> Entitlements:
