@@ -58,14 +58,9 @@ def approval_body(approval: ApprovalRequest, decision: Decision) -> dict[str, An
         "created_at": _iso(approval.created_at),
         "updated_at": _iso(approval.updated_at),
         "decision": {
+            **_bound(decision),
             "decision": decision.decision,
             "reason_codes": list(decision.reason_codes),
-            "source": decision.source,
-            "project_id": decision.project_id,
-            "environment": decision.environment,
-            "action": decision.action,
-            "resource_reference": decision.resource_reference,
-            "request_fingerprint": decision.request_fingerprint,
             "estimated_monthly_delta_usd": str(monthly(decision.estimated_monthly_delta_usd)),
             "estimated_hourly_delta_usd": str(hourly(decision.estimated_hourly_delta_usd)),
             "policy_version": decision.policy_version,
@@ -75,18 +70,20 @@ def approval_body(approval: ApprovalRequest, decision: Decision) -> dict[str, An
     }
 
 
+def _bound(decision: Decision) -> dict[str, Any]:
+    """The request a decision (and so its approval token) is bound to."""
+    return {"source": decision.source, "project_id": decision.project_id, "environment": decision.environment,
+            "action": decision.action, "resource_reference": decision.resource_reference,
+            "request_fingerprint": decision.request_fingerprint}
+
+
 def consumed_body(approval: ApprovalRequest, decision: Decision) -> dict[str, Any]:
     """Return the bound values a pipeline may now act on, and when the token was consumed."""
     return {
         "status": "consumed",
         "approval_id": str(approval.id),
         "decision_id": str(decision.id),
-        "source": decision.source,
-        "project_id": decision.project_id,
-        "environment": decision.environment,
-        "action": decision.action,
-        "resource_reference": decision.resource_reference,
-        "request_fingerprint": decision.request_fingerprint,
+        **_bound(decision),
         "max_monthly_delta_usd": str(monthly(decision.estimated_monthly_delta_usd)),
         "max_hourly_delta_usd": str(hourly(decision.estimated_hourly_delta_usd)),
         "policy_sha256": decision.policy_sha256,
