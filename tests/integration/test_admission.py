@@ -232,3 +232,28 @@ def test_lock_timeout_gives_the_hard_mode_fail_safe(tenant: Tenant) -> None:
         res = r.json()["response"]
         assert r.status_code == 200 and res["allowed"] is False
         assert "gate_lock_timeout" in res["status"]["message"] or "gate_timeout" in res["status"]["message"]
+
+
+def test_approved_request_is_admitted_once_on_reapply(tenant: Tenant) -> None:
+    webhook = tenant.key("k8s-webhook", role="member")
+    obj = load("deployment-gpu-trainer.json")
+    obj["metadata"]["annotations"] = {"valdrix.io/environment": "prod"}
+    with tenant.client() as owner, tenant.client(key=webhook) as api_server:
+        budget(owner, "default", "100000")
+        set_mode(owner, "soft")
+        first = call(api_server, obj).json()["response"]
+        assert first["allowed"] is False and "REQUIRE_APPROVAL" in first["status"]["message"]
+        approval_id = first["auditAnnotations"]["approval-request-id"]
+        assert f"valdrix approve {approval_id}" in first["status"]["message"]
+        # Still pending: re-applying asks again.
+        assert call(api_server, obj).json()["response"]["allowed"] is False
+        r = owner.post(f"/api/v1/enforcement/approvals/{approval_id}/approve", json={"notes": "ok"})
+        assert r.status_code == 200, r.text
+        admitted = call(api_server, obj).json()["response"]
+        assert admitted["allowed"] is True, admitted
+        assert admitted["auditAnnotations"]["approval-request-id"] == approval_id
+        assert any(approval_id in w for w in admitted["warnings"])
+        # The approval admits one re-apply only.
+        assert call(api_server, obj).json()["response"]["allowed"] is False
+        events = [e["event"] for e in owner.get("/api/v1/enforcement/ledger").json()["items"]]
+        assert events.count("approval_redeemed") == 1

@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from valdrix.admission import translate
 from valdrix.admission.schemas import AdmissionRequest
+from valdrix.approvals import service as approvals
+from valdrix.approvals.models import ApprovalRequest
 from valdrix.auth import service as auth
 from valdrix.auth.service import Caller
 from valdrix.clock import Clock, IdFactory
@@ -180,6 +182,12 @@ class AdmissionGate:
                 ctx = gate.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=self.clock.now(),
                                        ids=self.ids, timeout_seconds=remaining,
                                        lock_timeout_seconds=min(self.settings.lock_timeout_seconds, remaining / 2))
+                if gate.stored(session, caller.tenant_id, inp.source, req.uid) is None:
+                    redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
+                                                fingerprint=inp.fingerprint(), actor=caller.principal_id,
+                                                now=ctx.now)
+                    if redeemed is not None:
+                        return self.approved(*redeemed)
                 decision = gate.decide(session, ctx, inp, req.uid).decision
                 self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
                 return self.answer(decision)
@@ -213,6 +221,16 @@ class AdmissionGate:
             f"Valdrix Gate {decision} ({mode} mode fail-safe, {trigger}): the gate could not evaluate or record "
             f"this +${delta}/mo change; nothing was reserved. Retry shortly. Reasons: {', '.join(reasons)}"),
             audit=audit)
+
+    def approved(self, approval: ApprovalRequest, decision: Decision) -> Answer:
+        """Return the admission of a re-applied request whose earlier decision an approver approved."""
+        audit = (("decision-id", str(decision.id)), ("decision", "ALLOW"),
+                 ("policy-version", str(decision.policy_version)),
+                 ("request-fingerprint", decision.request_fingerprint),
+                 ("approval-request-id", str(approval.id)),
+                 ("monthly-delta-usd", str(monthly(decision.estimated_monthly_delta_usd))))
+        return Answer(True, "ALLOW", warnings=(_short(f"Valdrix: admitted once by approval {approval.id}"),),
+                      audit=audit)
 
     def answer(self, decision: Decision) -> Answer:
         """Return the API server's answer for a stored decision (the same for the first call and a retry)."""

@@ -358,6 +358,34 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
     return approval, decision
 
 
+def redeem(session: Session, *, tenant_id: uuid.UUID, source: str, fingerprint: str, actor: uuid.UUID | None,
+           now: datetime) -> tuple[ApprovalRequest, Decision] | None:
+    """Burn an approved, unused, unexpired approval of an identical request; return it with its decision, or None.
+
+    This is how an approval reaches a caller that cannot carry a token — the Kubernetes API server: after
+    approval, the next identical request (same fingerprint) is admitted once, on the approved decision's
+    reservation. The burn is the same single conditional update as a token consume, so it happens once.
+    """
+    candidates = session.scalars(
+        select(ApprovalRequest.id)
+        .join(Decision, Decision.id == ApprovalRequest.decision_id)
+        .where(ApprovalRequest.tenant_id == tenant_id, ApprovalRequest.status == "approved",
+               ApprovalRequest.token_consumed_at.is_(None), ApprovalRequest.token_expires_at > now,
+               Decision.source == source, Decision.request_fingerprint == fingerprint)
+        .order_by(ApprovalRequest.approved_at, ApprovalRequest.id)
+    ).all()
+    for approval_id in candidates:
+        if _changed(session, update(ApprovalRequest)
+                    .where(ApprovalRequest.id == approval_id, ApprovalRequest.token_consumed_at.is_(None))
+                    .values(token_consumed_at=now, token_consumed_by=actor, token_sealed=None, updated_at=now)):
+            approval, decision = _load(session, tenant_id, approval_id)
+            ledger.append(session, decision, event="approval_redeemed", actor=actor, now=now,
+                          details={"approval_id": str(approval_id)})
+            TOKEN_EVENTS.labels("redeemed").inc()
+            return approval, decision
+    return None
+
+
 def _check_binding(claims: TokenClaims, approval: ApprovalRequest, decision: Decision) -> None:
     assert approval.approved_at is not None and approval.token_expires_at is not None
     issued = int(approval.approved_at.timestamp())
