@@ -75,10 +75,13 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     key = (idempotency_key or "").strip()[:128] or fingerprint
     # A dry run lives in its own key space so it can never be replayed as the real decision.
     stored_key = f"dry_run:{key}" if inp.dry_run else key
-    existing = _find(session, ctx.tenant_id, inp.source, stored_key)
-    if existing is not None:
-        return _replayed(existing, fingerprint, started)
-    policy = policies.current(session, ctx.tenant_id)
+    # The policy in force and any decision already stored under the key, in one round trip.
+    stored_id = select(Decision.id).where(
+        Decision.tenant_id == ctx.tenant_id, Decision.source == inp.source,
+        Decision.idempotency_key == stored_key).scalar_subquery()
+    policy, existing_id = policies.current_with(session, ctx.tenant_id, stored_id)
+    if existing_id is not None:
+        return _replayed(session.get_one(Decision, existing_id), fingerprint, started)
     try:
         with session.begin_nested():
             decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started)
@@ -234,14 +237,16 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
                                  context_unavailable=unavailable)
     decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
     decision.budget_scope = budget.scope_key if budget is not None else None
+    _assign_approval_id(ctx, decision)
     session.add(decision)
-    # Insert the decision first: credit reservations, approvals and the ledger reference it, and without
-    # ORM relationships the unit of work does not order those inserts after it.
+    # The decision row goes first: the credit reservations, approval and ledger rows reference it.
     session.flush()
     if evaluation.reservation_active:
-        decision.response_payload = {**decision.response_payload, "credit_reservations": budgets.reserve(
-            session, decision, budget, grants, reserved_credits=evaluation.reserve_reserved_credits,
-            emergency_credits=evaluation.reserve_emergency_credits, now=ctx.now)}
+        credit = budgets.reserve(session, decision, budget, grants,
+                                 reserved_credits=evaluation.reserve_reserved_credits,
+                                 emergency_credits=evaluation.reserve_emergency_credits, now=ctx.now)
+        if credit:
+            decision.response_payload = {**decision.response_payload, "credit_reservations": credit}
     _open_approval(session, ctx, decision, policy)
     ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now)
     session.flush()
@@ -254,6 +259,7 @@ def _persist_fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionI
                        policy: policies.ActivePolicy, fingerprint: str, key: str, trigger: str) -> Decision:
     evaluation = engine.fail_safe(inp, policy.document, policy.version, trigger, ctx.now)
     decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
+    _assign_approval_id(ctx, decision)
     session.add(decision)
     session.flush()
     _open_approval(session, ctx, decision, policy)
@@ -263,15 +269,22 @@ def _persist_fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionI
     return decision
 
 
+def _assign_approval_id(ctx: GateContext, decision: Decision) -> None:
+    # A real REQUIRE_APPROVAL decision (soft fail-safe ones included) gets its approval's id before the decision
+    # row is inserted, so the row is written once with it.
+    if decision.decision == "REQUIRE_APPROVAL" and not decision.dry_run and decision.mode != "shadow":
+        decision.approval_request_id = ctx.ids.new()
+
+
 def _open_approval(session: Session, ctx: GateContext, decision: Decision, policy: policies.ActivePolicy) -> None:
-    """Open the pending approval of a real REQUIRE_APPROVAL decision (soft fail-safe ones included).
+    """Open the pending approval whose id the decision was given.
 
     The `decision_created` ledger row written next records its `approval_request_id`, so opening needs no
     row of its own; every later review writes one.
     """
-    if decision.decision == "REQUIRE_APPROVAL" and not decision.dry_run and decision.mode != "shadow":
+    if decision.approval_request_id is not None:
         approvals.open_for_decision(session, decision, policy, requested_by=ctx.actor, now=ctx.now,
-                                    approval_id=ctx.ids.new())
+                                    approval_id=decision.approval_request_id)
 
 
 def _new_decision(ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy, fingerprint: str,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ScalarSelect, select
 from sqlalchemy.orm import Session
 
 from valdrix.errors import NotFound
@@ -23,16 +24,39 @@ class ActivePolicy:
     document: PolicyDocument
 
 
+# Validated documents by content hash. A hash names exactly one document, so entries never go stale and
+# replicas cannot disagree; the cap only bounds memory.
+_PARSED: dict[str, PolicyDocument] = {}
+_PARSED_MAX = 1024
+
+
 def current(session: Session, tenant_id: uuid.UUID) -> ActivePolicy:
     """Return the tenant's newest policy version (every tenant is created with version 1)."""
+    return current_with(session, tenant_id, None)[0]
+
+
+def current_with(session: Session, tenant_id: uuid.UUID,
+                 extra: ScalarSelect[Any] | None) -> tuple[ActivePolicy, Any]:
+    """Return the newest policy version and the value of `extra`, a scalar subquery read in the same round trip.
+
+    Raise NotFound if the tenant has no policy.
+    """
+    columns = [PolicyVersion.version, PolicyVersion.sha256, PolicyVersion.document]
     row = session.execute(
-        select(PolicyVersion.version, PolicyVersion.sha256, PolicyVersion.document)
+        select(*columns, *([extra.label("extra")] if extra is not None else []))
         .where(PolicyVersion.tenant_id == tenant_id)
         .order_by(PolicyVersion.version.desc()).limit(1)
     ).first()
     if row is None:
         raise NotFound("tenant has no policy", code="policy_not_found")
-    return ActivePolicy(version=row.version, sha256=row.sha256, document=PolicyDocument.model_validate(row.document))
+    document = _PARSED.get(row.sha256)
+    if document is None:
+        document = PolicyDocument.model_validate(row.document)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[row.sha256] = document
+    active = ActivePolicy(version=row.version, sha256=row.sha256, document=document)
+    return active, (row.extra if extra is not None else None)
 
 
 def put(session: Session, tenant_id: uuid.UUID, document: PolicyDocument, *, actor: uuid.UUID | None,
