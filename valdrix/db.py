@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,8 +13,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, Engine, MetaData, Numeric, String, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator, Uuid
 
 from valdrix.config import Settings
@@ -66,8 +68,12 @@ def make_engine(settings: Settings) -> Engine:
     if settings.is_sqlite:
         engine = create_engine(settings.database_url, connect_args={"check_same_thread": False,
                                                                     "isolation_level": None},
-                               poolclass=NullPool if ":memory:" not in settings.database_url else None)
+                               pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
         busy = settings.sqlite_busy_timeout_ms
+        # SQLite has one writer. Threads of this process queue for it on a fair lock instead of SQLite's busy
+        # handler, which sleeps in growing steps and turns contention into second-long tails. Other processes
+        # (CLI, extra workers) still meet the busy timeout at BEGIN IMMEDIATE.
+        writer = threading.Lock()
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -84,7 +90,29 @@ def make_engine(settings: Settings) -> Engine:
             # serialise on it instead of failing with SQLITE_BUSY at commit time. A read snapshot (audit
             # export) takes no write lock: under WAL a deferred transaction reads one snapshot throughout.
             read_only = conn.get_execution_options().get("valdrix_read_snapshot", False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            if read_only:
+                conn.exec_driver_sql("BEGIN")
+                return
+            if not writer.acquire(timeout=busy / 1000):
+                raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                writer.release()
+                raise
+            conn.info["valdrix_writer"] = True
+
+        def _finish(conn: Any, end: str) -> None:
+            # These events fire before SQLAlchemy ends the transaction; end it here so the next writer never
+            # finds the file still locked (SQLAlchemy's own COMMIT/ROLLBACK then has nothing left to do).
+            if conn.info.pop("valdrix_writer", False):
+                try:
+                    getattr(conn.connection.dbapi_connection, end)()
+                finally:
+                    writer.release()
+
+        event.listen(engine, "commit", lambda conn: _finish(conn, "commit"))
+        event.listen(engine, "rollback", lambda conn: _finish(conn, "rollback"))
 
         return engine
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,

@@ -171,6 +171,7 @@ def test_config_map_never_touches_the_database_and_database_down_fail_safe(scrat
             os.rename(db, db.with_suffix(".gone"))
             db.with_suffix(".gone").rename(scratch_dir / "unrelated.db")
             db.write_bytes(b"")  # an empty file: every query fails
+            app.state.engine.dispose()  # pooled connections would still hold the old file open
             assert call(c, CONFIG_MAP).json()["response"]["allowed"] is True
             r = call(c, load("deployment-gpu-trainer.json"))
             assert r.status_code == 200, r.text
