@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, le=64)
+    # Threads per worker process for blocking (database) work; see valdrix/serving.py.
+    worker_threads: int = Field(default=8, ge=1, le=200)
     # HTTPS listener (admission webhook); both files must be set to enable it.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -29,6 +29,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from anyio import to_thread
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from starlette.types import ASGIApp, Scope
@@ -148,6 +149,9 @@ async def serve_sockets(app: ASGIApp, settings: Settings, http: socket.socket | 
         servers.append((_Listener(_config(app, settings, http=TLSHttpProtocol,
                                           ssl_context_factory=lambda _c, _d: tls.base)), https))
     loop = asyncio.get_running_loop()
+    # Blocking handlers (database work) run on this many threads per process. More threads than the database
+    # work can use only adds GIL contention: excess requests wait in the event loop instead.
+    to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
 
     def stop() -> None:
         for server, _ in servers:
