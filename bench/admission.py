@@ -111,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     args = parser.parse_args()
     with postgres_cluster() as cluster:
         url = create_database(cluster, "valdrix_bench")
@@ -119,8 +120,8 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         tenant = make_tenant(settings, base, name="bench")
-        env = {**os.environ, "VALDRIX_DATABASE_URL": url, "VALDRIX_PORT": str(port), "VALDRIX_WORKERS": "1",
-               "VALDRIX_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "VALDRIX_DATABASE_URL": url, "VALDRIX_PORT": str(port),
+               "VALDRIX_WORKERS": str(args.workers), "VALDRIX_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "valdrix", "serve", "--no-migrate"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -142,7 +143,10 @@ def main() -> None:
                     base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps"), args.rate,
                     args.seconds)),
             }
-            results["server_peak_rss_mib"] = round(rss_peak_mib(proc.pid), 1)
+            workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                                     text=True).stdout.split()
+            results["server_peak_rss_mib_per_process"] = round(max(
+                rss_peak_mib(pid) for pid in [proc.pid, *map(int, workers)]), 1)
             import psycopg
 
             with psycopg.connect(url.replace("+psycopg", "")) as conn:

@@ -145,7 +145,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     app.state.price_book = book
     app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids)
     # Priced admission decisions run here so their deadline can be enforced from the event loop.
-    app.state.admission_executor = ThreadPoolExecutor(max_workers=2 * settings.db_pool_size,
+    app.state.admission_executor = ThreadPoolExecutor(max_workers=settings.worker_threads,
                                                       thread_name_prefix="admission")
     for router in ROUTERS:
         app.include_router(router)
