@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -167,6 +167,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc.orig)
         return problem(503, "database_unavailable", "the database is unavailable; retry later")
+
+    @app.exception_handler(IntegrityError)
+    async def _conflicting_write(_: Request, exc: IntegrityError) -> JSONResponse:
+        # A concurrent request wrote the same unique record first; nothing of this request was committed.
+        log.warning("conflicting concurrent write: %s", exc.orig)
+        return problem(409, "conflicting_write", "a concurrent request changed the same record; retry")
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        log.error("database error: %s", exc.orig)
+        return problem(503, "database_error", "the database refused the operation; retry later")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
