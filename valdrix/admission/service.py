@@ -182,12 +182,12 @@ class AdmissionGate:
                 ctx = gate.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=self.clock.now(),
                                        ids=self.ids, timeout_seconds=remaining,
                                        lock_timeout_seconds=min(self.settings.lock_timeout_seconds, remaining / 2))
-                if gate.stored(session, caller.tenant_id, inp.source, req.uid) is None:
-                    redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
-                                                fingerprint=inp.fingerprint(), actor=caller.principal_id,
-                                                now=ctx.now)
-                    if redeemed is not None:
-                        return self.approved(*redeemed)
+                # An approved identical request is admitted once (also when the API server retries the uid
+                # that was rejected for approval); otherwise the gate decides, replaying a known uid.
+                redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
+                                            fingerprint=inp.fingerprint(), actor=caller.principal_id, now=ctx.now)
+                if redeemed is not None:
+                    return self.approved(*redeemed)
                 decision = gate.decide(session, ctx, inp, req.uid).decision
                 self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
                 return self.answer(decision)

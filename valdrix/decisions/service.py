@@ -32,7 +32,7 @@ log = logging.getLogger("valdrix.gate")
 # A lock wait longer than this is reported as contention even though it succeeded.
 CONTENDED_AFTER_SECONDS = 0.010
 
-__all__ = ["GateContext", "Outcome", "decide", "get", "stored"]
+__all__ = ["GateContext", "Outcome", "decide", "get"]
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,6 @@ def get(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Decis
     if row is None:
         raise NotFound("decision not found", code="decision_not_found")
     return row
-
-
-def stored(session: Session, tenant_id: uuid.UUID, source: str, key: str) -> Decision | None:
-    """Return the decision stored under an idempotency key, or None."""
-    return _find(session, tenant_id, source, (key or "").strip()[:128])
 
 
 def _find(session: Session, tenant_id: uuid.UUID, source: str, key: str) -> Decision | None:
