@@ -12,25 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.pricing.fixtures import FIXTURES, load_json
 from valdrix.pricing.infracost import read_infracost
 from valdrix.pricing.terraform import PricingError, price_plan
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OUTPUTS = sorted((FIXTURES / "infracost").glob("*.json"))
 
 
-def _load(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-
-
 def _read(name: str) -> Any:
-    return read_infracost(_load(FIXTURES / "infracost" / name))
+    return read_infracost(load_json(FIXTURES / "infracost" / name))
 
 
 @pytest.mark.parametrize("path", OUTPUTS, ids=lambda p: p.name)
 def test_every_output_reads(path: Path) -> None:
-    estimate = read_infracost(_load(path))
+    estimate = read_infracost(load_json(path))
     assert estimate.source == "infracost"
     for r in estimate.resources:
         assert r.priced == (r.kind != "unpriced")
@@ -157,7 +152,7 @@ EXPLAINED = {
 
 
 def _infracost_costs(name: str) -> dict[str, Decimal | None]:
-    doc = _load(FIXTURES / "infracost" / name)
+    doc = load_json(FIXTURES / "infracost" / name)
     return {
         r["name"]: None if r.get("monthlyCost") is None else Decimal(str(r["monthlyCost"]))
         for p in doc["projects"]
@@ -167,7 +162,7 @@ def _infracost_costs(name: str) -> dict[str, Decimal | None]:
 
 @pytest.mark.parametrize(("plan", "output"), PAIRS, ids=[p[0] for p in PAIRS])
 def test_agreement_with_infracost_within_ten_percent(plan: str, output: str) -> None:
-    ours = {r.address: r for r in price_plan(_load(FIXTURES / "terraform-plans" / plan)).resources}
+    ours = {r.address: r for r in price_plan(load_json(FIXTURES / "terraform-plans" / plan)).resources}
     theirs = _infracost_costs(output)
     compared = 0
     for address, their_cost in theirs.items():

@@ -12,20 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.pricing.fixtures import FIXTURES, load_json
 from valdrix.pricing.infracost import read_infracost
 from valdrix.pricing.terraform import PlanEstimate, PricingError, ResourceCost, load_catalogue, price_plan
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 PLANS = sorted((FIXTURES / "terraform-plans").glob("*.json"))
 
 
-def _load(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-
-
 def _estimate(name: str) -> PlanEstimate:
-    return price_plan(_load(FIXTURES / "terraform-plans" / name))
+    return price_plan(load_json(FIXTURES / "terraform-plans" / name))
 
 
 def _resource(estimate: PlanEstimate, address: str) -> ResourceCost:
@@ -38,7 +33,7 @@ def test_fixtures_present() -> None:
 
 @pytest.mark.parametrize("path", PLANS, ids=lambda p: p.name)
 def test_every_plan_prices_consistently(path: Path) -> None:
-    estimate = price_plan(_load(path))
+    estimate = price_plan(load_json(path))
     assert estimate.source == "terraform_plan"
     assert estimate.monthly_delta_usd == sum((r.monthly_delta_usd for r in estimate.resources), Decimal(0))
     assert estimate.hourly_delta_usd == sum((r.hourly_delta_usd for r in estimate.resources), Decimal(0))
@@ -59,7 +54,7 @@ def test_every_plan_prices_consistently(path: Path) -> None:
 
 def test_only_truly_unknown_resources_are_unpriced() -> None:
     unpriced = {
-        (path.name, r.address): r.notes[0] for path in PLANS for r in price_plan(_load(path)).unpriced
+        (path.name, r.address): r.notes[0] for path in PLANS for r in price_plan(load_json(path)).unpriced
     }
     assert unpriced == {
         ("checkov__plan_tags_55_resources.json", "aws_elasticsearch_domain.monitoring-framework"): (

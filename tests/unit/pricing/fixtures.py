@@ -1,0 +1,15 @@
+"""The shared third-party fixtures (`../shared/fixtures` beside the repository), read with exact decimals."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures"
+
+
+def load_json(path: Path) -> Any:
+    """Return a fixture's JSON with numbers as Decimal (never float)."""
+    return json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
