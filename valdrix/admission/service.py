@@ -185,7 +185,7 @@ class AdmissionGate:
                 # An approved identical request is admitted once (also when the API server retries the uid
                 # that was rejected for approval); otherwise the gate decides, replaying a known uid.
                 redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
-                                            fingerprint=inp.fingerprint(), actor=caller.principal_id, now=ctx.now)
+                                            fingerprint=inp.fingerprint, actor=caller.principal_id, now=ctx.now)
                 if redeemed is not None:
                     return self.approved(*redeemed)
                 decision = gate.decide(session, ctx, inp, req.uid).decision

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal
 
 from valdrix.canonical import sha256_hex
@@ -101,8 +102,12 @@ class DecisionInput:
             "metadata": self.metadata,
         }
 
+    @cached_property
     def fingerprint(self) -> str:
-        """Return the SHA-256 of the canonical JSON of the fingerprint fields."""
+        """The SHA-256 of the canonical JSON of the fingerprint fields, computed once per input.
+
+        The input is frozen and its metadata is never mutated after construction (the gate copies it).
+        """
         return sha256_hex(self.fingerprint_fields())
 
 

@@ -67,7 +67,7 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     when the key was already used for a different request.
     """
     started = time.monotonic()
-    fingerprint = inp.fingerprint()
+    fingerprint = inp.fingerprint
     if expected_fingerprint is not None and expected_fingerprint.lower() != fingerprint:
         raise Conflict("request fingerprint differs from expected_request_fingerprint: the planned change is not "
                        "the one previously evaluated", code="request_fingerprint_mismatch",

@@ -176,11 +176,11 @@ def test_fingerprint_deterministic_and_sensitive(meta: dict[str, object], amount
         base.update(over)
         return make_input(**base)  # type: ignore[arg-type]
 
-    fp = build().fingerprint()
-    assert fp == build(metadata=dict(reversed(list(meta.items())))).fingerprint()
-    assert fp == build(environment="Production").fingerprint()
-    assert fp == build(dry_run=True).fingerprint()
-    assert fp != build(monthly_delta=amount + D("0.0001")).fingerprint()
-    assert fp != build(action=action + "x").fingerprint()
-    assert fp != build(metadata={**meta, "extra-key": 1}).fingerprint()
-    assert fp != build(resource_reference="r2").fingerprint()
+    fp = build().fingerprint
+    assert fp == build(metadata=dict(reversed(list(meta.items())))).fingerprint
+    assert fp == build(environment="Production").fingerprint
+    assert fp == build(dry_run=True).fingerprint
+    assert fp != build(monthly_delta=amount + D("0.0001")).fingerprint
+    assert fp != build(action=action + "x").fingerprint
+    assert fp != build(metadata={**meta, "extra-key": 1}).fingerprint
+    assert fp != build(resource_reference="r2").fingerprint
