@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -21,27 +20,6 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
-
-
-class FixedClock:
-    """A clock that stands still until moved; thread-safe so a live test server can share it."""
-
-    def __init__(self, start: datetime) -> None:
-        self._lock = threading.Lock()
-        self._now = start
-
-    def now(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def set(self, value: datetime) -> None:
-        with self._lock:
-            self._now = value
-
-    def advance(self, **delta: float) -> datetime:
-        with self._lock:
-            self._now = self._now + timedelta(**delta)
-            return self._now
 
 
 class OffsetClock:

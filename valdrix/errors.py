@@ -68,18 +68,6 @@ class Conflict(ValdrixError):
     title = "Conflict"
 
 
-class PayloadTooLarge(ValdrixError):
-    status = 413
-    code = "payload_too_large"
-    title = "Payload too large"
-
-
-class UnsupportedMediaType(ValdrixError):
-    status = 415
-    code = "unsupported_media_type"
-    title = "Unsupported media type"
-
-
 class Unavailable(ValdrixError):
     status = 503
     code = "unavailable"

@@ -37,7 +37,7 @@ from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Kind
-from valdrix.canonical import canonical_json
+from valdrix.canonical import canonical_json, sha256_bytes
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
 from valdrix.ledger.models import LedgerEntry
@@ -222,7 +222,7 @@ class Export:
 
     @property
     def manifest_sha256(self) -> str:
-        return hashlib.sha256(self.manifest_bytes).hexdigest()
+        return sha256_bytes(self.manifest_bytes)
 
     @property
     def signature_b64(self) -> str:

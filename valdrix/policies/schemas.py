@@ -138,16 +138,3 @@ class PolicyDocument(_Closed):
     def sha256(self) -> str:
         """Return the SHA-256 of the canonical document."""
         return sha256_hex(self.canonical())
-
-
-class PolicyVersionOut(BaseModel):
-    version: int
-    schema_version: str
-    sha256: str
-    created_at: str
-    created_by: str | None
-    document: PolicyDocument
-
-
-class PolicyPutResult(PolicyVersionOut):
-    changed: bool
