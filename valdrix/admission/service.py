@@ -206,8 +206,7 @@ class AdmissionGate:
         mode = (self._modes.get((caller.tenant_id, engine.environment_class(environment)), "hard")
                 if caller is not None else "hard")
         decision = engine.violation_decision(mode)
-        reasons = [trigger, {"shadow": "shadow_mode_fail_open", "soft": "soft_mode_fail_safe_escalation",
-                             "hard": "hard_mode_fail_closed"}[mode]]
+        reasons = engine.fail_safe_reasons(mode, trigger)
         if caller is None:
             reasons.append("caller_unverified")
         observe_decision(translate.SOURCE, decision, reasons, "failsafe", time.monotonic() - started)
@@ -261,7 +260,7 @@ class AdmissionGate:
     def _warnings(self, decision: Decision, delta: Decimal, scope: str) -> tuple[str, ...]:
         reasons = list(decision.reason_codes)
         out: list[str] = []
-        overridden = [r for r in reasons if r.startswith("shadow_mode") or r == "shadow_mode_fail_open"]
+        overridden = [r for r in reasons if r.startswith("shadow_mode")]
         if overridden:
             cause = next((r for r in reasons if not r.startswith("shadow_mode")), overridden[0])
             out.append(f"Valdrix shadow: +${delta}/mo would be blocked ({cause}) for {scope}")

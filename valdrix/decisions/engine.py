@@ -436,14 +436,20 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
     )
 
 
+def fail_safe_reasons(mode: str, trigger: str) -> list[str]:
+    """Return the reasons of a fail-safe answer: the trigger, then what the mode makes of it."""
+    if trigger not in FAIL_SAFE_TRIGGERS:
+        trigger = "gate_evaluation_error"
+    return [trigger, {"shadow": "shadow_mode_fail_open", "soft": "soft_mode_fail_safe_escalation",
+                      "hard": "hard_mode_fail_closed"}[mode]]
+
+
 def fail_safe(inp: DecisionInput, policy: PolicyDocument, policy_version: int, trigger: str,
               now: datetime) -> Evaluation:
     """Return the mode's fail-safe decision (shadow allows, soft escalates, hard denies) for a failed gate."""
-    if trigger not in FAIL_SAFE_TRIGGERS:
-        trigger = "gate_evaluation_error"
     mode, mode_scope = mode_for(policy, inp.source, inp.environment)
-    reasons = [trigger, {"shadow": "shadow_mode_fail_open", "soft": "soft_mode_fail_safe_escalation",
-                         "hard": "hard_mode_fail_closed"}[mode]]
+    reasons = fail_safe_reasons(mode, trigger)
+    trigger = reasons[0]
     if inp.dry_run:
         reasons.append("dry_run")
     risk = assess_risk(inp)
