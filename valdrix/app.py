@@ -41,9 +41,9 @@ from valdrix.reservations.router import router as reservations_router
 log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
-ROUTERS = (policies_router, budgets_router, decisions_router, preflight_router, ledger_router, approvals_router,
-           jwks_router, audit_router, reservations_router, costs_router,
-           admission_router)
+# Requests are matched against routers in this order: the gate's hot paths come first.
+ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
+           ledger_router, jwks_router, audit_router, reservations_router, costs_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector,)
 

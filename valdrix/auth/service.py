@@ -8,10 +8,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from valdrix.auth.models import ApiKey, Principal, Tenant
+from valdrix.db import Statement
 from valdrix.errors import Conflict, InvalidInput, NotFound
 from valdrix.policies import service as policies
 from valdrix.policies.schemas import PolicyDocument
@@ -41,15 +42,19 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+# Built once: every authenticated request runs it.
+_BY_KEY_HASH = Statement(
+    select(Principal.id, Principal.tenant_id, Principal.name, Principal.role, Principal.permissions)
+    .join(ApiKey, ApiKey.principal_id == Principal.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
+
+
 def authenticate(session: Session, key: str) -> Caller | None:
     """Return the caller owning an unrevoked key, or None."""
-    row = session.execute(
-        select(Principal.id, Principal.tenant_id, Principal.name, Principal.role, Principal.permissions)
-        .join(ApiKey, ApiKey.principal_id == Principal.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    ).first()
-    if row is None:
+    rows = _BY_KEY_HASH.run(session, {"key_hash": hash_key(key)})
+    if not rows:
         return None
+    row = rows[0]
     return Caller(tenant_id=row.tenant_id, principal_id=row.id, name=row.name, role=row.role,
                   permissions=frozenset(row.permissions))
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from valdrix.budgets.models import Budget, CreditGrant, CreditReservation
+from valdrix.db import Statement
 from valdrix.decisions.models import Decision
 from valdrix.errors import Conflict, InvalidInput
 from valdrix.money import ZERO, monthly
@@ -67,25 +68,46 @@ def create_grant(session: Session, tenant_id: uuid.UUID, *, pool: str, scope_key
     return grant
 
 
+# The gate's statements, built once per process.
+_TENANT_ALLOCATED = Statement(
+    select(func.coalesce(func.sum(Budget.reserved_usd), 0)).where(Budget.tenant_id == bindparam("tenant_id")))
+_TENANT_CREDIT = Statement(
+    select(func.coalesce(func.sum(CreditReservation.reserved_usd), 0))
+    .where(CreditReservation.tenant_id == bindparam("tenant_id"), CreditReservation.active.is_(True)))
+# Both candidate rows are locked in scope order so two scopes never deadlock. NO KEY UPDATE: inserts whose
+# foreign keys point at the row need not wait.
+_LOCK_BUDGET = Statement(
+    select(Budget.id, Budget.scope_key, Budget.monthly_limit_usd, Budget.reserved_usd)
+    .where(Budget.tenant_id == bindparam("tenant_id"), Budget.active.is_(True),
+           or_(Budget.scope_key == bindparam("project_id"), Budget.scope_key == "default"))
+    .order_by(Budget.scope_key).with_for_update(key_share=True))
+_SET_RESERVED = Statement(
+    update(Budget).where(Budget.id == bindparam("budget_id")).values(reserved_usd=bindparam("new_reserved_usd")))
+
+
 def tenant_reserved_total(session: Session, tenant_id: uuid.UUID) -> Decimal:
     """Return everything the tenant holds in active reservations: budget allocations plus drawn credit."""
-    allocated = session.scalar(select(func.coalesce(func.sum(Budget.reserved_usd), 0))
-                               .where(Budget.tenant_id == tenant_id))
-    credit = session.scalar(select(func.coalesce(func.sum(CreditReservation.reserved_usd), 0))
-                            .where(CreditReservation.tenant_id == tenant_id, CreditReservation.active.is_(True)))
+    allocated = _TENANT_ALLOCATED.run(session, {"tenant_id": tenant_id})[0][0]
+    credit = _TENANT_CREDIT.run(session, {"tenant_id": tenant_id})[0][0]
     return monthly(Decimal(allocated or 0) + Decimal(credit or 0))
 
 
-def lock_budget(session: Session, tenant_id: uuid.UUID, project_id: str) -> Budget | None:
+@dataclass(frozen=True)
+class LockedBudget:
+    """A budget row read under its row lock, which the transaction holds until it ends."""
+
+    id: uuid.UUID
+    scope_key: str
+    monthly_limit_usd: Decimal
+    reserved_usd: Decimal
+
+
+def lock_budget(session: Session, tenant_id: uuid.UUID, project_id: str) -> LockedBudget | None:
     """Return the active budget governing `project_id` (its own scope, else `default`), row-locked."""
-    rows = session.scalars(
-        select(Budget).where(Budget.tenant_id == tenant_id, Budget.active.is_(True),
-                             Budget.scope_key.in_({project_id, "default"}))
-        .order_by(Budget.scope_key).with_for_update(key_share=True)
-    ).all()
-    # Both candidate rows are locked in scope order so two scopes never deadlock; the project's wins.
+    rows = _LOCK_BUDGET.run(session, {"tenant_id": tenant_id, "project_id": project_id})
     by_scope = {row.scope_key: row for row in rows}
-    return by_scope.get(project_id) or by_scope.get("default")
+    row = by_scope.get(project_id) or by_scope.get("default")
+    return LockedBudget(row.id, row.scope_key, row.monthly_limit_usd, row.reserved_usd) if row else None
 
 
 @dataclass(frozen=True)
@@ -121,29 +143,48 @@ def lock_grants(session: Session, tenant_id: uuid.UUID, project_id: str, now: da
                   emergency=sorted((g for g in rows if g.pool == "emergency"), key=order))
 
 
-def reserve(session: Session, decision: Decision, budget: Budget | None, grants: Grants | None, *,
-            reserved_credits: Decimal, emergency_credits: Decimal, now: datetime) -> list[dict[str, str]]:
-    """Hold the decision's allocation on its budget and debit credit grants; return the credit allocations."""
-    if decision.reserved_allocation_usd > 0:
-        assert budget is not None
-        budget.reserved_usd = monthly(budget.reserved_usd + decision.reserved_allocation_usd)
-    allocations: list[dict[str, str]] = []
+@dataclass(frozen=True)
+class Draw:
+    """An amount of credit a decision takes from one grant."""
+
+    grant: CreditGrant
+    pool: str
+    amount: Decimal
+
+    def as_json(self) -> dict[str, str]:
+        return {"grant_id": str(self.grant.id), "pool": self.pool, "amount_usd": str(self.amount)}
+
+
+def draw_credits(grants: Grants | None, *, reserved_credits: Decimal, emergency_credits: Decimal) -> list[Draw]:
+    """Return which grants cover the credit amounts, in spending order; raise Conflict if the pools fall short."""
+    draws: list[Draw] = []
     for pool, amount in (("reserved", reserved_credits), ("emergency", emergency_credits)):
         remaining = amount
         for grant in (getattr(grants, pool) if grants else []):
             if remaining <= 0:
                 break
             take = min(remaining, grant.remaining_usd)
-            grant.remaining_usd = monthly(grant.remaining_usd - take)
             remaining -= take
-            session.add(CreditReservation(id=uuid.uuid4(), tenant_id=decision.tenant_id, decision_id=decision.id,
-                                          grant_id=grant.id, pool=pool, reserved_usd=take, consumed_usd=ZERO,
-                                          released_usd=ZERO, active=True, settled_at=None, created_at=now))
-            allocations.append({"grant_id": str(grant.id), "pool": pool, "amount_usd": str(take)})
+            draws.append(Draw(grant, pool, take))
         if remaining > 0:
             # The grants were read under lock just before, so this means a bug, not a race.
             raise Conflict(f"credit pool {pool} short by {remaining}", code="credit_headroom_shortfall")
-    return allocations
+    return draws
+
+
+def reserve(session: Session, decision: Decision, budget: LockedBudget | None, draws: list[Draw], *,
+            now: datetime) -> None:
+    """Hold the decision's allocation on its budget and debit the drawn credit from its grants."""
+    if decision.reserved_allocation_usd > 0:
+        assert budget is not None
+        held = monthly(budget.reserved_usd + decision.reserved_allocation_usd)
+        _SET_RESERVED.run(session, {"budget_id": budget.id, "new_reserved_usd": held})
+    for draw in draws:
+        draw.grant.remaining_usd = monthly(draw.grant.remaining_usd - draw.amount)
+        session.add(CreditReservation(id=uuid.uuid4(), tenant_id=decision.tenant_id, decision_id=decision.id,
+                                      grant_id=draw.grant.id, pool=draw.pool, reserved_usd=draw.amount,
+                                      consumed_usd=ZERO, released_usd=ZERO, active=True, settled_at=None,
+                                      created_at=now))
 
 
 @dataclass(frozen=True)

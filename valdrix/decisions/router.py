@@ -22,14 +22,19 @@ from valdrix.config import Settings
 from valdrix.decisions import engine, service
 from valdrix.decisions.models import Decision
 from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
-from valdrix.deps import DB, ClockDep, IdsDep, Member, SettingsDep, in_one_transaction
+from valdrix.deps import DB, Member, in_one_transaction
 from valdrix.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"])
 
 
-def gate_context(caller: Caller, settings: Settings, clock: Clock, ids: IdFactory) -> service.GateContext:
-    """Return the gate context for an authenticated request."""
+def gate_context(request: Request, caller: Caller) -> service.GateContext:
+    """Return the gate context for an authenticated request, from the app's settings, clock and id factory."""
+    # Read from the app state directly: the gate routes are the hot path, and resolving these as FastAPI
+    # dependencies costs more per request than the rest of the routing.
+    settings: Settings = request.app.state.settings
+    clock: Clock = request.app.state.clock
+    ids: IdFactory = request.app.state.ids
     return service.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=clock.now(), ids=ids,
                                timeout_seconds=settings.gate_timeout_seconds,
                                lock_timeout_seconds=settings.lock_timeout_seconds,
@@ -37,8 +42,7 @@ def gate_context(caller: Caller, settings: Settings, clock: Clock, ids: IdFactor
                                cost_data_max_age_days=settings.cost_data_max_age_days)
 
 
-def _generic(source: str, body: GateRequest, request: Request, settings: Settings, clock: Clock, ids: IdFactory,
-             header_key: str | None) -> Awaitable[dict[str, Any]]:
+def _generic(source: str, body: GateRequest, request: Request, header_key: str | None) -> Awaitable[dict[str, Any]]:
     inp = engine.make_input(source=source, project_id=body.project_id, environment=body.environment,
                             action=body.action, resource_reference=body.resource_reference,
                             monthly_delta=body.estimated_monthly_delta_usd,
@@ -46,7 +50,7 @@ def _generic(source: str, body: GateRequest, request: Request, settings: Setting
                             dry_run=body.dry_run)
 
     def work(db: Session, caller: Caller) -> dict[str, Any]:
-        outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp,
+        outcome = service.decide(db, gate_context(request, caller), inp,
                                  header_key or body.idempotency_key, body.expected_request_fingerprint)
         return decision_body(outcome.decision)
 
@@ -54,23 +58,21 @@ def _generic(source: str, body: GateRequest, request: Request, settings: Setting
 
 
 @router.post("/gate/terraform")
-async def gate_terraform(body: GateRequest, request: Request, settings: SettingsDep, clock: ClockDep, ids: IdsDep,
+async def gate_terraform(body: GateRequest, request: Request,
                          idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Terraform change described by the generic gate body."""
-    return JSONResponse(await _generic("terraform", body, request, settings, clock, ids, idempotency_key))
+    return JSONResponse(await _generic("terraform", body, request, idempotency_key))
 
 
 @router.post("/gate/k8s/admission")
-async def gate_k8s_generic(body: GateRequest, request: Request, settings: SettingsDep, clock: ClockDep,
-                           ids: IdsDep,
+async def gate_k8s_generic(body: GateRequest, request: Request,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Kubernetes change described by the generic gate body (the webhook uses /review)."""
-    return JSONResponse(await _generic("k8s_admission", body, request, settings, clock, ids, idempotency_key))
+    return JSONResponse(await _generic("k8s_admission", body, request, idempotency_key))
 
 
 @router.post("/gate/cloud-event")
-async def gate_cloud_event(body: CloudEventGateRequest, request: Request, settings: SettingsDep, clock: ClockDep,
-                           ids: IdsDep,
+async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a change announced by a CloudEvents 1.0 event."""
     event = body.cloud_event
@@ -98,7 +100,7 @@ async def gate_cloud_event(body: CloudEventGateRequest, request: Request, settin
     key = idempotency_key or body.idempotency_key or f"cloudevent:{event.source}:{event.id}"[:128]
 
     def work(db: Session, caller: Caller) -> dict[str, Any]:
-        outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp, key,
+        outcome = service.decide(db, gate_context(request, caller), inp, key,
                                  body.expected_request_fingerprint)
         return decision_body(outcome.decision)
 

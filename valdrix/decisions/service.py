@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from valdrix.approvals import service as approvals
 from valdrix.auth.models import Tenant
@@ -19,6 +19,7 @@ from valdrix.budgets import service as budgets
 from valdrix.clock import IdFactory
 from valdrix.costs import engine as spend_engine
 from valdrix.costs import service as costs
+from valdrix.db import Statement
 from valdrix.decisions import engine
 from valdrix.decisions.metrics import GATE_FAILURES, LOCK_EVENTS, LOCK_WAIT, observe_decision
 from valdrix.decisions.models import Decision
@@ -55,6 +56,23 @@ class Outcome:
     replayed: bool
 
 
+# The gate's statements, built once per process.
+# The policy in force and any decision already stored under the key, read in one round trip.
+_STORED_ID = select(Decision.id).where(
+    Decision.tenant_id == bindparam("tenant_id"), Decision.source == bindparam("source"),
+    Decision.idempotency_key == bindparam("key")).scalar_subquery().label("stored_id")
+_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID))
+# On PostgreSQL the same round trip bounds the rest of the transaction (SET LOCAL): a lock wait past the lock
+# timeout or a statement past the gate deadline fails fast into a fail-safe decision.
+_POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
+    _STORED_ID, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
+    func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")))
+# Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it. NO KEY UPDATE: decision
+# inserts referencing the tenant (foreign key checks) must not queue behind it.
+_LOCK_TENANT = Statement(select(Tenant.id).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True))
+_INSERT_DECISION = Statement(insert(Decision))
+
+
 class _Deadline(Exception):
     """The evaluation ran past the gate deadline."""
 
@@ -64,7 +82,8 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     """Return the stored decision for a repeated key, else evaluate and persist a new one (fail-safe on failure).
 
     Raise Conflict, before anything is written, when `expected_fingerprint` differs from the request's, or
-    when the key was already used for a different request.
+    when the key was already used for a different request. The decision must be the transaction's first
+    write: a failed evaluation rolls the transaction back before the fail-safe decision is recorded.
     """
     started = time.monotonic()
     fingerprint = inp.fingerprint
@@ -75,28 +94,30 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     key = (idempotency_key or "").strip()[:128] or fingerprint
     # A dry run lives in its own key space so it can never be replayed as the real decision.
     stored_key = f"dry_run:{key}" if inp.dry_run else key
-    # The policy in force and any decision already stored under the key, in one round trip.
-    stored_id = select(Decision.id).where(
-        Decision.tenant_id == ctx.tenant_id, Decision.source == inp.source,
-        Decision.idempotency_key == stored_key).scalar_subquery()
-    policy, existing_id = policies.current_with(session, ctx.tenant_id, stored_id)
-    if existing_id is not None:
-        return _replayed(session.get_one(Decision, existing_id), fingerprint, started)
+    statement, params = _policy_query(session, ctx, inp.source, stored_key, started)
+    rows = statement.run(session, params)
+    row = rows[0] if rows else None
+    policy = policies.active(row)
+    if row is not None and row.stored_id is not None:
+        return _replayed(session.get_one(Decision, row.stored_id), fingerprint, started)
+    # The evaluation is the transaction's first write. When it fails, rolling the whole transaction back (its
+    # timeouts with it) leaves a clean one for the fail-safe decision, at no cost to the normal path.
     try:
-        with session.begin_nested():
-            decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started)
+        decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started)
     except IntegrityError:
+        session.rollback()
         return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
     except (SQLAlchemyError, _Deadline, ArithmeticError, ValueError, TypeError, LookupError) as exc:
+        session.rollback()
         trigger = _trigger(exc)
         GATE_FAILURES.labels(inp.source, {"gate_timeout": "timeout", "gate_lock_timeout": "lock_timeout"}
                              .get(trigger, "evaluation_error")).inc()
         log.warning("gate failed, answering fail-safe", extra={"trigger": trigger, "error": type(exc).__name__},
                     exc_info=trigger == "gate_evaluation_error")
         try:
-            with session.begin_nested():
-                decision = _persist_fail_safe(session, ctx, inp, policy, fingerprint, stored_key, trigger)
+            decision = _persist_fail_safe(session, ctx, inp, policy, fingerprint, stored_key, trigger)
         except IntegrityError:
+            session.rollback()
             return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
         except SQLAlchemyError as second:
             raise Unavailable("the gate could not evaluate or record a fail-safe decision",
@@ -152,19 +173,21 @@ def _trigger(exc: BaseException) -> str:
     return "gate_evaluation_error"
 
 
-def _set_timeouts(session: Session, ctx: GateContext, started: float) -> None:
+def _policy_query(session: Session, ctx: GateContext, source: str, key: str,
+                  started: float) -> tuple[Statement, dict[str, Any]]:
+    """Return the statement and parameters reading the policy and any decision stored under `key`."""
+    params: dict[str, Any] = {"tenant_id": ctx.tenant_id, "source": source, "key": key}
     if session.get_bind().dialect.name != "postgresql":
-        return
+        return _POLICY_AND_STORED, params
     remaining = max(0.001, ctx.timeout_seconds - (time.monotonic() - started))
     lock_ms = max(1, int(min(ctx.lock_timeout_seconds, remaining) * 1000))
-    # SET LOCAL inside the savepoint: reverted with it, so the fail-safe write is not bound by them.
-    session.execute(text("SELECT set_config('lock_timeout', :lock, true), "
-                         "set_config('statement_timeout', :stmt, true)"),
-                    {"lock": f"{lock_ms}ms", "stmt": f"{max(1, int(remaining * 1000))}ms"})
+    return _POLICY_AND_STORED_BOUNDED, {**params, "lock_timeout": f"{lock_ms}ms",
+                                        "statement_timeout": f"{max(1, int(remaining * 1000))}ms"}
 
 
 def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
-                  policy: policies.ActivePolicy) -> tuple[engine.Funding, Any, budgets.Grants | None, bool]:
+                  policy: policies.ActivePolicy
+                  ) -> tuple[engine.Funding, budgets.LockedBudget | None, budgets.Grants | None, bool]:
     """Return the funding read under lock, the budget row, the locked grants, and whether spend was unavailable."""
     entitlements = policy.document.entitlements
     forecast = policy.document.budget_basis == "forecast"
@@ -174,9 +197,7 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
     try:
         tenant_total = ZERO
         if entitlements.plan_monthly_ceiling_usd or entitlements.enterprise_monthly_ceiling_usd:
-            # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it.
-            # NO KEY UPDATE: decision inserts referencing the tenant (FK checks) must not queue behind it.
-            session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update(key_share=True))
+            _LOCK_TENANT.run(session, {"tenant_id": ctx.tenant_id})
             tenant_total = budgets.tenant_reserved_total(session, ctx.tenant_id)
         budget = budgets.lock_budget(session, ctx.tenant_id, inp.project_id)
         spend = None
@@ -208,7 +229,8 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
     return funding, budget, grants, unavailable
 
 
-def _read_spend(session: Session, ctx: GateContext, budget: Any, *, forecast: bool) -> spend_engine.Spend:
+def _read_spend(session: Session, ctx: GateContext, budget: budgets.LockedBudget, *,
+                forecast: bool) -> spend_engine.Spend:
     """Return the budget scope's spend; a failed read yields status `unavailable` instead of failing the gate."""
     try:
         # A savepoint of its own, so a failed read leaves the gate's transaction usable.
@@ -226,22 +248,16 @@ def _read_spend(session: Session, ctx: GateContext, budget: Any, *, forecast: bo
 
 def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.DecisionInput,
                           policy: policies.ActivePolicy, fingerprint: str, key: str, started: float) -> Decision:
-    _set_timeouts(session, ctx, started)
     funding, budget, grants, unavailable = _lock_funding(session, ctx, inp, policy)
     evaluation = engine.evaluate(inp, policy.document, policy.version, funding, ctx.now,
                                  context_unavailable=unavailable)
-    decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
-    decision.budget_scope = budget.scope_key if budget is not None else None
-    _assign_approval_id(ctx, decision)
-    session.add(decision)
-    # The decision row goes first: the credit reservations, approval and ledger rows reference it.
-    session.flush()
+    draws = (budgets.draw_credits(grants, reserved_credits=evaluation.reserve_reserved_credits,
+                                  emergency_credits=evaluation.reserve_emergency_credits)
+             if evaluation.reservation_active else [])
+    decision = _insert(session, ctx, inp, policy, fingerprint, key, evaluation,
+                       budget_scope=budget.scope_key if budget is not None else None, draws=draws)
     if evaluation.reservation_active:
-        credit = budgets.reserve(session, decision, budget, grants,
-                                 reserved_credits=evaluation.reserve_reserved_credits,
-                                 emergency_credits=evaluation.reserve_emergency_credits, now=ctx.now)
-        if credit:
-            decision.response_payload = {**decision.response_payload, "credit_reservations": credit}
+        budgets.reserve(session, decision, budget, draws, now=ctx.now)
     _open_approval(session, ctx, decision, policy)
     ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now)
     session.flush()
@@ -253,22 +269,12 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
 def _persist_fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput,
                        policy: policies.ActivePolicy, fingerprint: str, key: str, trigger: str) -> Decision:
     evaluation = engine.fail_safe(inp, policy.document, policy.version, trigger, ctx.now)
-    decision = _new_decision(ctx, inp, policy, fingerprint, key, evaluation)
-    _assign_approval_id(ctx, decision)
-    session.add(decision)
-    session.flush()
+    decision = _insert(session, ctx, inp, policy, fingerprint, key, evaluation, budget_scope=None, draws=[])
     _open_approval(session, ctx, decision, policy)
     ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now,
                           details={"fail_safe_trigger": trigger})
     session.flush()
     return decision
-
-
-def _assign_approval_id(ctx: GateContext, decision: Decision) -> None:
-    # A real REQUIRE_APPROVAL decision (soft fail-safe ones included) gets its approval's id before the decision
-    # row is inserted, so the row is written once with it.
-    if decision.decision == "REQUIRE_APPROVAL" and not decision.dry_run and decision.mode != "shadow":
-        decision.approval_request_id = ctx.ids.new()
 
 
 def _open_approval(session: Session, ctx: GateContext, decision: Decision, policy: policies.ActivePolicy) -> None:
@@ -282,32 +288,48 @@ def _open_approval(session: Session, ctx: GateContext, decision: Decision, polic
                                     approval_id=decision.approval_request_id)
 
 
-def _new_decision(ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy, fingerprint: str,
-                  key: str, ev: engine.Evaluation) -> Decision:
+def _insert(session: Session, ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy,
+            fingerprint: str, key: str, ev: engine.Evaluation, *, budget_scope: str | None,
+            draws: list[budgets.Draw]) -> Decision:
+    """Insert the decision row and return it as a persistent instance of the session."""
     metadata = {**inp.metadata, "computed_risk_class": ev.risk.level, "computed_risk_score": ev.risk.score}
     metadata.setdefault("risk_level", ev.risk.level)
-    return Decision(
-        id=ctx.ids.new(), tenant_id=ctx.tenant_id, source=inp.source, environment=inp.environment,
-        project_id=inp.project_id, action=inp.action, resource_reference=inp.resource_reference,
-        decision=ev.decision, reason_codes=list(ev.reasons), mode=ev.mode, fail_safe=ev.fail_safe_trigger is not None,
-        dry_run=inp.dry_run, policy_version=policy.version, policy_sha256=policy.sha256,
-        request_fingerprint=fingerprint, idempotency_key=key,
-        estimated_monthly_delta_usd=inp.monthly_delta, estimated_hourly_delta_usd=inp.hourly_delta,
-        budget_scope=None, reserved_allocation_usd=ev.reserve_allocation, reserved_credit_usd=ev.reserve_credit,
-        reservation_active=ev.reservation_active, approval_request_id=None,
-        request_payload={
+    response: dict[str, Any] = {
+        "mode": ev.mode, "mode_scope": ev.mode_scope,
+        "ttl_seconds": policy.document.execution.default_ttl_seconds,
+        "entitlement_waterfall": [stage.as_json() for stage in ev.waterfall],
+        "reserved_credit_split_usd": {"reserved": str(ev.reserve_reserved_credits),
+                                      "emergency": str(ev.reserve_emergency_credits)},
+        "fail_safe_trigger": ev.fail_safe_trigger,
+    }
+    if draws:
+        response["credit_reservations"] = [draw.as_json() for draw in draws]
+    # A real REQUIRE_APPROVAL decision (soft fail-safe ones included) gets its approval's id up front, so the
+    # row is written once with it.
+    needs_approval = ev.decision == "REQUIRE_APPROVAL" and not inp.dry_run and ev.mode != "shadow"
+    values: dict[str, Any] = {
+        "id": ctx.ids.new(), "tenant_id": ctx.tenant_id, "source": inp.source, "environment": inp.environment,
+        "project_id": inp.project_id, "action": inp.action, "resource_reference": inp.resource_reference,
+        "decision": ev.decision, "reason_codes": list(ev.reasons), "mode": ev.mode,
+        "fail_safe": ev.fail_safe_trigger is not None, "dry_run": inp.dry_run, "policy_version": policy.version,
+        "policy_sha256": policy.sha256, "request_fingerprint": fingerprint, "idempotency_key": key,
+        "estimated_monthly_delta_usd": inp.monthly_delta, "estimated_hourly_delta_usd": inp.hourly_delta,
+        "budget_scope": budget_scope, "reserved_allocation_usd": ev.reserve_allocation,
+        "reserved_credit_usd": ev.reserve_credit, "reservation_active": ev.reservation_active,
+        "approval_request_id": ctx.ids.new() if needs_approval else None,
+        "request_payload": {
             "project_id": inp.project_id, "environment": inp.environment, "action": inp.action,
             "resource_reference": inp.resource_reference,
             "estimated_monthly_delta_usd": str(inp.monthly_delta),
             "estimated_hourly_delta_usd": str(inp.hourly_delta), "metadata": metadata, "dry_run": inp.dry_run,
         },
-        response_payload={
-            "mode": ev.mode, "mode_scope": ev.mode_scope,
-            "ttl_seconds": policy.document.execution.default_ttl_seconds,
-            "entitlement_waterfall": [stage.as_json() for stage in ev.waterfall],
-            "reserved_credit_split_usd": {"reserved": str(ev.reserve_reserved_credits),
-                                          "emergency": str(ev.reserve_emergency_credits)},
-            "fail_safe_trigger": ev.fail_safe_trigger,
-        },
-        computed_context=ev.computed_context, created_by=ctx.actor, created_at=ctx.now, updated_at=ctx.now,
-    )
+        "response_payload": response, "computed_context": ev.computed_context, "created_by": ctx.actor,
+        "created_at": ctx.now, "updated_at": ctx.now,
+    }
+    # A Core insert instead of a unit-of-work flush: the gate's hottest write, at a fraction of the cost.
+    _INSERT_DECISION.run(session, values)
+    decision = Decision(**values)
+    # Attached as if loaded, so later changes in this transaction (approvals, settlement) are flushed as usual.
+    make_transient_to_detached(decision)
+    session.add(decision)
+    return decision

@@ -6,34 +6,37 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from valdrix.canonical import sha256_hex
+from valdrix.db import Statement
 from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
 from valdrix.money import monthly
 
+# The ledger row of every decision goes through here; `seq` is assigned by the database.
+_INSERT = Statement(insert(LedgerEntry).values(
+    {column.key: bindparam(column.key) for column in LedgerEntry.__table__.columns if column.key != "seq"}))
+
 
 def append(session: Session, decision: Decision, *, event: str, actor: uuid.UUID | None, now: datetime,
-           details: dict[str, Any] | None = None) -> LedgerEntry:
-    """Add a snapshot of `decision` after a state change to the current transaction and return it."""
-    entry = LedgerEntry(
-        id=uuid.uuid4(), tenant_id=decision.tenant_id, decision_id=decision.id, event=event,
-        source=decision.source, environment=decision.environment, project_id=decision.project_id,
-        decision=decision.decision, reason_codes=list(decision.reason_codes),
-        policy_version=decision.policy_version, policy_sha256=decision.policy_sha256,
-        request_fingerprint=decision.request_fingerprint,
-        estimated_monthly_delta_usd=decision.estimated_monthly_delta_usd,
-        estimated_hourly_delta_usd=decision.estimated_hourly_delta_usd,
-        reserved_total_usd=monthly(decision.reserved_allocation_usd + decision.reserved_credit_usd),
-        reservation_active=decision.reservation_active, approval_request_id=decision.approval_request_id,
-        request_payload_sha256=sha256_hex(decision.request_payload),
-        response_payload_sha256=sha256_hex(decision.response_payload),
-        details=details or {}, actor=actor, recorded_at=now,
-    )
-    session.add(entry)
-    return entry
+           details: dict[str, Any] | None = None) -> None:
+    """Write a snapshot of `decision` after a state change in the current transaction."""
+    _INSERT.run(session, {
+        "id": uuid.uuid4(), "tenant_id": decision.tenant_id, "decision_id": decision.id, "event": event,
+        "source": decision.source, "environment": decision.environment, "project_id": decision.project_id,
+        "decision": decision.decision, "reason_codes": list(decision.reason_codes),
+        "policy_version": decision.policy_version, "policy_sha256": decision.policy_sha256,
+        "request_fingerprint": decision.request_fingerprint,
+        "estimated_monthly_delta_usd": decision.estimated_monthly_delta_usd,
+        "estimated_hourly_delta_usd": decision.estimated_hourly_delta_usd,
+        "reserved_total_usd": monthly(decision.reserved_allocation_usd + decision.reserved_credit_usd),
+        "reservation_active": decision.reservation_active, "approval_request_id": decision.approval_request_id,
+        "request_payload_sha256": sha256_hex(decision.request_payload),
+        "response_payload_sha256": sha256_hex(decision.response_payload),
+        "details": details or {}, "actor": actor, "recorded_at": now,
+    })
 
 
 def page(session: Session, tenant_id: uuid.UUID, *, start: datetime | None, end: datetime | None,

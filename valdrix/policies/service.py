@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ScalarSelect, select
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session
 
+from valdrix.db import Statement
 from valdrix.errors import NotFound
 from valdrix.policies.models import PolicyVersion
 from valdrix.policies.schemas import SCHEMA_VERSION, PolicyDocument
@@ -30,23 +31,18 @@ _PARSED: dict[str, PolicyDocument] = {}
 _PARSED_MAX = 1024
 
 
-def current(session: Session, tenant_id: uuid.UUID) -> ActivePolicy:
-    """Return the tenant's newest policy version (every tenant is created with version 1)."""
-    return current_with(session, tenant_id, None)[0]
+def latest_query(*extra: ColumnElement[Any]) -> Select[Any]:
+    """Return a statement reading the newest version of tenant `:tenant_id` with `extra` columns alongside.
 
-
-def current_with(session: Session, tenant_id: uuid.UUID,
-                 extra: ScalarSelect[Any] | None) -> tuple[ActivePolicy, Any]:
-    """Return the newest policy version and the value of `extra`, a scalar subquery read in the same round trip.
-
-    Raise NotFound if the tenant has no policy.
+    Callers build it once: the gate reads the policy and its replay check in one round trip.
     """
-    columns = [PolicyVersion.version, PolicyVersion.sha256, PolicyVersion.document]
-    row = session.execute(
-        select(*columns, *([extra.label("extra")] if extra is not None else []))
-        .where(PolicyVersion.tenant_id == tenant_id)
-        .order_by(PolicyVersion.version.desc()).limit(1)
-    ).first()
+    return (select(PolicyVersion.version, PolicyVersion.sha256, PolicyVersion.document, *extra)
+            .where(PolicyVersion.tenant_id == bindparam("tenant_id"))
+            .order_by(PolicyVersion.version.desc()).limit(1))
+
+
+def active(row: Any) -> ActivePolicy:
+    """Return the policy of a `latest_query` row (None: no row); raise NotFound if the tenant has no policy."""
     if row is None:
         raise NotFound("tenant has no policy", code="policy_not_found")
     document = _PARSED.get(row.sha256)
@@ -55,8 +51,16 @@ def current_with(session: Session, tenant_id: uuid.UUID,
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.clear()
         _PARSED[row.sha256] = document
-    active = ActivePolicy(version=row.version, sha256=row.sha256, document=document)
-    return active, (row.extra if extra is not None else None)
+    return ActivePolicy(version=row.version, sha256=row.sha256, document=document)
+
+
+_CURRENT = Statement(latest_query())
+
+
+def current(session: Session, tenant_id: uuid.UUID) -> ActivePolicy:
+    """Return the tenant's newest policy version (every tenant is created with version 1)."""
+    rows = _CURRENT.run(session, {"tenant_id": tenant_id})
+    return active(rows[0] if rows else None)
 
 
 def put(session: Session, tenant_id: uuid.UUID, document: PolicyDocument, *, actor: uuid.UUID | None,

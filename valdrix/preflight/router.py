@@ -12,7 +12,7 @@ from valdrix.auth.service import Caller
 from valdrix.decisions import service
 from valdrix.decisions.router import gate_context
 from valdrix.decisions.schemas import continuation, decision_body
-from valdrix.deps import ClockDep, IdsDep, SettingsDep, in_one_transaction
+from valdrix.deps import in_one_transaction
 from valdrix.preflight import translate
 from valdrix.preflight.schemas import TerraformPreflightRequest
 
@@ -20,15 +20,14 @@ router = APIRouter(prefix="/api/v1/enforcement", tags=["preflight"])
 
 
 @router.post("/gate/terraform/preflight")
-async def preflight(body: TerraformPreflightRequest, request: Request, settings: SettingsDep, clock: ClockDep,
-                    ids: IdsDep,
+async def preflight(body: TerraformPreflightRequest, request: Request,
                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Return the decision for a planned Terraform change with the continuation a pipeline must persist."""
     key = translate.idempotency_key(body, idempotency_key)
     inp = translate.to_input(body)
 
     def work(db: Session, caller: Caller) -> dict[str, Any]:
-        outcome = service.decide(db, gate_context(caller, settings, clock, ids), inp, key,
+        outcome = service.decide(db, gate_context(request, caller), inp, key,
                                  body.expected_request_fingerprint)
         return {"run_id": body.run_id, "stage": body.stage, "idempotency_key": key, "replayed": outcome.replayed,
                 **decision_body(outcome.decision), "continuation": continuation(outcome.decision)}
