@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, and_, or_, select, update
+from sqlalchemy import CursorResult, Update, and_, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import TOKEN_TYPE, KeyRing
 from valdrix.auth.service import Caller
 from valdrix.budgets import service as budgets
+from valdrix.db import Statement
 from valdrix.decisions.engine import SOURCES, normalise_environment
 from valdrix.decisions.models import Decision
 from valdrix.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValdrixError
@@ -40,6 +41,14 @@ CLOCK_SKEW_SECONDS = 5
 # The queue scans at most this many rows per page so a reviewer who may see few of many stays fast.
 QUEUE_MAX_SCAN = 2000
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Run for every priced admission request (the Kubernetes re-apply after approval), so built once.
+_REDEEMABLE = Statement(
+    select(ApprovalRequest.id)
+    .join(Decision, Decision.id == ApprovalRequest.decision_id)
+    .where(ApprovalRequest.tenant_id == bindparam("tenant_id"), ApprovalRequest.status == "approved",
+           ApprovalRequest.token_consumed_at.is_(None), ApprovalRequest.token_expires_at > bindparam("now"),
+           Decision.source == bindparam("source"), Decision.request_fingerprint == bindparam("fingerprint"))
+    .order_by(ApprovalRequest.approved_at, ApprovalRequest.id))
 
 
 def open_for_decision(session: Session, decision: Decision, policy: policies.ActivePolicy, *,
@@ -366,15 +375,9 @@ def redeem(session: Session, *, tenant_id: uuid.UUID, source: str, fingerprint: 
     approval, the next identical request (same fingerprint) is admitted once, on the approved decision's
     reservation. The burn is the same single conditional update as a token consume, so it happens once.
     """
-    candidates = session.scalars(
-        select(ApprovalRequest.id)
-        .join(Decision, Decision.id == ApprovalRequest.decision_id)
-        .where(ApprovalRequest.tenant_id == tenant_id, ApprovalRequest.status == "approved",
-               ApprovalRequest.token_consumed_at.is_(None), ApprovalRequest.token_expires_at > now,
-               Decision.source == source, Decision.request_fingerprint == fingerprint)
-        .order_by(ApprovalRequest.approved_at, ApprovalRequest.id)
-    ).all()
-    for approval_id in candidates:
+    candidates = _REDEEMABLE.run(session, {"tenant_id": tenant_id, "now": now, "source": source,
+                                           "fingerprint": fingerprint})
+    for (approval_id,) in candidates:
         if _changed(session, update(ApprovalRequest)
                     .where(ApprovalRequest.id == approval_id, ApprovalRequest.token_consumed_at.is_(None))
                     .values(token_consumed_at=now, token_consumed_by=actor, token_sealed=None, updated_at=now)):

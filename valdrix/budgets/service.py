@@ -6,8 +6,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -81,8 +82,15 @@ _LOCK_BUDGET = Statement(
     .where(Budget.tenant_id == bindparam("tenant_id"), Budget.active.is_(True),
            or_(Budget.scope_key == bindparam("project_id"), Budget.scope_key == "default"))
     .order_by(Budget.scope_key).with_for_update(key_share=True))
-_SET_RESERVED = Statement(
-    update(Budget).where(Budget.id == bindparam("budget_id")).values(reserved_usd=bindparam("new_reserved_usd")))
+
+
+def hold_statement(prefix: str = "") -> Update:
+    """Return the UPDATE of a budget's running reservation total (bound as `prefix` + budget_id / held_usd)."""
+    return (update(Budget).where(Budget.id == bindparam(prefix + "budget_id"))
+            .values(reserved_usd=bindparam(prefix + "held_usd")))
+
+
+_HOLD = Statement(hold_statement())
 
 
 def tenant_reserved_total(session: Session, tenant_id: uuid.UUID) -> Decimal:
@@ -172,17 +180,25 @@ def draw_credits(grants: Grants | None, *, reserved_credits: Decimal, emergency_
     return draws
 
 
-def reserve(session: Session, decision: Decision, budget: LockedBudget | None, draws: list[Draw], *,
-            now: datetime) -> None:
-    """Hold the decision's allocation on its budget and debit the drawn credit from its grants."""
-    if decision.reserved_allocation_usd > 0:
-        assert budget is not None
-        held = monthly(budget.reserved_usd + decision.reserved_allocation_usd)
-        _SET_RESERVED.run(session, {"budget_id": budget.id, "new_reserved_usd": held})
-    for draw in draws:
-        draw.grant.remaining_usd = monthly(draw.grant.remaining_usd - draw.amount)
+def hold(budget: LockedBudget | None, allocation: Decimal) -> dict[str, Any] | None:
+    """Return the `hold_statement` parameters adding `allocation` to the locked budget, or None for nothing."""
+    if allocation <= 0:
+        return None
+    assert budget is not None
+    return {"budget_id": budget.id, "held_usd": monthly(budget.reserved_usd + allocation)}
+
+
+def write_hold(session: Session, params: dict[str, Any]) -> None:
+    """Set the budget's reservation total as `hold` computed it (the budget row is locked by this transaction)."""
+    _HOLD.run(session, params)
+
+
+def draw(session: Session, decision: Decision, draws: list[Draw], *, now: datetime) -> None:
+    """Debit the drawn credit from its grants, recording one credit reservation per grant."""
+    for taken in draws:
+        taken.grant.remaining_usd = monthly(taken.grant.remaining_usd - taken.amount)
         session.add(CreditReservation(id=uuid.uuid4(), tenant_id=decision.tenant_id, decision_id=decision.id,
-                                      grant_id=draw.grant.id, pool=draw.pool, reserved_usd=draw.amount,
+                                      grant_id=taken.grant.id, pool=taken.pool, reserved_usd=taken.amount,
                                       consumed_usd=ZERO, released_usd=ZERO, active=True, settled_at=None,
                                       created_at=now))
 

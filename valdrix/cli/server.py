@@ -15,8 +15,9 @@ from valdrix import migrate as migrations
 from valdrix import serving
 from valdrix.auth import service as auth
 from valdrix.clock import SystemClock
-from valdrix.config import get_settings
+from valdrix.config import Settings, get_settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
+from valdrix.errors import Conflict
 from valdrix.pricing.kubernetes import PriceBook, PricingError
 
 console = Console(stderr=True)
@@ -46,13 +47,7 @@ def serve(
         raise typer.Exit(2) from None
     if migrate_first:
         migrations.upgrade(settings.database_url)
-    engine = make_engine(settings)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            key = auth.bootstrap(session, settings.bootstrap_tenant, now=SystemClock().now())
-    except IntegrityError:
-        key = None  # another replica starting at the same moment bootstrapped the empty database
-    engine.dispose()
+    key = bootstrap(settings)
     if key:
         console.print(f"[bold]Created tenant {settings.bootstrap_tenant!r}. Owner API key (shown once):[/bold]")
         print(key, flush=True)
@@ -67,6 +62,20 @@ def serve(
         serving.run(settings, count, app_from_env)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def bootstrap(settings: Settings) -> str | None:
+    """Return the owner key of the tenant created on an empty database, or None when it was not empty."""
+    engine = make_engine(settings)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            return auth.bootstrap(session, settings.bootstrap_tenant, now=SystemClock().now())
+    except (IntegrityError, Conflict):
+        # Another replica starting at the same moment bootstrapped the empty database: its insert collided
+        # with ours (IntegrityError), or committed between our emptiness check and our insert (Conflict).
+        return None
+    finally:
+        engine.dispose()
 
 
 def register(app: typer.Typer) -> None:

@@ -71,6 +71,13 @@ _POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
 # inserts referencing the tenant (foreign key checks) must not queue behind it.
 _LOCK_TENANT = Statement(select(Tenant.id).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True))
 _INSERT_DECISION = Statement(insert(Decision))
+# PostgreSQL writes the decision, its budget hold and its ledger row in one statement: one round trip fewer
+# for every decision, and the budget row lock taken before the evaluation is held that much shorter.
+# (SQLite cannot write in a WITH clause; it runs the three statements.)
+_RECORD = Statement(ledger_service.insert_statement("l_").add_cte(
+    insert(Decision).values({column.key: bindparam("d_" + column.key)
+                             for column in Decision.__table__.columns}).cte("decided"),
+    budgets.hold_statement("b_").cte("held")))
 
 
 class _Deadline(Exception):
@@ -254,12 +261,11 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
     draws = (budgets.draw_credits(grants, reserved_credits=evaluation.reserve_reserved_credits,
                                   emergency_credits=evaluation.reserve_emergency_credits)
              if evaluation.reservation_active else [])
-    decision = _insert(session, ctx, inp, policy, fingerprint, key, evaluation,
-                       budget_scope=budget.scope_key if budget is not None else None, draws=draws)
-    if evaluation.reservation_active:
-        budgets.reserve(session, decision, budget, draws, now=ctx.now)
+    row = _decision_row(ctx, inp, policy, fingerprint, key, evaluation,
+                        budget_scope=budget.scope_key if budget is not None else None, draws=draws)
+    decision = _record(session, row, budgets.hold(budget, evaluation.reserve_allocation), ctx, details=None)
+    budgets.draw(session, decision, draws, now=ctx.now)
     _open_approval(session, ctx, decision, policy)
-    ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now)
     session.flush()
     if time.monotonic() - started > ctx.timeout_seconds:
         raise _Deadline()
@@ -269,10 +275,9 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
 def _persist_fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput,
                        policy: policies.ActivePolicy, fingerprint: str, key: str, trigger: str) -> Decision:
     evaluation = engine.fail_safe(inp, policy.document, policy.version, trigger, ctx.now)
-    decision = _insert(session, ctx, inp, policy, fingerprint, key, evaluation, budget_scope=None, draws=[])
+    row = _decision_row(ctx, inp, policy, fingerprint, key, evaluation, budget_scope=None, draws=[])
+    decision = _record(session, row, None, ctx, details={"fail_safe_trigger": trigger})
     _open_approval(session, ctx, decision, policy)
-    ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now,
-                          details={"fail_safe_trigger": trigger})
     session.flush()
     return decision
 
@@ -288,10 +293,33 @@ def _open_approval(session: Session, ctx: GateContext, decision: Decision, polic
                                     approval_id=decision.approval_request_id)
 
 
-def _insert(session: Session, ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy,
-            fingerprint: str, key: str, ev: engine.Evaluation, *, budget_scope: str | None,
-            draws: list[budgets.Draw]) -> Decision:
-    """Insert the decision row and return it as a persistent instance of the session."""
+def _record(session: Session, row: dict[str, Any], hold: dict[str, Any] | None, ctx: GateContext, *,
+            details: dict[str, Any] | None) -> Decision:
+    """Write a new decision row, its budget hold (if any) and its `decision_created` ledger row.
+
+    Return the decision as a persistent instance of the session.
+    """
+    decision = Decision(**row)
+    entry = ledger_service.entry(decision, event="decision_created", actor=ctx.actor, now=ctx.now, details=details)
+    if session.get_bind().dialect.name == "postgresql":
+        _RECORD.run(session, {**{"d_" + k: v for k, v in row.items()}, **{"l_" + k: v for k, v in entry.items()},
+                              "b_budget_id": hold["budget_id"] if hold else None,
+                              "b_held_usd": hold["held_usd"] if hold else None})
+    else:
+        _INSERT_DECISION.run(session, row)
+        if hold is not None:
+            budgets.write_hold(session, hold)
+        ledger_service.write(session, entry)
+    # Attached as if loaded, so later changes in this transaction (approvals, settlement) are flushed as usual.
+    make_transient_to_detached(decision)
+    session.add(decision)
+    return decision
+
+
+def _decision_row(ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy, fingerprint: str,
+                  key: str, ev: engine.Evaluation, *, budget_scope: str | None,
+                  draws: list[budgets.Draw]) -> dict[str, Any]:
+    """Return the column values of the decision an evaluation makes."""
     metadata = {**inp.metadata, "computed_risk_class": ev.risk.level, "computed_risk_score": ev.risk.score}
     metadata.setdefault("risk_level", ev.risk.level)
     response: dict[str, Any] = {
@@ -326,10 +354,4 @@ def _insert(session: Session, ctx: GateContext, inp: engine.DecisionInput, polic
         "response_payload": response, "computed_context": ev.computed_context, "created_by": ctx.actor,
         "created_at": ctx.now, "updated_at": ctx.now,
     }
-    # A Core insert instead of a unit-of-work flush: the gate's hottest write, at a fraction of the cost.
-    _INSERT_DECISION.run(session, values)
-    decision = Decision(**values)
-    # Attached as if loaded, so later changes in this transaction (approvals, settlement) are flushed as usual.
-    make_transient_to_detached(decision)
-    session.add(decision)
-    return decision
+    return values

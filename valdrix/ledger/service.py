@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Insert, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from valdrix.canonical import sha256_hex
@@ -15,15 +15,31 @@ from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
 from valdrix.money import monthly
 
-# The ledger row of every decision goes through here; `seq` is assigned by the database.
-_INSERT = Statement(insert(LedgerEntry).values(
-    {column.key: bindparam(column.key) for column in LedgerEntry.__table__.columns if column.key != "seq"}))
+
+def insert_statement(prefix: str = "") -> Insert:
+    """Return the INSERT of one ledger row, each value bound as `prefix` + column (`seq` comes from the database)."""
+    return insert(LedgerEntry).values(
+        {column.key: bindparam(prefix + column.key) for column in LedgerEntry.__table__.columns if column.key != "seq"})
+
+
+_INSERT = Statement(insert_statement())
 
 
 def append(session: Session, decision: Decision, *, event: str, actor: uuid.UUID | None, now: datetime,
            details: dict[str, Any] | None = None) -> None:
     """Write a snapshot of `decision` after a state change in the current transaction."""
-    _INSERT.run(session, {
+    write(session, entry(decision, event=event, actor=actor, now=now, details=details))
+
+
+def write(session: Session, row: dict[str, Any]) -> None:
+    """Insert a ledger row built by `entry` in the current transaction."""
+    _INSERT.run(session, row)
+
+
+def entry(decision: Decision, *, event: str, actor: uuid.UUID | None, now: datetime,
+          details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the ledger row (column values) snapshotting `decision` after a state change."""
+    return {
         "id": uuid.uuid4(), "tenant_id": decision.tenant_id, "decision_id": decision.id, "event": event,
         "source": decision.source, "environment": decision.environment, "project_id": decision.project_id,
         "decision": decision.decision, "reason_codes": list(decision.reason_codes),
@@ -36,7 +52,7 @@ def append(session: Session, decision: Decision, *, event: str, actor: uuid.UUID
         "request_payload_sha256": sha256_hex(decision.request_payload),
         "response_payload_sha256": sha256_hex(decision.response_payload),
         "details": details or {}, "actor": actor, "recorded_at": now,
-    })
+    }
 
 
 def page(session: Session, tenant_id: uuid.UUID, *, start: datetime | None, end: datetime | None,
