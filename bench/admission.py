@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,24 +99,21 @@ async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> 
     total = rate * seconds if rate else 500
     server: list[float] = []
     client: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
     host, port = base.removeprefix("http://").split(":")
     http = Client(host, int(port), key)
     requests = [http.request(make()) for _ in range(total + 1)]  # every body built before the clock starts
 
     async def one(request: bytes) -> None:
-        nonlocal errors
         sent = time.perf_counter()
         try:
             status, headers = await http.send(request)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            print("ERR", repr(exc), file=sys.stderr)
-            errors += 1
+            errors[type(exc).__name__] += 1
             return
         client.append((time.perf_counter() - sent) * 1000)
         if status != 200:
-            print("STATUS", status, file=sys.stderr)
-            errors += 1
+            errors[f"HTTP {status}"] += 1
             return
         server.append(float(headers["server-timing"].split("dur=")[1]))
 
@@ -137,7 +135,7 @@ async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> 
     elapsed = time.perf_counter() - start
     http.close()
     return {"load": f"{rate}/s open loop" if rate else "sequential", "sent": total, "ok": len(server),
-            "errors": errors, "achieved_rps": round(total / elapsed, 1),
+            "errors": sum(errors.values()), "error_kinds": dict(errors), "achieved_rps": round(total / elapsed, 1),
             "server_ms": {"p50": pct(server, .50), "p95": pct(server, .95), "p99": pct(server, .99),
                           "mean": round(statistics.fmean(server), 3)},
             "client_ms": {"p50": round(pct(client, .50), 3), "p95": round(pct(client, .95), 3),

@@ -71,13 +71,12 @@ _POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
 # inserts referencing the tenant (foreign key checks) must not queue behind it.
 _LOCK_TENANT = Statement(select(Tenant.id).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True))
 _INSERT_DECISION = Statement(insert(Decision))
-# PostgreSQL writes the decision, its budget hold and its ledger row in one statement: one round trip fewer
-# for every decision, and the budget row lock taken before the evaluation is held that much shorter.
-# (SQLite cannot write in a WITH clause; it runs the three statements.)
-_RECORD = Statement(ledger_service.insert_statement("l_").add_cte(
-    insert(Decision).values({column.key: bindparam("d_" + column.key)
-                             for column in Decision.__table__.columns}).cte("decided"),
-    budgets.hold_statement("b_").cte("held")))
+# PostgreSQL writes the decision, its budget hold and its ledger row (a copy of the stored decision row) in
+# one statement: one round trip, and the budget row lock taken before the evaluation is held that much
+# shorter. SQLite cannot write in a WITH clause; it runs three statements.
+_RECORD = Statement(ledger_service.insert_from(
+    insert(Decision).values({column.key: bindparam("d_" + column.key) for column in Decision.__table__.columns})
+    .returning(*Decision.__table__.columns).cte("decided"), "l_").add_cte(budgets.hold_statement("b_").cte("held")))
 
 
 class _Deadline(Exception):
@@ -300,16 +299,18 @@ def _record(session: Session, row: dict[str, Any], hold: dict[str, Any] | None, 
     Return the decision as a persistent instance of the session.
     """
     decision = Decision(**row)
-    entry = ledger_service.entry(decision, event="decision_created", actor=ctx.actor, now=ctx.now, details=details)
     if session.get_bind().dialect.name == "postgresql":
-        _RECORD.run(session, {**{"d_" + k: v for k, v in row.items()}, **{"l_" + k: v for k, v in entry.items()},
+        event = ledger_service.event_values(decision, event="decision_created", actor=ctx.actor, now=ctx.now,
+                                            details=details)
+        _RECORD.run(session, {**{"d_" + k: v for k, v in row.items()}, **{"l_" + k: v for k, v in event.items()},
                               "b_budget_id": hold["budget_id"] if hold else None,
                               "b_held_usd": hold["held_usd"] if hold else None})
     else:
         _INSERT_DECISION.run(session, row)
         if hold is not None:
             budgets.write_hold(session, hold)
-        ledger_service.write(session, entry)
+        ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now,
+                              details=details)
     # Attached as if loaded, so later changes in this transaction (approvals, settlement) are flushed as usual.
     make_transient_to_detached(decision)
     session.add(decision)

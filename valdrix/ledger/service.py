@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, bindparam, insert, select
+from sqlalchemy import CTE, Insert, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from valdrix.canonical import sha256_hex
@@ -15,40 +15,43 @@ from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
 from valdrix.money import monthly
 
+# A ledger row copies these columns from its decision (`decision_id` is the decision's `id`); the others
+# describe the event.
+SNAPSHOT = ("tenant_id", "source", "environment", "project_id", "decision", "reason_codes", "policy_version",
+            "policy_sha256", "request_fingerprint", "estimated_monthly_delta_usd", "estimated_hourly_delta_usd",
+            "reservation_active", "approval_request_id")
+EVENT = ("id", "event", "reserved_total_usd", "request_payload_sha256", "response_payload_sha256", "details", "actor",
+         "recorded_at")
 
-def insert_statement(prefix: str = "") -> Insert:
-    """Return the INSERT of one ledger row, each value bound as `prefix` + column (`seq` comes from the database)."""
-    return insert(LedgerEntry).values(
-        {column.key: bindparam(prefix + column.key) for column in LedgerEntry.__table__.columns if column.key != "seq"})
+_INSERT = Statement(insert(LedgerEntry).values(
+    {column.key: bindparam(column.key) for column in LedgerEntry.__table__.columns if column.key != "seq"}))
 
 
-_INSERT = Statement(insert_statement())
+def insert_from(decided: CTE, prefix: str) -> Insert:
+    """Return the INSERT of the ledger row for the decision row `decided` returns (its event columns bound as
+    `prefix` + column), so the snapshot is what the database stored."""
+    columns = LedgerEntry.__table__.c
+    return insert(LedgerEntry).from_select(
+        [*EVENT, *SNAPSHOT, "decision_id"],
+        select(*(bindparam(prefix + name, type_=columns[name].type) for name in EVENT),
+               *(decided.c[name] for name in SNAPSHOT), decided.c.id))
 
 
 def append(session: Session, decision: Decision, *, event: str, actor: uuid.UUID | None, now: datetime,
            details: dict[str, Any] | None = None) -> None:
     """Write a snapshot of `decision` after a state change in the current transaction."""
-    write(session, entry(decision, event=event, actor=actor, now=now, details=details))
-
-
-def write(session: Session, row: dict[str, Any]) -> None:
-    """Insert a ledger row built by `entry` in the current transaction."""
+    row = event_values(decision, event=event, actor=actor, now=now, details=details)
+    row.update({name: getattr(decision, name) for name in SNAPSHOT}, decision_id=decision.id)
+    row["reason_codes"] = list(decision.reason_codes)
     _INSERT.run(session, row)
 
 
-def entry(decision: Decision, *, event: str, actor: uuid.UUID | None, now: datetime,
-          details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return the ledger row (column values) snapshotting `decision` after a state change."""
+def event_values(decision: Decision, *, event: str, actor: uuid.UUID | None, now: datetime,
+                 details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the EVENT columns of the ledger row recording `decision` after a state change."""
     return {
-        "id": uuid.uuid4(), "tenant_id": decision.tenant_id, "decision_id": decision.id, "event": event,
-        "source": decision.source, "environment": decision.environment, "project_id": decision.project_id,
-        "decision": decision.decision, "reason_codes": list(decision.reason_codes),
-        "policy_version": decision.policy_version, "policy_sha256": decision.policy_sha256,
-        "request_fingerprint": decision.request_fingerprint,
-        "estimated_monthly_delta_usd": decision.estimated_monthly_delta_usd,
-        "estimated_hourly_delta_usd": decision.estimated_hourly_delta_usd,
+        "id": uuid.uuid4(), "event": event,
         "reserved_total_usd": monthly(decision.reserved_allocation_usd + decision.reserved_credit_usd),
-        "reservation_active": decision.reservation_active, "approval_request_id": decision.approval_request_id,
         "request_payload_sha256": sha256_hex(decision.request_payload),
         "response_payload_sha256": sha256_hex(decision.response_payload),
         "details": details or {}, "actor": actor, "recorded_at": now,
