@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     port: int = 8080
     workers: int = Field(default=1, ge=1, le=64)
     # Threads per worker process for blocking (database) work; see valdrix/serving.py.
-    worker_threads: int = Field(default=8, ge=1, le=200)
+    worker_threads: int = Field(default=4, ge=1, le=200)
     # HTTPS listener (admission webhook); both files must be set to enable it.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
