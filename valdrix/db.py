@@ -7,11 +7,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
 import psycopg
+from psycopg.adapt import PyFormat
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
@@ -131,8 +132,22 @@ def make_engine(settings: Settings) -> Engine:
         event.listen(engine, "rollback", lambda conn: _finish(conn, "rollback"))
 
         return engine
+    _resolve_lazy_dumpers()
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
                          pool_recycle=1800)
+
+
+# Types psycopg registers by class name; the gate binds all of them.
+LAZY_DUMPER_TYPES = (uuid.UUID, Decimal, datetime, date, time, timedelta)
+
+
+def _resolve_lazy_dumpers() -> None:
+    # psycopg registers these dumpers by name and swaps the class in on first use, in a map every connection
+    # shares; the swap is not thread-safe (psycopg issue #1230): request threads dumping their first UUID at
+    # the same moment fail with "cannot adapt type 'UUID'". Resolved here, before any request thread runs.
+    for cls in LAZY_DUMPER_TYPES:
+        for fmt in PyFormat:
+            psycopg.adapters.get_dumper(cls, fmt)
 
 
 class Statement:

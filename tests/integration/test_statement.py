@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
@@ -93,3 +96,27 @@ def test_driver_errors_are_sqlalchemy_errors(sessions: sessionmaker[Session]) ->
         SET_RESERVED.run(session, {"budget_id": row["id"], "held": Decimal("-1")})  # check constraint
     with transaction(sessions) as session:
         assert [r.reserved_usd for r in BUDGET.run(session, {"tenant_id": tenant_id})] == [Decimal("0")]
+
+
+LAZY_DUMPERS_CHECK = """
+import psycopg
+from psycopg.adapt import PyFormat
+from valdrix.config import Settings
+from valdrix.db import LAZY_DUMPER_TYPES, make_engine
+
+names = {cls.__module__ + "." + cls.__qualname__ for cls in LAZY_DUMPER_TYPES}
+# psycopg's private map: the only place that shows whether a dumper is still registered by name.
+def by_name():
+    return sorted({key for fmt in PyFormat for key in psycopg.adapters._dumpers[fmt] if key in names})
+before = by_name()
+make_engine(Settings(database_url="postgresql+psycopg://valdrix@127.0.0.1:1/none"))
+print(before, by_name())
+assert before and not by_name(), (before, by_name())
+"""
+
+
+def test_lazy_psycopg_dumpers_are_resolved_before_request_threads() -> None:
+    # psycopg swaps a by-name dumper for its class on first use in a map all connections share, and the swap
+    # races (psycopg issue #1230): concurrent first UUIDs failed with "cannot adapt type 'UUID'" under load.
+    # A fresh interpreter, since this test process resolved them long ago.
+    subprocess.run([sys.executable, "-c", LAZY_DUMPERS_CHECK], check=True, cwd=Path(__file__).parents[2])
