@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import settings_for
 from valdrix.auth.models import Tenant
+from valdrix.budgets import service as budgets
 from valdrix.budgets.models import Budget
 from valdrix.db import Statement, make_engine, make_sessionmaker, transaction
 from valdrix.policies.models import PolicyVersion
@@ -120,3 +121,13 @@ def test_lazy_psycopg_dumpers_are_resolved_before_request_threads() -> None:
     # races (psycopg issue #1230): concurrent first UUIDs failed with "cannot adapt type 'UUID'" under load.
     # A fresh interpreter, since this test process resolved them long ago.
     subprocess.run([sys.executable, "-c", LAZY_DUMPERS_CHECK], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_tenant_reserved_total_reads_allocations_and_credit(sessions: sessionmaker[Session]) -> None:
+    tenant_id = _tenant(sessions)
+    row = _budget(tenant_id)
+    with transaction(sessions) as session:
+        assert budgets.tenant_reserved_total(session, tenant_id) == Decimal("0")
+        INSERT_BUDGET.run(session, {**row, "reserved_usd": Decimal("12.3456")})
+        INSERT_BUDGET.run(session, {**row, "id": uuid.uuid4(), "scope_key": "p1", "reserved_usd": Decimal("0.5")})
+        assert budgets.tenant_reserved_total(session, tenant_id) == Decimal("12.8456")

@@ -70,11 +70,13 @@ def create_grant(session: Session, tenant_id: uuid.UUID, *, pool: str, scope_key
 
 
 # The gate's statements, built once per process.
-_TENANT_ALLOCATED = Statement(
-    select(func.coalesce(func.sum(Budget.reserved_usd), 0)).where(Budget.tenant_id == bindparam("tenant_id")))
-_TENANT_CREDIT = Statement(
+# Budget allocations plus drawn credit, read in one round trip (it runs under the tenant lock).
+_TENANT_RESERVED = Statement(select(
+    select(func.coalesce(func.sum(Budget.reserved_usd), 0))
+    .where(Budget.tenant_id == bindparam("tenant_id")).scalar_subquery().label("allocated"),
     select(func.coalesce(func.sum(CreditReservation.reserved_usd), 0))
-    .where(CreditReservation.tenant_id == bindparam("tenant_id"), CreditReservation.active.is_(True)))
+    .where(CreditReservation.tenant_id == bindparam("tenant_id"), CreditReservation.active.is_(True))
+    .scalar_subquery().label("credit")))
 # Both candidate rows are locked in scope order so two scopes never deadlock. NO KEY UPDATE: inserts whose
 # foreign keys point at the row need not wait.
 _LOCK_BUDGET = Statement(
@@ -95,9 +97,8 @@ _HOLD = Statement(hold_statement())
 
 def tenant_reserved_total(session: Session, tenant_id: uuid.UUID) -> Decimal:
     """Return everything the tenant holds in active reservations: budget allocations plus drawn credit."""
-    allocated = _TENANT_ALLOCATED.run(session, {"tenant_id": tenant_id})[0][0]
-    credit = _TENANT_CREDIT.run(session, {"tenant_id": tenant_id})[0][0]
-    return monthly(Decimal(allocated or 0) + Decimal(credit or 0))
+    (row,) = _TENANT_RESERVED.run(session, {"tenant_id": tenant_id})
+    return monthly(Decimal(row.allocated or 0) + Decimal(row.credit or 0))
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,9 @@ def hold(budget: LockedBudget | None, allocation: Decimal) -> dict[str, Any] | N
         return None
     assert budget is not None
     return {"budget_id": budget.id, "held_usd": monthly(budget.reserved_usd + allocation)}
+
+
+NO_HOLD: dict[str, Any] = {"budget_id": None, "held_usd": None}  # matches no budget row
 
 
 def write_hold(session: Session, params: dict[str, Any]) -> None:

@@ -303,8 +303,7 @@ def _record(session: Session, row: dict[str, Any], hold: dict[str, Any] | None, 
         event = ledger_service.event_values(decision, event="decision_created", actor=ctx.actor, now=ctx.now,
                                             details=details)
         _RECORD.run(session, {**{"d_" + k: v for k, v in row.items()}, **{"l_" + k: v for k, v in event.items()},
-                              "b_budget_id": hold["budget_id"] if hold else None,
-                              "b_held_usd": hold["held_usd"] if hold else None})
+                              **{"b_" + k: v for k, v in (hold or budgets.NO_HOLD).items()}})
     else:
         _INSERT_DECISION.run(session, row)
         if hold is not None:
