@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import sqlalchemy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,8 +34,9 @@ from valdrix.migrate import upgrade  # noqa: E402
 
 LUA = r"""
 local counter = 0
-local thread_id = 0
 local threads = {}
+-- thread_id must stay a global: setup() sets it in each thread's Lua state, and a local would shadow it,
+-- making both threads send the same run ids (half the requests would then be replays, not decisions).
 function setup(thread)
   thread:set("thread_id", #threads)
   table.insert(threads, thread)
@@ -116,7 +118,17 @@ def failsafe_count(url: str) -> float:
     return total
 
 
-def run_level(url: str, key: str, concurrency: int, duration: int, script: Path, tag: str) -> dict[str, float]:
+def decision_count(database_url: str) -> int:
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(sqlalchemy.text("SELECT count(*) FROM decisions")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def run_level(url: str, key: str, concurrency: int, duration: int, script: Path, tag: str,
+              database_url: str) -> dict[str, float]:
     env_script = script.read_text().replace("RUN,", f'"{tag}-c{concurrency}",').replace(
         "HEADERS", '{["Content-Type"]="application/json",["Authorization"]="Bearer ' + key + '"}')
     level_script = script.with_name(f"level-{concurrency}.lua")
@@ -124,6 +136,7 @@ def run_level(url: str, key: str, concurrency: int, duration: int, script: Path,
     threads = min(2, concurrency)
     pids = server_pids(url)
     cpu_before, failsafe_before = cpu_seconds(pids), failsafe_count(url)
+    decisions_before = decision_count(database_url)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "10s",
                           "-s", str(level_script), url], capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
@@ -131,6 +144,11 @@ def run_level(url: str, key: str, concurrency: int, duration: int, script: Path,
     result["server_cpu_ms_per_decision"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, result["requests"])
     result["failsafe"] = failsafe_count(url) - failsafe_before
     result["peak_rss_mib_per_process"] = max(peak_rss_mib(pids).values())
+    # Every request must be a new decision, not a replay: requests still in flight when wrk stops are
+    # recorded too, hence the margin of one per connection.
+    new = decision_count(database_url) - decisions_before
+    if not result["requests"] <= new <= result["requests"] + concurrency:
+        sys.exit(f"{new} decisions recorded for {result['requests']} requests: the load was not all new decisions")
     return result
 
 
@@ -151,7 +169,8 @@ def bench_backend(backend: str, database_url: str, levels: list[int], duration: 
         script = Path(tmp) / "preflight.lua"
         script.write_text(LUA)
         for level in levels:
-            r = run_level(url, tenant.owner_key, level, duration, script, f"{backend}-{int(time.time())}")
+            r = run_level(url, tenant.owner_key, level, duration, script, f"{backend}-{int(time.time())}",
+                          database_url)
             rows.append(f"| {backend} | {workers} | {level} | {r['requests']:.0f} | {r['throughput_rps']:.1f} | "
                         f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                         f"{r['non2xx'] + r['socket_errors']:.0f} | {r['failsafe']:.0f} | "
