@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg.adapt import PyFormat
-from psycopg.rows import namedtuple_row
+from psycopg.rows import namedtuple_row, tuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
     JSON,
@@ -163,6 +163,10 @@ class Statement:
     def __init__(self, statement: Select[Any] | Insert | Update) -> None:
         self.statement = statement
         self._compiled: tuple[str, dict[str, Any], frozenset[str]] | None = None
+        # The statement's row class (None for DML without RETURNING), taken from its first execution: psycopg
+        # would otherwise describe the result's columns anew for every execution.
+        self._make_row: Callable[[Sequence[Any]], Any] | None = None
+        self._described = False
 
     def _compile(self, dialect: Dialect) -> tuple[str, dict[str, Any], frozenset[str]]:
         if self._compiled is None:
@@ -185,9 +189,13 @@ class Statement:
         driver = connection.connection.driver_connection
         assert driver is not None
         try:
-            with driver.cursor(row_factory=namedtuple_row) as cursor:
+            with driver.cursor(row_factory=tuple_row) as cursor:
                 cursor.execute(sql, values, prepare=True)
-                return cursor.fetchall() if cursor.description is not None else []
+                if not self._described:
+                    self._make_row = namedtuple_row(cursor) if cursor.description is not None else None
+                    self._described = True
+                make_row = self._make_row
+                return [make_row(row) for row in cursor.fetchall()] if make_row is not None else []
         except psycopg.Error as exc:
             raise DBAPIError.instance(sql, values, exc, psycopg.Error) from exc
 
