@@ -103,7 +103,7 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     statement, params = _policy_query(session, ctx, inp.source, stored_key, started)
     rows = statement.run(session, params)
     row = rows[0] if rows else None
-    policy = policies.active(row)
+    policy = policies.active(session, ctx.tenant_id, row)
     if row is not None and row.stored_id is not None:
         return _replayed(session.get_one(Decision, row.stored_id), fingerprint, started)
     # The evaluation is the transaction's first write. When it fails, rolling the whole transaction back (its

@@ -34,20 +34,26 @@ _PARSED_MAX = 1024
 def latest_query(*extra: ColumnElement[Any]) -> Select[Any]:
     """Return a statement reading the newest version of tenant `:tenant_id` with `extra` columns alongside.
 
-    Callers build it once: the gate reads the policy and its replay check in one round trip.
+    Callers build it once: the gate reads the policy and its replay check in one round trip. The document
+    itself is not read: `active` parses it once per SHA-256 and reuses it.
     """
-    return (select(PolicyVersion.version, PolicyVersion.sha256, PolicyVersion.document, *extra)
+    return (select(PolicyVersion.version, PolicyVersion.sha256, *extra)
             .where(PolicyVersion.tenant_id == bindparam("tenant_id"))
             .order_by(PolicyVersion.version.desc()).limit(1))
 
 
-def active(row: Any) -> ActivePolicy:
+_DOCUMENT = Statement(select(PolicyVersion.document).where(PolicyVersion.tenant_id == bindparam("tenant_id"),
+                                                           PolicyVersion.version == bindparam("version")))
+
+
+def active(session: Session, tenant_id: uuid.UUID, row: Any) -> ActivePolicy:
     """Return the policy of a `latest_query` row (None: no row); raise NotFound if the tenant has no policy."""
     if row is None:
         raise NotFound("tenant has no policy", code="policy_not_found")
     document = _PARSED.get(row.sha256)
     if document is None:
-        document = PolicyDocument.model_validate(row.document)
+        stored = _DOCUMENT.run(session, {"tenant_id": tenant_id, "version": row.version})
+        document = PolicyDocument.model_validate(stored[0].document)
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.clear()
         _PARSED[row.sha256] = document
@@ -60,7 +66,7 @@ _CURRENT = Statement(latest_query())
 def current(session: Session, tenant_id: uuid.UUID) -> ActivePolicy:
     """Return the tenant's newest policy version (every tenant is created with version 1)."""
     rows = _CURRENT.run(session, {"tenant_id": tenant_id})
-    return active(rows[0] if rows else None)
+    return active(session, tenant_id, rows[0] if rows else None)
 
 
 def put(session: Session, tenant_id: uuid.UUID, document: PolicyDocument, *, actor: uuid.UUID | None,
