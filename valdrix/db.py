@@ -160,8 +160,11 @@ class Statement:
     as the same SQLAlchemy exceptions a normal execution raises. Other dialects execute it through SQLAlchemy.
     """
 
-    def __init__(self, statement: Select[Any] | Insert | Update) -> None:
+    def __init__(self, statement: Select[Any] | Insert | Update, *, prepare: bool = True) -> None:
         self.statement = statement
+        # Prepared once, PostgreSQL may settle on one generic plan for good. `prepare=False` plans every
+        # execution for its values: for a lookup whose best index only shows once the table has grown.
+        self.prepare = prepare
         self._compiled: tuple[str, dict[str, Any], frozenset[str]] | None = None
         # The statement's row class (None for DML without RETURNING), taken from its first execution: psycopg
         # would otherwise describe the result's columns anew for every execution.
@@ -190,7 +193,7 @@ class Statement:
         assert driver is not None
         try:
             with driver.cursor(row_factory=tuple_row) as cursor:
-                cursor.execute(sql, values, prepare=True)
+                cursor.execute(sql, values, prepare=self.prepare)
                 if not self._described:
                     self._make_row = namedtuple_row(cursor) if cursor.description is not None else None
                     self._described = True

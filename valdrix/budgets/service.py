@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Update, bindparam, func, or_, select, update
+from sqlalchemy import Update, bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -82,8 +82,8 @@ _TENANT_RESERVED = Statement(select(
 _LOCK_BUDGET = Statement(
     select(Budget.id, Budget.scope_key, Budget.monthly_limit_usd, Budget.reserved_usd)
     .where(Budget.tenant_id == bindparam("tenant_id"), Budget.active.is_(True),
-           or_(Budget.scope_key == bindparam("project_id"), Budget.scope_key == "default"))
-    .order_by(Budget.scope_key).with_for_update(key_share=True))
+           Budget.scope_key.in_([bindparam("project_id"), literal("default")]))
+    .order_by(Budget.scope_key).with_for_update(key_share=True), prepare=False)
 
 
 def hold_statement(prefix: str = "") -> Update:

@@ -61,12 +61,13 @@ class Outcome:
 _STORED_ID = select(Decision.id).where(
     Decision.tenant_id == bindparam("tenant_id"), Decision.source == bindparam("source"),
     Decision.idempotency_key == bindparam("key")).scalar_subquery().label("stored_id")
-_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID))
+_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID), prepare=False)
 # On PostgreSQL the same round trip bounds the rest of the transaction (SET LOCAL): a lock wait past the lock
 # timeout or a statement past the gate deadline fails fast into a fail-safe decision.
 _POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
     _STORED_ID, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
-    func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")))
+    func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")),
+    prepare=False)
 # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it. NO KEY UPDATE: decision
 # inserts referencing the tenant (foreign key checks) must not queue behind it.
 _LOCK_TENANT = Statement(select(Tenant.id).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True))
