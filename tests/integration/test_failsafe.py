@@ -98,15 +98,18 @@ def test_slow_or_failing_evaluation_fails_safe(fast_server: LiveServer, body: st
         engine.dispose()
 
 
-def test_unrelated_scopes_do_not_wait(fast_server: LiveServer) -> None:
+@pytest.mark.parametrize("busy_scope", ["payments", "default"])
+def test_unrelated_scopes_do_not_wait(fast_server: LiveServer, busy_scope: str) -> None:
+    """A decision on a project with its own budget waits neither for another project nor for `default`."""
     tenant = fast_server.tenant()
     engine = make_engine(fast_server.settings)
     with tenant.client() as c:
         c.put(f"{API}/budgets", json={"budgets": [{"scope_key": "payments", "monthly_limit_usd": "1000"},
-                                                  {"scope_key": "search", "monthly_limit_usd": "1000"}]})
+                                                  {"scope_key": "search", "monthly_limit_usd": "1000"},
+                                                  {"scope_key": "default", "monthly_limit_usd": "1000"}]})
         with engine.connect() as blocker:
-            blocker.execute(text("SELECT 1 FROM budgets WHERE tenant_id = :t AND scope_key = 'payments' FOR UPDATE"),
-                            {"t": tenant.id})
+            blocker.execute(text("SELECT 1 FROM budgets WHERE tenant_id = :t AND scope_key = :s FOR UPDATE"),
+                            {"t": tenant.id, "s": busy_scope})
             r = c.post(f"{API}/gate/terraform/preflight", json={**preflight("60"), "project_id": "search"}).json()
             blocker.rollback()
         assert (r["decision"], r["reason_codes"]) == ("ALLOW", [])

@@ -77,13 +77,14 @@ _TENANT_RESERVED = Statement(select(
     select(func.coalesce(func.sum(CreditReservation.reserved_usd), 0))
     .where(CreditReservation.tenant_id == bindparam("tenant_id"), CreditReservation.active.is_(True))
     .scalar_subquery().label("credit")))
-# Both candidate rows are locked in scope order so two scopes never deadlock. NO KEY UPDATE: inserts whose
-# foreign keys point at the row need not wait.
+# Only the governing row is locked, the project's own budget before `default`: locking both would make every
+# decision of a tenant with a default budget queue on that one row. LIMIT 1 under FOR ... UPDATE locks only
+# the row returned. NO KEY UPDATE: inserts whose foreign keys point at the row need not wait.
 _LOCK_BUDGET = Statement(
     select(Budget.id, Budget.scope_key, Budget.monthly_limit_usd, Budget.reserved_usd)
     .where(Budget.tenant_id == bindparam("tenant_id"), Budget.active.is_(True),
            Budget.scope_key.in_([bindparam("project_id"), literal("default")]))
-    .order_by(Budget.scope_key).with_for_update(key_share=True), prepare=False)
+    .order_by(Budget.scope_key == "default").limit(1).with_for_update(key_share=True), prepare=False)
 
 
 def hold_statement(prefix: str = "") -> Update:
@@ -114,9 +115,7 @@ class LockedBudget:
 def lock_budget(session: Session, tenant_id: uuid.UUID, project_id: str) -> LockedBudget | None:
     """Return the active budget governing `project_id` (its own scope, else `default`), row-locked."""
     rows = _LOCK_BUDGET.run(session, {"tenant_id": tenant_id, "project_id": project_id})
-    by_scope = {row.scope_key: row for row in rows}
-    row = by_scope.get(project_id) or by_scope.get("default")
-    return LockedBudget(row.id, row.scope_key, row.monthly_limit_usd, row.reserved_usd) if row else None
+    return LockedBudget(*rows[0]) if rows else None
 
 
 @dataclass(frozen=True)
