@@ -53,6 +53,22 @@ def test_invalid_policy_names_the_field(tenant: Tenant, path: tuple[str, ...], v
         assert len(c.get(f"{API}/policies/versions").json()["items"]) == 1
 
 
+def test_project_budget_governs_before_default(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        c.put(f"{API}/budgets", json={"budgets": [
+            {"scope_key": "default", "monthly_limit_usd": "1000"},
+            {"scope_key": "payments", "monthly_limit_usd": "100"},
+            {"scope_key": "search", "monthly_limit_usd": "100", "active": False}]}).raise_for_status()
+        own = c.post(f"{API}/gate/terraform/preflight", json={**preflight("60"), "project_id": "payments"}).json()
+        # An inactive project budget does not govern: the default one does.
+        fallback = c.post(f"{API}/gate/terraform/preflight",
+                          json={**preflight("70", "r2"), "project_id": "search"}).json()
+        reserved = {b["scope_key"]: b["reserved_usd"] for b in c.get(f"{API}/budgets").json()["items"]}
+    assert own["computed_context"]["budget_scope"] == "payments"
+    assert fallback["computed_context"]["budget_scope"] == "default"
+    assert reserved == {"default": "70.0000", "payments": "60.0000", "search": "0.0000"}
+
+
 def test_credits_fund_overflow_and_are_debited(tenant: Tenant) -> None:
     with tenant.client() as c:
         c.put(f"{API}/budgets", json={"budgets": [{"scope_key": "payments", "monthly_limit_usd": "10"}]})
