@@ -144,9 +144,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         scrape.register(collector(app.state.sessions, app.state.clock))
     app.state.price_book = book
     app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids)
-    # Priced admission decisions run here so their deadline can be enforced from the event loop.
-    app.state.admission_executor = ThreadPoolExecutor(max_workers=settings.worker_threads,
-                                                      thread_name_prefix="admission")
+    # Gate decisions (preflight, generic gate, CloudEvents, priced admission) run on this pool: a plain
+    # executor hop costs less than anyio's, and priced admissions enforce their deadline from the event loop.
+    app.state.gate_executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="gate")
     for router in ROUTERS:
         app.include_router(router)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.tokens import KeyRing
@@ -101,7 +101,7 @@ def require(role: str) -> Callable[[Caller], Awaitable[Caller]]:
 
 
 async def in_one_transaction(request: Request, role: str, work: Callable[[Session, Caller], T]) -> T:
-    """Return `work(db, caller)` run with authentication, the work and the commit in one worker thread.
+    """Return `work(db, caller)` run with authentication, the work and the commit in one gate-pool thread.
 
     The latency-critical gate routes use this instead of the `DB` dependency: with the dependency the commit
     runs in a separate thread-pool hop after the handler, and under load the row locks a decision holds
@@ -113,7 +113,7 @@ async def in_one_transaction(request: Request, role: str, work: Callable[[Sessio
         with transaction(request.app.state.sessions) as db:
             return work(db, authorised(authenticated(db, token), role))
 
-    return await run_in_threadpool(unit)
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.gate_executor, unit)
 
 
 Member = Annotated[Caller, Depends(require("member"))]

@@ -73,7 +73,7 @@ async def admission_review(request: Request) -> JSONResponse:
             req.uid, allowed=False, message=f"Valdrix Gate cannot price this object: {outcome.message}",
             audit={"decision": "DENY", "invalid-cost-input": outcome.message[:256]}), started)
     deadline = gate.settings.admission_timeout_seconds
-    executor: ThreadPoolExecutor = request.app.state.admission_executor
+    executor: ThreadPoolExecutor = request.app.state.gate_executor
     work = asyncio.get_running_loop().run_in_executor(executor, gate.decide, req, credential, outcome,
                                                       deadline * 0.8)
     try:
