@@ -2,7 +2,8 @@
 
 Starts its own PostgreSQL (and/or a SQLite file), one `valdrix serve` process (with worker processes),
 creates a tenant with budgets for 64 projects, and drives POST /gate/terraform/preflight with `wrk` at each
-concurrency level for a fixed duration, every request a new decision (unique run id). Loopback only.
+concurrency level for a fixed duration, every request a new decision (unique run id; checked against the
+decisions recorded). CPU is counted per decision for the server's processes and for PostgreSQL's. Loopback only.
 
     .venv/bin/python bench/gate.py [--backends sqlite,postgresql] [--concurrency 1,8,32] [--duration 10]
 """
@@ -127,6 +128,19 @@ def decision_count(database_url: str) -> int:
         engine.dispose()
 
 
+def postgres_pids(database_url: str) -> list[int]:
+    """Return the PostgreSQL server's processes (postmaster and children); none for SQLite."""
+    if not database_url.startswith("postgresql"):
+        return []
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            data = Path(connection.execute(sqlalchemy.text("SHOW data_directory")).scalar_one())
+    finally:
+        engine.dispose()
+    return tree_pids(int((data / "postmaster.pid").read_text().split()[0]))
+
+
 def run_level(url: str, key: str, concurrency: int, duration: int, script: Path, tag: str,
               database_url: str) -> dict[str, float]:
     env_script = script.read_text().replace("RUN,", f'"{tag}-c{concurrency}",').replace(
@@ -134,14 +148,17 @@ def run_level(url: str, key: str, concurrency: int, duration: int, script: Path,
     level_script = script.with_name(f"level-{concurrency}.lua")
     level_script.write_text(env_script)
     threads = min(2, concurrency)
-    pids = server_pids(url)
+    pids, database_pids = server_pids(url), postgres_pids(database_url)
     cpu_before, failsafe_before = cpu_seconds(pids), failsafe_count(url)
+    database_cpu_before = cpu_seconds(database_pids)
     decisions_before = decision_count(database_url)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "10s",
                           "-s", str(level_script), url], capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     result["throughput_rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["server_cpu_ms_per_decision"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, result["requests"])
+    result["database_cpu_ms_per_decision"] = ((cpu_seconds(postgres_pids(database_url)) - database_cpu_before) * 1000
+                                              / max(1, result["requests"]))
     result["failsafe"] = failsafe_count(url) - failsafe_before
     result["peak_rss_mib_per_process"] = max(peak_rss_mib(pids).values())
     # Every request must be a new decision, not a replay: requests still in flight when wrk stops are
@@ -171,10 +188,12 @@ def bench_backend(backend: str, database_url: str, levels: list[int], duration: 
         for level in levels:
             r = run_level(url, tenant.owner_key, level, duration, script, f"{backend}-{int(time.time())}",
                           database_url)
+            database_cpu = f"{r['database_cpu_ms_per_decision']:.2f}" if backend == "postgresql" else "—"
             rows.append(f"| {backend} | {workers} | {level} | {r['requests']:.0f} | {r['throughput_rps']:.1f} | "
                         f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                         f"{r['non2xx'] + r['socket_errors']:.0f} | {r['failsafe']:.0f} | "
-                        f"{r['server_cpu_ms_per_decision']:.2f} | {r['peak_rss_mib_per_process']:.0f} |")
+                        f"{r['server_cpu_ms_per_decision']:.2f} | {database_cpu} | "
+                        f"{r['peak_rss_mib_per_process']:.0f} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -190,8 +209,8 @@ def main() -> None:
         sys.exit("wrk is required: apt-get install wrk (make bench installs it)")
     levels = [int(x) for x in args.concurrency.split(",")]
     print("| backend | workers | concurrency | requests | decisions/s | p50 ms | p95 ms | p99 ms | errors | "
-          "fail-safe | server CPU ms/decision | peak RSS MiB/process |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "fail-safe | server CPU ms/decision | PostgreSQL CPU ms/decision | peak RSS MiB/process |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with ExitStack() as stack:
         for backend in args.backends.split(","):
             if backend == "sqlite":
