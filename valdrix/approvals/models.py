@@ -6,12 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from valdrix.db import Base
 
 STATUSES = ("pending", "approved", "denied", "expired")
+# An approval whose token can still be redeemed (its expiry is checked against the clock).
+REDEEMABLE = "status = 'approved' AND token_consumed_at IS NULL"
 
 
 class ApprovalRequest(Base):
@@ -25,6 +27,10 @@ class ApprovalRequest(Base):
     __table_args__ = (
         Index("ix_approval_requests_tenant_status", "tenant_id", "status", "created_at"),
         Index("ix_approval_requests_due", "status", "expires_at"),
+        # Every priced admission looks for an approval it can redeem: this index holds only those, however
+        # many used ones a tenant keeps.
+        Index("ix_approval_requests_redeemable", "tenant_id", "token_expires_at",
+              postgresql_where=text(REDEEMABLE), sqlite_where=text(REDEEMABLE)),
         CheckConstraint("status IN ('pending', 'approved', 'denied', 'expired')", name="status_known"),
     )
 

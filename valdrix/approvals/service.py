@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, and_, bindparam, or_, select, update
+from sqlalchemy import CursorResult, Update, and_, bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from valdrix.approvals import routing
 from valdrix.approvals.metrics import TOKEN_EVENTS
-from valdrix.approvals.models import ApprovalRequest
+from valdrix.approvals.models import REDEEMABLE, ApprovalRequest
 from valdrix.approvals.tokens import TOKEN_TYPE, KeyRing
 from valdrix.auth.service import Caller
 from valdrix.budgets import service as budgets
@@ -45,8 +45,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REDEEMABLE = Statement(
     select(ApprovalRequest.id)
     .join(Decision, Decision.id == ApprovalRequest.decision_id)
-    .where(ApprovalRequest.tenant_id == bindparam("tenant_id"), ApprovalRequest.status == "approved",
-           ApprovalRequest.token_consumed_at.is_(None), ApprovalRequest.token_expires_at > bindparam("now"),
+    # The predicate of the redeemable-approvals index, verbatim, so every plan can use that index.
+    .where(ApprovalRequest.tenant_id == bindparam("tenant_id"), text(REDEEMABLE),
+           ApprovalRequest.token_expires_at > bindparam("now"),
            Decision.source == bindparam("source"), Decision.request_fingerprint == bindparam("fingerprint"))
     .order_by(ApprovalRequest.approved_at, ApprovalRequest.id))
 
