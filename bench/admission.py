@@ -1,18 +1,21 @@
 """Admission webhook load test: server-side p50/p95/p99 and peak RSS at a fixed open-loop request rate.
 
-Starts a private PostgreSQL cluster and one `valdrix serve` process (one worker) on 127.0.0.1, then offers
-(a) fast-path ConfigMap reviews and (b) priced Deployment reviews (each a new uid, so each is a decision
-persisted in PostgreSQL with its reservation and ledger row) at RATE requests/s for SECONDS each.
+Starts a private PostgreSQL cluster and one `valdrix serve` process (--workers worker processes, default 2)
+on 127.0.0.1, then offers (a) fast-path ConfigMap reviews and (b) priced Deployment reviews (each a new uid,
+so each is a decision persisted in PostgreSQL with its reservation and ledger row) at RATE requests/s for
+SECONDS each. The Deployments go to one namespace, so every decision queues on one budget row (the worst
+case), or cycle over --namespaces, each its own budget scope.
 Server-side latency is the `Server-Timing: gate;dur=` the handler reports (body read → answer built);
 client-side latency (including HTTP on loopback) is printed alongside. Peak RSS is VmHWM of the server.
 
-Run: PYTHONPATH=$PWD /work/main/.venv/bin/python bench/admission.py [--rate 200] [--seconds 20]
+Run: PYTHONPATH=$PWD .venv/bin/python bench/admission.py [--rate 200] [--seconds 20] [--namespaces 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -40,10 +43,10 @@ DEPLOYMENT = json.loads((ROOT.parent / "shared" / "fixtures" / "k8s-objects" / "
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}
 
 
-def review(obj: dict[str, Any], resource: str, group: str) -> dict[str, Any]:
+def review(obj: dict[str, Any], resource: str, group: str, namespace: str = "bench") -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": str(uuid.uuid4()), "kind": {"group": group, "version": "v1", "kind": obj["kind"]},
-        "resource": {"group": group, "version": "v1", "resource": resource}, "namespace": "bench",
+        "resource": {"group": group, "version": "v1", "resource": resource}, "namespace": namespace,
         "name": obj["metadata"]["name"], "operation": "CREATE", "userInfo": {"username": "bench"},
         "object": obj, "dryRun": False}}
 
@@ -154,7 +157,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument("--namespaces", type=int, default=1,
+                        help="priced Deployments cycle over this many namespaces, each its own budget scope "
+                             "(1, the default, is the worst case: every decision queues on one budget row)")
     args = parser.parse_args()
+    namespaces = ["bench"] if args.namespaces == 1 else [f"bench-{i}" for i in range(args.namespaces)]
+    spread = itertools.cycle(namespaces)
     with postgres_cluster() as cluster:
         url = create_database(cluster, "valdrix_bench")
         upgrade(url)
@@ -170,7 +178,8 @@ def main() -> None:
             _wait_ready(base)
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tenant.owner_key}"}) as c:
                 c.put("/api/v1/enforcement/budgets", json={"budgets": [
-                    {"scope_key": "bench", "monthly_limit_usd": "100000000"}]}).raise_for_status()
+                    {"scope_key": namespace, "monthly_limit_usd": "100000000"} for namespace in namespaces]}
+                      ).raise_for_status()
                 doc = c.get("/api/v1/enforcement/policies").json()["document"]
                 doc["mode_matrix"]["k8s_admission"].update(default="soft", prod="soft", nonprod="soft")
                 c.put("/api/v1/enforcement/policies", json=doc).raise_for_status()
@@ -178,12 +187,12 @@ def main() -> None:
                 "sequential_fast_path": asyncio.run(run_phase(
                     base, tenant.owner_key, lambda: review(CONFIG_MAP, "configmaps", ""), 0, 0)),
                 "sequential_priced": asyncio.run(run_phase(
-                    base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps"), 0, 0)),
+                    base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps", next(spread)), 0, 0)),
                 "fast_path_configmap": asyncio.run(run_phase(
                     base, tenant.owner_key, lambda: review(CONFIG_MAP, "configmaps", ""), args.rate, args.seconds)),
                 "priced_deployment_persisted_postgresql": asyncio.run(run_phase(
-                    base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps"), args.rate,
-                    args.seconds)),
+                    base, tenant.owner_key, lambda: review(DEPLOYMENT, "deployments", "apps", next(spread)),
+                    args.rate, args.seconds)),
             }
             workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
                                      text=True).stdout.split()
@@ -197,7 +206,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
-    print(json.dumps({"rate_rps": args.rate, "seconds_per_phase": args.seconds, **results}, indent=2))
+    print(json.dumps({"rate_rps": args.rate, "seconds_per_phase": args.seconds, "namespaces": args.namespaces,
+                      **results}, indent=2))
 
 
 if __name__ == "__main__":
