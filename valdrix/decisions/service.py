@@ -61,9 +61,10 @@ class Outcome:
 _STORED_ID = select(Decision.id).where(
     Decision.tenant_id == bindparam("tenant_id"), Decision.source == bindparam("source"),
     Decision.idempotency_key == bindparam("key")).scalar_subquery().label("stored_id")
-_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID), prepare=False)
+_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID))
 # On PostgreSQL the same round trip bounds the rest of the transaction (SET LOCAL): a lock wait past the lock
-# timeout or a statement past the gate deadline fails fast into a fail-safe decision.
+# timeout or a statement past the gate deadline fails fast into a fail-safe decision. Planned per execution:
+# a generic plan made while the decisions table was small would scan every decision of the tenant.
 _POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
     _STORED_ID, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
     func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")),
