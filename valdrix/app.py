@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -31,6 +31,7 @@ from valdrix.costs.router import router as costs_router
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.errors import ValdrixError
+from valdrix.jsonio import JSONResponse
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
 from valdrix.policies.router import router as policies_router
@@ -126,7 +127,9 @@ def _metrics(scrape: CollectorRegistry) -> Response:
 def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory | None = None) -> FastAPI:
     """Return the Valdrix Gate ASGI application bound to `settings`; raise PricingError for a bad price book."""
     book = PriceBook.load(settings.k8s_price_book_file)
-    app = FastAPI(title="Valdrix Gate", version=__version__)
+    # Metrics are Prometheus (below); FastAPI's OpenTelemetry hooks would only add a check to every request.
+    app = FastAPI(title="Valdrix Gate", version=__version__, default_response_class=JSONResponse,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     engine = make_engine(settings)
     app.state.settings = settings
     app.state.engine = engine

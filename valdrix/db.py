@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator, Uuid
 
+from valdrix import jsonio
 from valdrix.config import Settings
 from valdrix.errors import ValdrixError
 
@@ -188,7 +189,7 @@ class Statement:
         sql, defaults, json_names = self._compile(connection.dialect)
         values = {**defaults, **params}
         for name in json_names:
-            values[name] = Jsonb(values[name])
+            values[name] = Jsonb(values[name], dumps=jsonio.dumps)
         driver = connection.connection.driver_connection
         assert driver is not None
         try:

@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from valdrix.admission import translate
@@ -22,6 +21,7 @@ from valdrix.config import Settings
 from valdrix.decisions.metrics import observe_decision
 from valdrix.deps import bearer_token
 from valdrix.errors import Unauthenticated
+from valdrix.jsonio import JSONResponse
 from valdrix.serving import client_common_name
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["admission"])

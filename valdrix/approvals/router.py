@@ -6,12 +6,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 
 from valdrix.approvals import service
 from valdrix.approvals.schemas import ApprovalCreate, ConsumeRequest, ReviewBody, approval_body, consumed_body
 from valdrix.decisions.router import decode_cursor, encode_cursor
 from valdrix.deps import DB, ClockDep, IdsDep, KeyRingDep, Member
+from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/approvals", tags=["approvals"])
 jwks_router = APIRouter(tags=["keys"])

@@ -7,12 +7,13 @@ from datetime import date
 from typing import IO, Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from valdrix.audit import service
 from valdrix.audit.metrics import EXPORT_EVENTS
 from valdrix.deps import Admin, ClockDep, KeyRingDep, SettingsDep
 from valdrix.errors import InvalidInput
+from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/exports", tags=["exports"])
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from valdrix.budgets import service
 from valdrix.budgets.models import Budget, CreditGrant
 from valdrix.budgets.schemas import BudgetsPut, CreditGrantIn
 from valdrix.deps import DB, Admin, ClockDep, Member
 from valdrix.errors import InvalidInput
+from valdrix.jsonio import JSONResponse
 from valdrix.money import monthly
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["budgets"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from valdrix.budgets.service import normalise_scope
 from valdrix.costs import service
 from valdrix.costs.schemas import CostBatchIn
 from valdrix.deps import DB, Admin, ClockDep, Member, SettingsDep
+from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["costs"])
 

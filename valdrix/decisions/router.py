@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,7 @@ from valdrix.decisions.models import Decision
 from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
 from valdrix.deps import DB, Member, in_one_transaction
 from valdrix.errors import InvalidInput
+from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"])
 

@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
 from valdrix.deps import DB, Admin
 from valdrix.errors import InvalidInput
+from valdrix.jsonio import JSONResponse
 from valdrix.ledger import service
 from valdrix.ledger.models import LedgerEntry
 

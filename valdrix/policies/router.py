@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from valdrix.deps import DB, Admin, ClockDep, Member
+from valdrix.jsonio import JSONResponse
 from valdrix.policies import service
 from valdrix.policies.models import PolicyVersion
 from valdrix.policies.schemas import PolicyDocument

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from valdrix.auth.service import Caller
@@ -13,6 +12,7 @@ from valdrix.decisions import service
 from valdrix.decisions.router import gate_context
 from valdrix.decisions.schemas import continuation, decision_body
 from valdrix.deps import in_one_transaction
+from valdrix.jsonio import JSONResponse
 from valdrix.preflight import translate
 from valdrix.preflight.schemas import TerraformPreflightRequest
 

@@ -6,11 +6,11 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
 
 from valdrix.decisions.models import Decision
 from valdrix.decisions.router import decode_cursor, encode_cursor
 from valdrix.deps import DB, Admin, ClockDep, SettingsDep
+from valdrix.jsonio import JSONResponse
 from valdrix.money import monthly
 from valdrix.reservations import service
 from valdrix.reservations.models import Reconciliation

@@ -1,0 +1,41 @@
+"""Response and stored-document JSON: compact UTF-8, and every JSON document a caller can send round-trips."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from valdrix.jsonio import JSONResponse, dumps
+
+# Everything `json.loads` can hand us from a request body, integers of any size included.
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20)
+
+
+@given(JSON_VALUES)
+def test_every_request_document_round_trips(value: Any) -> None:
+    assert json.loads(dumps(value)) == value
+
+
+def test_compact_utf8_and_beyond_64_bit_integers() -> None:
+    assert dumps({"é": "ü", "n": [1, None]}) == '{"é":"ü","n":[1,null]}'.encode()
+    assert dumps({"big": 2**70}) == b'{"big":1180591620717411303424}'
+    assert dumps({1: "a"}) == b'{"1":"a"}'
+
+
+def test_refuses_what_json_cannot_represent() -> None:
+    with pytest.raises(TypeError):
+        dumps({"x": Decimal("1.5")})
+
+
+def test_response_renders_with_dumps() -> None:
+    response = JSONResponse({"decision": "ALLOW", "metadata": {"owner": "zoë", "id": 2**65}}, status_code=201)
+    assert json.loads(response.body) == {"decision": "ALLOW", "metadata": {"owner": "zoë", "id": 2**65}}
+    assert response.headers["content-type"] == "application/json"
