@@ -7,6 +7,8 @@ SECONDS each. The Deployments go to one namespace, so every decision queues on o
 case), or cycle over --namespaces, each its own budget scope.
 Server-side latency is the `Server-Timing: gate;dur=` the handler reports (body read → answer built);
 client-side latency (including HTTP on loopback) is printed alongside. Peak RSS is VmHWM of the server.
+Each phase also prints the host reference (bench/host.py), the CPU time of a fixed Python loop taken just
+before it: this shared VM's speed varies several-fold, and the figures with it.
 
 Run: PYTHONPATH=$PWD .venv/bin/python bench/admission.py [--rate 200] [--seconds 20] [--namespaces 1]
 """
@@ -32,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.host import reference_loop_ms  # noqa: E402
 from tests.live import _wait_ready, make_tenant  # noqa: E402
 from tests.pg import create_database, free_port, postgres_cluster  # noqa: E402
 from valdrix.config import Settings  # noqa: E402
@@ -121,6 +124,7 @@ async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> 
         server.append(float(headers["server-timing"].split("dur=")[1]))
 
     await one(requests.pop())  # warm-up: caches the verified key, opens a connection
+    reference = reference_loop_ms()
     server.clear()
     client.clear()
     start = time.perf_counter()
@@ -137,7 +141,8 @@ async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> 
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     http.close()
-    return {"load": f"{rate}/s open loop" if rate else "sequential", "sent": total, "ok": len(server),
+    return {"load": f"{rate}/s open loop" if rate else "sequential", "reference_loop_ms": round(reference),
+            "sent": total, "ok": len(server),
             "errors": sum(errors.values()), "error_kinds": dict(errors), "achieved_rps": round(total / elapsed, 1),
             "server_ms": {"p50": pct(server, .50), "p95": pct(server, .95), "p99": pct(server, .99),
                           "mean": round(statistics.fmean(server), 3)},

@@ -4,6 +4,8 @@ Starts its own PostgreSQL (and/or a SQLite file), one `valdrix serve` process (w
 creates a tenant with budgets for 64 projects, and drives POST /gate/terraform/preflight with `wrk` at each
 concurrency level for a fixed duration, every request a new decision (unique run id; checked against the
 decisions recorded). CPU is counted per decision for the server's processes and for PostgreSQL's. Loopback only.
+Each level also prints the host reference (bench/host.py): the CPU time of a fixed Python loop of
+5 000 000 additions, taken just before it, because this shared VM's speed varies several-fold.
 
     .venv/bin/python bench/gate.py [--backends sqlite,postgresql] [--concurrency 1,8,32] [--duration 10]
 """
@@ -28,6 +30,7 @@ import sqlalchemy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.host import reference_loop_ms  # noqa: E402
 from tests.live import make_tenant, process_servers  # noqa: E402
 from tests.pg import create_database, postgres_cluster  # noqa: E402
 from valdrix.config import Settings  # noqa: E402
@@ -186,6 +189,7 @@ def bench_backend(backend: str, database_url: str, levels: list[int], duration: 
         script = Path(tmp) / "preflight.lua"
         script.write_text(LUA)
         for level in levels:
+            reference = reference_loop_ms()
             r = run_level(url, tenant.owner_key, level, duration, script, f"{backend}-{int(time.time())}",
                           database_url)
             database_cpu = f"{r['database_cpu_ms_per_decision']:.2f}" if backend == "postgresql" else "—"
@@ -193,7 +197,7 @@ def bench_backend(backend: str, database_url: str, levels: list[int], duration: 
                         f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                         f"{r['non2xx'] + r['socket_errors']:.0f} | {r['failsafe']:.0f} | "
                         f"{r['server_cpu_ms_per_decision']:.2f} | {database_cpu} | "
-                        f"{r['peak_rss_mib_per_process']:.0f} |")
+                        f"{r['peak_rss_mib_per_process']:.0f} | {reference:.0f} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -209,8 +213,9 @@ def main() -> None:
         sys.exit("wrk is required: apt-get install wrk (make bench installs it)")
     levels = [int(x) for x in args.concurrency.split(",")]
     print("| backend | workers | concurrency | requests | decisions/s | p50 ms | p95 ms | p99 ms | errors | "
-          "fail-safe | server CPU ms/decision | PostgreSQL CPU ms/decision | peak RSS MiB/process |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "fail-safe | server CPU ms/decision | PostgreSQL CPU ms/decision | peak RSS MiB/process | "
+          "reference loop ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with ExitStack() as stack:
         for backend in args.backends.split(","):
             if backend == "sqlite":
