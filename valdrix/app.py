@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +30,7 @@ from valdrix.costs.router import router as costs_router
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.errors import ValdrixError
+from valdrix.gatepool import GatePool
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
@@ -149,7 +149,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids)
     # Gate decisions (preflight, generic gate, CloudEvents, priced admission) run on this pool: a plain
     # executor hop costs less than anyio's, and priced admissions enforce their deadline from the event loop.
-    app.state.gate_executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="gate")
+    app.state.gate_executor = GatePool(settings.worker_threads, settings.gate_concurrency)
     for router in ROUTERS:
         app.include_router(router)
 

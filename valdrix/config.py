@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     # Threads per worker process for blocking (database) work; see valdrix/serving.py.
     worker_threads: int = Field(default=4, ge=1, le=200)
+    # Gate decisions a worker process runs at once (more while some wait for locks); see valdrix/gatepool.py.
+    gate_concurrency: int = Field(default=1, ge=1, le=200)
     # HTTPS listener (admission webhook); both files must be set to enable it.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -63,6 +66,39 @@ def test_lock_timeout_answers_persisted_fail_safe(fast_server: LiveServer, mode:
     after = metric(fast_server.url, "valdrix_ops_enforcement_gate_lock_events_total", source="terraform",
                    event="timeout")
     assert after == before + 1
+
+
+def test_a_decision_waiting_for_a_lock_does_not_hold_up_others(fast_server: LiveServer) -> None:
+    """Decisions take turns in a worker process (valdrix/gatepool.py); one stuck on a lock passes its turn on."""
+    tenant = fast_server.tenant()
+    engine = make_engine(fast_server.settings)
+    assert fast_server.settings.gate_concurrency == 1
+    done: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def ask(project: str) -> None:
+        with tenant.client() as client:
+            body = client.post(f"{API}/gate/terraform/preflight",
+                               json={**preflight("60"), "run_id": f"run-{project}", "project_id": project}).json()
+            done[project] = (time.monotonic(), body)
+
+    with tenant.client() as c:
+        c.put(f"{API}/budgets", json={"budgets": [{"scope_key": "payments", "monthly_limit_usd": "1000"},
+                                                  {"scope_key": "search", "monthly_limit_usd": "1000"}]})
+        with engine.connect() as blocker:
+            blocker.execute(text("SELECT 1 FROM budgets WHERE tenant_id = :t AND scope_key = 'payments' FOR UPDATE"),
+                            {"t": tenant.id})
+            stuck = threading.Thread(target=ask, args=("payments",))
+            stuck.start()
+            time.sleep(0.1)  # the payments decision holds the process's one turn, waiting for the lock
+            ask("search")
+            stuck.join(10)
+            blocker.rollback()
+    engine.dispose()
+    (search_done, search), (payments_done, payments) = done["search"], done["payments"]
+    assert (search["decision"], search["reason_codes"]) == ("ALLOW", [])
+    assert payments["reason_codes"][0] == "gate_lock_timeout"
+    # Asked 0.1 s after the stuck one, answered long before its lock wait (~0.3 s) ended.
+    assert search_done < payments_done - 0.1
 
 
 @pytest.mark.parametrize(("body", "trigger"), [
