@@ -129,10 +129,17 @@ def client_common_name(scope: Scope) -> str | None:
 
 
 class ConnectionShare:
-    """The open connections of every worker process, in shared memory: slot `index` is this process's count."""
+    """The open connections of every worker process, in shared memory: slot `index` is this process's.
 
-    def __init__(self, counts: MutableSequence[int], index: int) -> None:
-        self.counts, self.index = counts, index
+    Each slot holds a count and when it was last written (CLOCK_MONOTONIC, the same in every process). A
+    worker writes its slot on every accept and every 0.1 s; a slot older than STALE_SECONDS belongs to a
+    worker that is gone or hung, and is ignored.
+    """
+
+    STALE_SECONDS = 1.0
+
+    def __init__(self, counts: MutableSequence[int], stamps: MutableSequence[float], index: int) -> None:
+        self.counts, self.stamps, self.index = counts, stamps, index
         self.states: list[uvicorn.server.ServerState] = []
         self.pending = 0  # accepted, protocol not yet attached (a TLS handshake in progress)
 
@@ -140,12 +147,15 @@ class ConnectionShare:
         """Return this process's open connections, after writing them to its slot."""
         mine = self.pending + sum(len(state.connections) for state in self.states)
         self.counts[self.index] = mine
+        self.stamps[self.index] = time.monotonic()
         return mine
 
     def least_loaded(self) -> bool:
-        """Return whether no other worker has fewer open connections than this one."""
+        """Return whether no live worker has fewer open connections than this one."""
         mine = self.publish()
-        return all(mine <= count for i, count in enumerate(self.counts) if i != self.index)
+        fresh_since = self.stamps[self.index] - self.STALE_SECONDS
+        return all(mine <= count for i, (count, stamp) in enumerate(zip(self.counts, self.stamps, strict=True))
+                   if i != self.index and stamp >= fresh_since)
 
 
 class BalancedAcceptor:
@@ -322,11 +332,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _worker(http: socket.socket | None, https: socket.socket | None, counts: MutableSequence[int],
-            index: int) -> None:
+            stamps: MutableSequence[float], index: int) -> None:
     from valdrix.app import app_from_env
     from valdrix.config import get_settings
 
-    _run_loop(serve_sockets(app_from_env(), get_settings(), http, https, ConnectionShare(counts, index)))
+    _run_loop(serve_sockets(app_from_env(), get_settings(), http, https, ConnectionShare(counts, stamps, index)))
 
 
 def run(settings: Settings, workers: int, app_factory: Callable[[], ASGIApp]) -> None:
@@ -335,11 +345,12 @@ def run(settings: Settings, workers: int, app_factory: Callable[[], ASGIApp]) ->
     http = bind(settings.host, settings.port) if settings.tls_serve_http or not tls else None
     https = bind(settings.host, settings.tls_port) if tls else None
     if workers == 1:
-        _run_loop(serve_sockets(app_factory(), settings, http, https, ConnectionShare([0], 0)))
+        _run_loop(serve_sockets(app_factory(), settings, http, https, ConnectionShare([0], [0.0], 0)))
         return
     spawn = multiprocessing.get_context("spawn")
-    counts = spawn.RawArray("i", workers)  # written only by its own worker: no lock needed
-    procs = [spawn.Process(target=_worker, args=(http, https, counts, index)) for index in range(workers)]
+    # Each slot is written only by its own worker: no lock needed.
+    counts, stamps = spawn.RawArray("i", workers), spawn.RawArray("d", workers)
+    procs = [spawn.Process(target=_worker, args=(http, https, counts, stamps, index)) for index in range(workers)]
     for proc in procs:
         proc.start()
 
