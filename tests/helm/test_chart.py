@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from valdrix.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "valdrix"
 GUARDRAILS = Path(__file__).resolve().parent / "guardrails"
@@ -189,6 +191,11 @@ def test_default_render_serves_https_and_wires_the_server(helm: str) -> None:
     assert settings["VALDRIX_ADMISSION_CLUSTER_TENANT"] == "default"
     assert float(settings["VALDRIX_GATE_TIMEOUT_SECONDS"]) < 2
     assert "VALDRIX_ADMISSION_MTLS_TENANTS" not in settings
+    assert settings["VALDRIX_GATE_CONCURRENCY"] == "4"  # the database is across the network
+    # Every variable the chart sets is one the server reads, with a value it accepts.
+    assert all(key.removeprefix("VALDRIX_").lower() in Settings.model_fields for key in settings)
+    Settings(**{key.removeprefix("VALDRIX_").lower(): value for key, value in settings.items()
+                if key != "VALDRIX_DATABASE_URL"})
 
     # Hygiene.
     assert pod["securityContext"]["runAsUser"] == 10001
