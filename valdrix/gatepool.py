@@ -22,8 +22,10 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# A decision here takes 2-6 ms; one holding its turn longer is most likely waiting for a lock.
-PATIENCE_SECONDS = 0.010
+# A decision here takes 2-6 ms; one holding its turn much longer is most likely waiting for a lock. Not
+# shorter: a decision merely descheduled for a moment would hand over too, and two would interleave again
+# (six paired runs at 8 callers: median p99 21.9 ms at 10 ms, 17.9 ms at 30 ms, and 15 % more decisions/s).
+PATIENCE_SECONDS = 0.030
 
 
 class Turns:
