@@ -166,7 +166,7 @@ def main() -> None:
                         help="priced Deployments cycle over this many namespaces, each its own budget scope "
                              "(1, the default, is the worst case: every decision queues on one budget row)")
     args = parser.parse_args()
-    namespaces = ["bench"] if args.namespaces == 1 else [f"bench-{i}" for i in range(args.namespaces)]
+    namespaces = [f"bench-{i}" for i in range(args.namespaces)]
     spread = itertools.cycle(namespaces)
     with postgres_cluster() as cluster:
         url = create_database(cluster, "valdrix_bench")

@@ -3,7 +3,7 @@
 On a machine whose CPUs the database shares, decisions running side by side in one process only interleave
 on the GIL: each waits for the others' Python between its own round trips, and the handovers cost CPU. Measured
 with `bench/gate.py` on 2 cores at 8 concurrent callers, one decision at a time per process gave p99 18-19.5 ms
-where four side by side gave 32-47 ms, with 10 % more decisions per second. A decision waiting for a row lock,
+where four side by side gave 30-48.5 ms, with 10 % more decisions per second. A decision waiting for a row lock,
 though, must not hold up unrelated ones: a turn held longer than the patience passes to the next decision.
 A remote database (decisions mostly waiting for round trips) wants more turns: VALDRIX_GATE_CONCURRENCY.
 """

@@ -224,7 +224,7 @@ class BalancedAcceptor:
     async def _attach(self, conn: socket.socket) -> None:
         try:
             await self.loop.connect_accepted_socket(self.protocol, conn, ssl=self.ssl_context)
-        except (OSError, ssl.SSLError) as exc:  # a failed TLS handshake or a reset: that client's problem
+        except OSError as exc:  # a failed TLS handshake (SSLError) or a reset: that client's problem
             log.debug("connection dropped before its first request: %s", exc)
             conn.close()
         finally:
