@@ -23,6 +23,7 @@ from valdrix.approvals.router import jwks_router
 from valdrix.approvals.router import router as approvals_router
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit.router import router as audit_router
+from valdrix.auth.service import KeyOwners
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
@@ -140,6 +141,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     # Misconfigured keys stop the start-up; no keys at all leave approval tokens unavailable (503), never
     # silently replaced by an ephemeral key that other replicas could not verify.
     app.state.keyring = KeyRing.from_settings(settings)
+    app.state.key_owners = KeyOwners()
     if app.state.keyring is None:
         log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): approval tokens are unavailable")
     scrape = CollectorRegistry(auto_describe=True)

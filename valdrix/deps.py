@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.tokens import KeyRing
-from valdrix.auth.service import Caller, authenticate
+from valdrix.auth.service import Caller, KeyOwners, authenticate
 from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
 from valdrix.db import transaction
@@ -68,11 +68,12 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def authenticated(db: Session, token: str | None) -> Caller:
-    """Return the caller owning `token`; raise Unauthenticated for a missing, unknown or revoked key."""
+def authenticated(db: Session, token: str | None, owners: KeyOwners | None = None) -> Caller:
+    """Return the caller owning `token` (remembered by `owners`, if given); raise Unauthenticated for a missing,
+    unknown or revoked key."""
     if token is None:
         raise Unauthenticated("missing bearer API key", code="missing_credentials")
-    caller = authenticate(db, token)
+    caller = owners.caller(db, token) if owners is not None else authenticate(db, token)
     if caller is None:
         raise Unauthenticated("unknown or revoked API key", code="invalid_credentials")
     return caller
@@ -100,18 +101,26 @@ def require(role: str) -> Callable[[Caller], Awaitable[Caller]]:
     return check
 
 
-async def in_one_transaction(request: Request, role: str, work: Callable[[Session, Caller], T]) -> T:
+async def in_gate_transaction(request: Request, work: Callable[[Session, Caller], T]) -> T:
     """Return `work(db, caller)` run with authentication, the work and the commit in one gate-pool thread.
 
     The latency-critical gate routes use this instead of the `DB` dependency: with the dependency the commit
     runs in a separate thread-pool hop after the handler, and under load the row locks a decision holds
-    would stay held while that hop waits for a thread.
+    would stay held while that hop waits for a thread. The caller of a key seen before comes from the worker's
+    `KeyOwners` without a round trip: `work` must be a gate decision, whose first statement re-checks the key
+    (`GateContext.api_key_hash`) and raises Unauthenticated if it was revoked.
     """
     token = bearer_token(request)
+    owners: KeyOwners = request.app.state.key_owners
 
     def unit() -> T:
-        with transaction(request.app.state.sessions) as db:
-            return work(db, authorised(authenticated(db, token), role))
+        try:
+            with transaction(request.app.state.sessions) as db:
+                return work(db, authorised(authenticated(db, token, owners), "member"))
+        except Unauthenticated:
+            if token is not None:
+                owners.forget(token)
+            raise
 
     return await asyncio.get_running_loop().run_in_executor(request.app.state.gate_executor, unit)
 

@@ -181,7 +181,8 @@ class AdmissionGate:
                 remaining = max(0.05, deadline_seconds - (time.monotonic() - started))
                 ctx = gate.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=self.clock.now(),
                                        ids=self.ids, timeout_seconds=remaining,
-                                       lock_timeout_seconds=min(self.settings.lock_timeout_seconds, remaining / 2))
+                                       lock_timeout_seconds=min(self.settings.lock_timeout_seconds, remaining / 2),
+                                       api_key_hash=caller.key_hash)
                 # An approved identical request is admitted once (also when the API server retries the uid
                 # that was rejected for approval); otherwise the gate decides, replaying a known uid.
                 redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
@@ -191,6 +192,11 @@ class AdmissionGate:
                 decision = gate.decide(session, ctx, inp, req.uid).decision
                 self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
                 return self.answer(decision)
+        except Unauthenticated:
+            # The gate found the remembered key revoked: the fast path must stop accepting it too.
+            with self._lock:
+                self._callers.pop(credential.cache_key, None)
+            raise
         except (SQLAlchemyError, Unavailable) as exc:
             log.warning("admission decision not recorded, answering fail-safe: %s", type(exc).__name__)
             return self.unrecorded(caller, inp, "gate_evaluation_error", started)

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import ColumnElement, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from valdrix.auth.models import ApiKey, Principal, Tenant
@@ -31,6 +31,7 @@ class Caller:
     name: str
     role: str
     permissions: frozenset[str]
+    key_hash: str | None = None  # the API key it authenticated with; None for certificate or cluster callers
 
     def has_role(self, role: str) -> bool:
         """Return whether the caller's role is at least `role`."""
@@ -56,7 +57,42 @@ def authenticate(session: Session, key: str) -> Caller | None:
         return None
     row = rows[0]
     return Caller(tenant_id=row.tenant_id, principal_id=row.id, name=row.name, role=row.role,
-                  permissions=frozenset(row.permissions))
+                  permissions=frozenset(row.permissions), key_hash=hash_key(key))
+
+
+def key_unrevoked() -> ColumnElement[bool]:
+    """Return an expression true when the API key bound as `:key_hash` exists and is not revoked."""
+    return exists().where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+
+
+class KeyOwners:
+    """The callers of API keys a worker has authenticated before, by key hash (at most `size` of them).
+
+    A key never changes principal, and a principal never changes tenant, role or permissions, so an entry
+    never goes stale: only revocation changes a key. Whoever acts on a remembered caller must therefore
+    re-check the key in the database in the same transaction, as the gate does in its first statement
+    (`key_unrevoked`), so a revocation takes effect at once on every replica. No plaintext key is kept.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._callers: dict[str, Caller] = {}
+
+    def caller(self, session: Session, key: str) -> Caller | None:
+        """Return the remembered caller of `key`, else authenticate it in `session` (None: unknown or revoked)."""
+        known = self._callers.get(hash_key(key))
+        if known is not None:
+            return known
+        caller = authenticate(session, key)
+        if caller is not None:
+            if len(self._callers) >= self.size:
+                self._callers.clear()
+            self._callers[hash_key(key)] = caller
+        return caller
+
+    def forget(self, key: str) -> None:
+        """Drop what is remembered about `key` (it was found revoked)."""
+        self._callers.pop(hash_key(key), None)
 
 
 def create_tenant(session: Session, name: str, *, now: datetime) -> Tenant:

@@ -21,7 +21,7 @@ from valdrix.config import Settings
 from valdrix.decisions import engine, service
 from valdrix.decisions.models import Decision
 from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
-from valdrix.deps import DB, Member, in_one_transaction
+from valdrix.deps import DB, Member, in_gate_transaction
 from valdrix.errors import InvalidInput
 from valdrix.jsonio import JSONResponse
 
@@ -39,7 +39,8 @@ def gate_context(request: Request, caller: Caller) -> service.GateContext:
                                timeout_seconds=settings.gate_timeout_seconds,
                                lock_timeout_seconds=settings.lock_timeout_seconds,
                                cost_context=settings.cost_context,
-                               cost_data_max_age_days=settings.cost_data_max_age_days)
+                               cost_data_max_age_days=settings.cost_data_max_age_days,
+                               api_key_hash=caller.key_hash)
 
 
 def _generic(source: str, body: GateRequest, request: Request, header_key: str | None) -> Awaitable[dict[str, Any]]:
@@ -54,7 +55,7 @@ def _generic(source: str, body: GateRequest, request: Request, header_key: str |
                                  header_key or body.idempotency_key, body.expected_request_fingerprint)
         return decision_body(outcome.decision)
 
-    return in_one_transaction(request, "member", work)
+    return in_gate_transaction(request, work)
 
 
 @router.post("/gate/terraform")
@@ -104,7 +105,7 @@ async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
                                  body.expected_request_fingerprint)
         return decision_body(outcome.decision)
 
-    return JSONResponse(await in_one_transaction(request, "member", work))
+    return JSONResponse(await in_gate_transaction(request, work))
 
 
 @router.get("/decisions/{decision_id}")

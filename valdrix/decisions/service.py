@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from valdrix.approvals import service as approvals
+from valdrix.auth import service as auth
 from valdrix.auth.models import Tenant
 from valdrix.budgets import service as budgets
 from valdrix.clock import IdFactory
@@ -23,7 +24,7 @@ from valdrix.db import Statement
 from valdrix.decisions import engine
 from valdrix.decisions.metrics import GATE_FAILURES, LOCK_EVENTS, LOCK_WAIT, observe_decision
 from valdrix.decisions.models import Decision
-from valdrix.errors import Conflict, NotFound, Unavailable
+from valdrix.errors import Conflict, NotFound, Unauthenticated, Unavailable
 from valdrix.ledger import service as ledger_service
 from valdrix.money import ZERO
 from valdrix.policies import service as policies
@@ -48,6 +49,9 @@ class GateContext:
     lock_timeout_seconds: float
     cost_context: str = "off"
     cost_data_max_age_days: int = 3
+    # The API key the caller authenticated with. The gate's first statement re-checks that it is not revoked,
+    # so the caller may have been remembered from an earlier request (`auth.service.KeyOwners`).
+    api_key_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,16 +61,18 @@ class Outcome:
 
 
 # The gate's statements, built once per process.
-# The policy in force and any decision already stored under the key, read in one round trip.
+# The policy in force, any decision already stored under the key, and whether the caller's API key is still
+# unrevoked, read in one round trip.
 _STORED_ID = select(Decision.id).where(
     Decision.tenant_id == bindparam("tenant_id"), Decision.source == bindparam("source"),
     Decision.idempotency_key == bindparam("key")).scalar_subquery().label("stored_id")
-_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID))
+_KEY_UNREVOKED = auth.key_unrevoked().label("key_unrevoked")
+_POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID, _KEY_UNREVOKED))
 # On PostgreSQL the same round trip bounds the rest of the transaction (SET LOCAL): a lock wait past the lock
 # timeout or a statement past the gate deadline fails fast into a fail-safe decision. Planned per execution:
 # a generic plan made while the decisions table was small would scan every decision of the tenant.
 _POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
-    _STORED_ID, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
+    _STORED_ID, _KEY_UNREVOKED, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
     func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")),
     prepare=False)
 # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it. NO KEY UPDATE: decision
@@ -106,6 +112,8 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     statement, params = _policy_query(session, ctx, inp.source, stored_key, started)
     rows = statement.run(session, params)
     row = rows[0] if rows else None
+    if ctx.api_key_hash is not None and row is not None and not row.key_unrevoked:
+        raise Unauthenticated("unknown or revoked API key", code="invalid_credentials")
     policy = policies.active(session, ctx.tenant_id, row)
     if row is not None and row.stored_id is not None:
         return _replayed(session.get_one(Decision, row.stored_id), fingerprint, started)
@@ -185,7 +193,8 @@ def _trigger(exc: BaseException) -> str:
 def _policy_query(session: Session, ctx: GateContext, source: str, key: str,
                   started: float) -> tuple[Statement, dict[str, Any]]:
     """Return the statement and parameters reading the policy and any decision stored under `key`."""
-    params: dict[str, Any] = {"tenant_id": ctx.tenant_id, "source": source, "key": key}
+    params: dict[str, Any] = {"tenant_id": ctx.tenant_id, "source": source, "key": key,
+                              "key_hash": ctx.api_key_hash}
     if session.get_bind().dialect.name != "postgresql":
         return _POLICY_AND_STORED, params
     remaining = max(0.001, ctx.timeout_seconds - (time.monotonic() - started))

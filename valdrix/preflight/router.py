@@ -11,7 +11,7 @@ from valdrix.auth.service import Caller
 from valdrix.decisions import service
 from valdrix.decisions.router import gate_context
 from valdrix.decisions.schemas import continuation, decision_body
-from valdrix.deps import in_one_transaction
+from valdrix.deps import in_gate_transaction
 from valdrix.jsonio import JSONResponse
 from valdrix.preflight import translate
 from valdrix.preflight.schemas import TerraformPreflightRequest
@@ -32,4 +32,4 @@ async def preflight(body: TerraformPreflightRequest, request: Request,
         return {"run_id": body.run_id, "stage": body.stage, "idempotency_key": key, "replayed": outcome.replayed,
                 **decision_body(outcome.decision), "continuation": continuation(outcome.decision)}
 
-    return JSONResponse(await in_one_transaction(request, "member", work))
+    return JSONResponse(await in_gate_transaction(request, work))
