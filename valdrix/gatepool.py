@@ -13,11 +13,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from functools import partial
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -28,59 +27,91 @@ T = TypeVar("T")
 PATIENCE_SECONDS = 0.030
 
 
-class Turns:
-    """At most `capacity` tasks hold a turn at once, first come first served.
+class GatePool(Executor):
+    """Runs tasks in arrival order on up to `threads` threads, at most `concurrency` at a time.
 
-    A holder that keeps its turn longer than `patience` seconds loses it to the next waiting task (and runs on
-    without one), so a task stuck on a lock delays the others by `patience` at most.
+    A task that keeps its turn longer than `patience` seconds loses it to the next queued task (and runs on
+    without one), so a task stuck on a lock delays the others by `patience` at most. A thread whose task ends
+    takes the next queued task itself: under load a decision costs no thread wake-up besides the event loop's
+    (waking a waiting thread per decision measured 0.18 ms of CPU per request).
     """
 
-    def __init__(self, capacity: int, patience: float) -> None:
-        self.capacity, self.patience = capacity, patience
-        self._changed = threading.Condition()
-        self._waiting: deque[object] = deque()
-        self._holders: dict[object, float] = {}  # holder -> when it took its turn; first is the oldest
-
-    @contextmanager
-    def turn(self) -> Iterator[None]:
-        """Wait for a turn, hold it for the block, then pass it on."""
-        me = object()
-        with self._changed:
-            self._waiting.append(me)
-            while (wait := self._take(me, time.monotonic())) != 0.0:
-                self._changed.wait(wait)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._holders.pop(me, None)
-                self._changed.notify_all()
-
-    def _take(self, me: object, now: float) -> float | None:
-        """Take a turn and return 0.0; else return how long to wait (None: until the turns change)."""
-        if self._waiting[0] is not me:
-            return None
-        if len(self._holders) >= self.capacity:
-            oldest, since = next(iter(self._holders.items()))
-            if now - since < self.patience:
-                return since + self.patience - now
-            del self._holders[oldest]  # stalled: its turn passes on
-        self._waiting.popleft()
-        self._holders[me] = now
-        self._changed.notify_all()
-        return 0.0
-
-
-class GatePool(ThreadPoolExecutor):
-    """A thread pool whose tasks run in `Turns`: `concurrency` at a time, more only while some stall."""
-
     def __init__(self, threads: int, concurrency: int, patience: float = PATIENCE_SECONDS) -> None:
-        super().__init__(max_workers=threads, thread_name_prefix="gate")
-        self.turns = Turns(concurrency, patience)
+        self.threads, self.capacity, self.patience = threads, concurrency, patience
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._holders: dict[object, float] = {}  # task -> when it took its turn; first is the oldest
+        self._idle = 0  # threads waiting for a task or a turn
+        self._timing = False  # one idle thread is waiting for the oldest turn's patience to run out
+        self._started: list[threading.Thread] = []
+        self._closed = False
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        return super().submit(self._in_turn, partial(fn, *args, **kwargs))
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks after shutdown")
+            self._queue.append((future, partial(fn, *args, **kwargs)))
+            self._staff()
+        return future
 
-    def _in_turn(self, call: Callable[[], T]) -> T:
-        with self.turns.turn():
-            return call()
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; queued ones still run unless `cancel_futures`; wait for the threads if `wait`."""
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                while self._queue:
+                    self._queue.popleft()[0].cancel()
+            self._work.notify_all()
+        if wait:
+            for thread in self._started:
+                thread.join()
+
+    def _staff(self) -> None:
+        """See that a thread looks at the queue: one runs the first task now if a turn is free, or else waits
+        for the oldest turn's patience to run out. Called with the lock held."""
+        if not self._queue or (self._timing and len(self._holders) >= self.capacity):
+            return
+        if self._idle:
+            self._work.notify()
+        elif len(self._started) < self.threads:
+            thread = threading.Thread(target=self._serve, name=f"gate-{len(self._started)}", daemon=True)
+            self._started.append(thread)
+            thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while (wait := self._turn(time.monotonic())) != 0.0:
+                    if wait is not None and wait < 0.0:
+                        return
+                    self._idle += 1
+                    timed = wait is not None
+                    self._timing |= timed
+                    self._work.wait(wait)
+                    self._timing &= not timed
+                    self._idle -= 1
+                future, call = self._queue.popleft()
+                me = object()
+                self._holders[me] = time.monotonic()
+                self._staff()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # the caller gets it through the future
+                    future.set_exception(exc)
+            with self._lock:
+                self._holders.pop(me, None)  # absent when its turn was passed on
+
+    def _turn(self, now: float) -> float | None:
+        """Return 0.0 when the first queued task may run now, how long to wait (None: until woken), -1 to stop."""
+        if not self._queue:
+            return -1.0 if self._closed else None
+        if len(self._holders) < self.capacity:
+            return 0.0
+        oldest, since = next(iter(self._holders.items()))
+        if now - since < self.patience:
+            return None if self._timing else since + self.patience - now
+        del self._holders[oldest]  # stalled: its turn passes on
+        return 0.0

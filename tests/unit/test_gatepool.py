@@ -1,4 +1,4 @@
-"""Turns: gate decisions one (or `capacity`) at a time, first come first served, passing on a stalled turn."""
+"""GatePool: gate decisions one (or `capacity`) at a time, first come first served, passing on a stalled turn."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from valdrix.gatepool import GatePool, Turns
+from valdrix.gatepool import GatePool
 
 
 class Probe:
@@ -44,58 +44,64 @@ def test_at_most_capacity_at_once_in_arrival_order(capacity: int) -> None:
 
 
 def test_a_stalled_turn_passes_to_the_next_task() -> None:
-    turns = Turns(capacity=1, patience=0.05)
     release = threading.Event()
     holding = threading.Event()
 
     def stuck() -> None:  # a decision waiting for a row lock another transaction holds
-        with turns.turn():
-            holding.set()
-            release.wait(10)
+        holding.set()
+        release.wait(10)
 
-    blocker = threading.Thread(target=stuck)
-    blocker.start()
-    assert holding.wait(5)
-    asked = time.monotonic()
-    with turns.turn():
-        waited = time.monotonic() - asked
-        assert not release.is_set()  # the stuck one still runs: the turn was passed on, not returned
-    release.set()
-    blocker.join(5)
-    assert 0.04 <= waited < 2.0
-    # The stalled task finishing hands nothing back twice: the next turn is immediate.
-    asked = time.monotonic()
-    with turns.turn():
-        assert time.monotonic() - asked < 0.04
+    def now() -> float:
+        return time.monotonic()
+
+    with GatePool(threads=4, concurrency=1, patience=0.05) as pool:
+        blocker = pool.submit(stuck)
+        assert holding.wait(5)
+        asked = time.monotonic()
+        started = pool.submit(now).result(5)
+        assert not release.is_set() and not blocker.done()  # the turn was passed on, not returned
+        assert 0.04 <= started - asked < 2.0
+        # Passed on twice: a second task behind another stalled one gets a turn too.
+        second_hold = threading.Event()
+        second = pool.submit(lambda: second_hold.wait(10))
+        asked = time.monotonic()
+        assert 0.04 <= pool.submit(now).result(5) - asked < 2.0
+        second_hold.set()
+        release.set()
+        blocker.result(5)
+        second.result(5)
+        # The stalled tasks finishing hand nothing back twice: the next turn is immediate.
+        asked = time.monotonic()
+        assert pool.submit(now).result(5) - asked < 0.04
 
 
-def test_released_turn_goes_to_the_first_waiter() -> None:
-    turns = Turns(capacity=1, patience=10.0)
-    order: list[str] = []
-    entered = threading.Event()
-    go = threading.Event()
+def test_tasks_queued_behind_a_running_one_run_on_its_thread_in_order() -> None:
+    gate = threading.Event()
+    ran: list[tuple[int, str]] = []
 
-    def first() -> None:
-        with turns.turn():
-            entered.set()
-            go.wait(5)
-            order.append("first")
+    def task(n: int) -> None:
+        if n == 0:
+            gate.wait(5)
+        time.sleep(0.002)
+        ran.append((n, threading.current_thread().name))
 
-    def later(name: str) -> None:
-        with turns.turn():
-            order.append(name)
+    with GatePool(threads=4, concurrency=1, patience=10.0) as pool:
+        futures = [pool.submit(task, n) for n in range(20)]
+        gate.set()
+        for f in futures:
+            f.result(5)
+    assert [n for n, _ in ran] == list(range(20))
+    # No thread is woken per task: the one whose task ended took the next itself.
+    assert len({name for _, name in ran}) == 1, ran
 
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
-    assert entered.wait(5)
-    for name in ("second", "third", "fourth"):
-        threads.append(threading.Thread(target=later, args=(name,)))
-        threads[-1].start()
-        time.sleep(0.02)  # queued in this order
-    go.set()
-    for t in threads:
-        t.join(5)
-    assert order == ["first", "second", "third", "fourth"]
+
+def test_shut_down_pool_runs_what_was_queued_and_refuses_more() -> None:
+    pool = GatePool(threads=2, concurrency=1)
+    futures = [pool.submit(time.sleep, 0.01) for _ in range(5)]
+    pool.shutdown(wait=True)
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(RuntimeError):
+        pool.submit(time.sleep, 0)
 
 
 def test_pool_returns_results_and_raises_errors() -> None:
