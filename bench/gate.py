@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -181,11 +182,18 @@ def bench_backend(backend: str, database_url: str, levels: list[int], duration: 
         with tenant.client() as c:
             c.put("/api/v1/enforcement/budgets", json={"budgets": [
                 {"scope_key": f"p{i}", "monthly_limit_usd": "1000000000"} for i in range(64)]}).raise_for_status()
-            # Warm up connection pools and caches in every worker.
-            for i in range(50 * workers):
-                c.post("/api/v1/enforcement/gate/terraform/preflight",
-                       json={"run_id": f"warm-{i}", "project_id": f"p{i % 64}", "resource_reference": "w",
-                             "estimated_monthly_delta_usd": "1"}).raise_for_status()
+
+        # Warm up connection pools, prepared statements and caches in every worker: one keep-alive connection
+        # stays on one worker, so several at once (the server spreads simultaneous connections evenly).
+        def warm(lane: int) -> None:
+            with tenant.client() as c:
+                for i in range(50):
+                    c.post("/api/v1/enforcement/gate/terraform/preflight",
+                           json={"run_id": f"warm-{lane}-{i}", "project_id": f"p{i % 64}", "resource_reference": "w",
+                                 "estimated_monthly_delta_usd": "1"}).raise_for_status()
+
+        with ThreadPoolExecutor(4 * workers) as pool:
+            list(pool.map(warm, range(4 * workers)))
         script = Path(tmp) / "preflight.lua"
         script.write_text(LUA)
         for level in levels:
