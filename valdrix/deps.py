@@ -69,8 +69,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 def authenticated(db: Session, token: str | None, owners: KeyOwners | None = None) -> Caller:
-    """Return the caller owning `token` (remembered by `owners`, if given); raise Unauthenticated for a missing,
-    unknown or revoked key."""
+    """Return the caller owning `token`, from `owners` if given; raise Unauthenticated for a bad or missing key."""
     if token is None:
         raise Unauthenticated("missing bearer API key", code="missing_credentials")
     caller = owners.caller(db, token) if owners is not None else authenticate(db, token)

@@ -193,7 +193,7 @@ class AdmissionGate:
                 self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
                 return self.answer(decision)
         except Unauthenticated:
-            # The gate found the remembered key revoked: the fast path must stop accepting it too.
+            # A revoked (or unknown) credential is forgotten, so the fast path stops accepting it too.
             with self._lock:
                 self._callers.pop(credential.cache_key, None)
             raise

@@ -80,14 +80,15 @@ class KeyOwners:
 
     def caller(self, session: Session, key: str) -> Caller | None:
         """Return the remembered caller of `key`, else authenticate it in `session` (None: unknown or revoked)."""
-        known = self._callers.get(hash_key(key))
+        digest = hash_key(key)
+        known = self._callers.get(digest)
         if known is not None:
             return known
         caller = authenticate(session, key)
         if caller is not None:
             if len(self._callers) >= self.size:
                 self._callers.clear()
-            self._callers[hash_key(key)] = caller
+            self._callers[digest] = caller
         return caller
 
     def forget(self, key: str) -> None:
