@@ -83,18 +83,19 @@ class GatePool(Executor):
     def _serve(self) -> None:
         while True:
             with self._lock:
-                while (wait := self._turn(time.monotonic())) != 0.0:
-                    if wait is not None and wait < 0.0:
+                while (wait := self._turn(now := time.monotonic())) != 0.0:
+                    if self._closed and not self._queue:
                         return
                     self._idle += 1
-                    timed = wait is not None
-                    self._timing |= timed
+                    if wait is not None:
+                        self._timing = True
                     self._work.wait(wait)
-                    self._timing &= not timed
+                    if wait is not None:
+                        self._timing = False
                     self._idle -= 1
                 future, call = self._queue.popleft()
                 me = object()
-                self._holders[me] = time.monotonic()
+                self._holders[me] = now
                 self._staff()
             if future.set_running_or_notify_cancel():
                 try:
@@ -105,9 +106,9 @@ class GatePool(Executor):
                 self._holders.pop(me, None)  # absent when its turn was passed on
 
     def _turn(self, now: float) -> float | None:
-        """Return 0.0 when the first queued task may run now, how long to wait (None: until woken), -1 to stop."""
+        """Return 0.0 when the first queued task may run now, else how long to wait (None: until woken)."""
         if not self._queue:
-            return -1.0 if self._closed else None
+            return None
         if len(self._holders) < self.capacity:
             return 0.0
         oldest, since = next(iter(self._holders.items()))

@@ -52,12 +52,13 @@ _BY_KEY_HASH = Statement(
 
 def authenticate(session: Session, key: str) -> Caller | None:
     """Return the caller owning an unrevoked key, or None."""
-    rows = _BY_KEY_HASH.run(session, {"key_hash": hash_key(key)})
+    digest = hash_key(key)
+    rows = _BY_KEY_HASH.run(session, {"key_hash": digest})
     if not rows:
         return None
     row = rows[0]
     return Caller(tenant_id=row.tenant_id, principal_id=row.id, name=row.name, role=row.role,
-                  permissions=frozenset(row.permissions), key_hash=hash_key(key))
+                  permissions=frozenset(row.permissions), key_hash=digest)
 
 
 def key_unrevoked() -> ColumnElement[bool]:
