@@ -159,13 +159,15 @@ class Statement:
     statement is compiled once and executed on the session's own psycopg connection, inside the same
     transaction; psycopg adapts every parameter natively except JSON, wrapped here. Driver errors are raised
     as the same SQLAlchemy exceptions a normal execution raises. Other dialects execute it through SQLAlchemy.
+
+    Statements are prepared on the server, so PostgreSQL may keep one generic plan for each, made while the
+    tables were nearly empty. Each is therefore written so that its narrow index is its only plausible plan
+    (`tests/integration/test_query_plans.py`): parsing and planning them on every execution took a third of
+    the database's CPU per decision.
     """
 
-    def __init__(self, statement: Select[Any] | Insert | Update, *, prepare: bool = True) -> None:
+    def __init__(self, statement: Select[Any] | Insert | Update) -> None:
         self.statement = statement
-        # Prepared once, PostgreSQL may settle on one generic plan for good. `prepare=False` plans every
-        # execution for its values: for a lookup whose best index only shows once the table has grown.
-        self.prepare = prepare
         self._compiled: tuple[str, dict[str, Any], frozenset[str]] | None = None
         # The statement's row class (None for DML without RETURNING), taken from its first execution: psycopg
         # would otherwise describe the result's columns anew for every execution.
@@ -194,7 +196,7 @@ class Statement:
         assert driver is not None
         try:
             with driver.cursor(row_factory=tuple_row) as cursor:
-                cursor.execute(sql, values, prepare=self.prepare)
+                cursor.execute(sql, values, prepare=True)
                 if not self._described:
                     self._make_row = namedtuple_row(cursor) if cursor.description is not None else None
                     self._described = True

@@ -1,10 +1,11 @@
 """The gate's lookups stay on their narrow indexes as the tables grow (PostgreSQL plans, counted by the server).
 
-A statement prepared while a table is small can be given one generic plan for good. With the tables nearly
-empty, the replay lookup (tenant, source, idempotency key) was planned on the (tenant, created_at) index and
-the budget lock on the tenant prefix of (tenant, scope): each request then read every decision and every
-budget of the tenant, so CPU per decision grew with the tables. A priced admission's approval-redeem lookup
-is held to the same bound.
+The gate's statements are prepared, and PostgreSQL may keep one generic plan for a prepared statement for
+good, made while the tables were nearly empty. Written as they once were, the replay lookup (tenant, source,
+idempotency key) was then planned on the (tenant, created_at) index and the budget lock on the tenant prefix
+of (tenant, scope): each request read every decision and every budget of the tenant, so CPU per decision grew
+with the tables. A priced admission's approval-redeem lookup is held to the same bound, and no lookup may
+fall back to reading a whole table.
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ def _decide(sessions: sessionmaker[Session], key: str, run: str) -> None:
         assert not service.decide(session, ctx, inp, f"terraform:{run}:plan").replayed
 
 
-# Index entries read, per index, and rows of approval_requests read by any scan.
+# Index entries read, per index; rows read by sequential scans of decisions and budgets; rows of
+# approval_requests read by any scan.
 _READS = text("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
               "WHERE relname IN ('decisions', 'budgets', 'approval_requests') "
+              "UNION ALL SELECT 'seq:' || relname, seq_tup_read FROM pg_stat_user_tables "
+              "WHERE relname IN ('decisions', 'budgets') "
               "UNION ALL SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables "
               "WHERE relname = 'approval_requests'")
 

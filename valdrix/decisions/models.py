@@ -16,7 +16,7 @@ from valdrix.db import Base, HourlyMoney
 class Decision(Base):
     __tablename__ = "decisions"
     __table_args__ = (
-        Index("ix_decisions_idempotency", "tenant_id", "source", "idempotency_key", unique=True),
+        Index("ix_decisions_idempotency", "idempotency_key", "source", "tenant_id", unique=True),
         Index("ix_decisions_tenant_created", "tenant_id", "created_at"),
         Index("ix_decisions_active_reservations", "tenant_id", "reservation_active", "created_at"),
         # The worker's cross-tenant overdue sweep: only the (few) rows still holding a reservation, by age.

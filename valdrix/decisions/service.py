@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, select, true
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -63,18 +63,21 @@ class Outcome:
 # The gate's statements, built once per process.
 # The policy in force, any decision already stored under the key, and whether the caller's API key is still
 # unrevoked, read in one round trip.
+# The replay lookup must stay on the (key, source, tenant) unique index in the plan PostgreSQL keeps for the
+# prepared statement, even one made while the table held a few rows. Tested as `IS TRUE`, the tenant condition
+# cannot serve the indexes led by the tenant, which tie on cost with it while the table is small and would then
+# read every decision of the tenant on each request once it has grown. The price: a key that several tenants
+# use is read once per such tenant.
 _STORED_ID = select(Decision.id).where(
-    Decision.tenant_id == bindparam("tenant_id"), Decision.source == bindparam("source"),
-    Decision.idempotency_key == bindparam("key")).scalar_subquery().label("stored_id")
+    Decision.idempotency_key == bindparam("key"), Decision.source == bindparam("source"),
+    (Decision.tenant_id == bindparam("tenant_id")).is_(true())).scalar_subquery().label("stored_id")
 _KEY_UNREVOKED = auth.key_unrevoked().label("key_unrevoked")
 _POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID, _KEY_UNREVOKED))
 # On PostgreSQL the same round trip bounds the rest of the transaction (SET LOCAL): a lock wait past the lock
-# timeout or a statement past the gate deadline fails fast into a fail-safe decision. Planned per execution:
-# a generic plan made while the decisions table was small would scan every decision of the tenant.
+# timeout or a statement past the gate deadline fails fast into a fail-safe decision.
 _POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
     _STORED_ID, _KEY_UNREVOKED, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
-    func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")),
-    prepare=False)
+    func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")))
 # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it. NO KEY UPDATE: decision
 # inserts referencing the tenant (foreign key checks) must not queue behind it.
 _LOCK_TENANT = Statement(select(Tenant.id).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True))
