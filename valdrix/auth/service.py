@@ -52,7 +52,10 @@ _BY_KEY_HASH = Statement(
 
 def authenticate(session: Session, key: str) -> Caller | None:
     """Return the caller owning an unrevoked key, or None."""
-    digest = hash_key(key)
+    return _owner(session, hash_key(key))
+
+
+def _owner(session: Session, digest: str) -> Caller | None:
     rows = _BY_KEY_HASH.run(session, {"key_hash": digest})
     if not rows:
         return None
@@ -85,7 +88,7 @@ class KeyOwners:
         known = self._callers.get(digest)
         if known is not None:
             return known
-        caller = authenticate(session, key)
+        caller = _owner(session, digest)
         if caller is not None:
             if len(self._callers) >= self.size:
                 self._callers.clear()
