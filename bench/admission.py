@@ -1,6 +1,7 @@
 """Admission webhook load test: server-side p50/p95/p99 and peak RSS at a fixed open-loop request rate.
 
-Starts a private PostgreSQL cluster and one `valdrix serve` process (--workers worker processes, default 2)
+Starts a private PostgreSQL cluster (durable: fsync and synchronous_commit on, as the reference implementation
+was measured) and one `valdrix serve` process (--workers worker processes, default 2)
 on 127.0.0.1, then offers (a) fast-path ConfigMap reviews and (b) priced Deployment reviews (each a new uid,
 so each is a decision persisted in PostgreSQL with its reservation and ledger row) at RATE requests/s for
 SECONDS each. The Deployments go to one namespace, so every decision queues on one budget row (the worst
@@ -168,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     namespaces = [f"bench-{i}" for i in range(args.namespaces)]
     spread = itertools.cycle(namespaces)
-    with postgres_cluster() as cluster:
+    with postgres_cluster(durable=True) as cluster:
         url = create_database(cluster, "valdrix_bench")
         upgrade(url)
         settings = Settings(database_url=url)  # type: ignore[call-arg]

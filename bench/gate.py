@@ -1,9 +1,11 @@
 """Preflight gate benchmark: throughput, latency percentiles, CPU per decision and peak RSS.
 
-Starts its own PostgreSQL (and/or a SQLite file), one `valdrix serve` process (with worker processes),
-creates a tenant with budgets for 64 projects, and drives POST /gate/terraform/preflight with `wrk` at each
-concurrency level for a fixed duration, every request a new decision (unique run id; checked against the
-decisions recorded). CPU is counted per decision for the server's processes and for PostgreSQL's. Loopback only.
+Starts its own PostgreSQL and/or a SQLite file, one `valdrix serve` process (with worker processes), creates a
+tenant with budgets for 64 projects, and drives POST /gate/terraform/preflight with `wrk` at each concurrency level
+for a fixed duration, every request a new decision (unique run id; checked against the decisions recorded). CPU is
+counted per decision for the server's processes and for PostgreSQL's. Loopback only.
+PostgreSQL is durable (fsync, synchronous_commit and full_page_writes on), the settings the reference
+implementation was measured with; the WAL it writes per decision is printed.
 Each level also prints the host reference (bench/host.py): the CPU time of a fixed Python loop of
 5 000 000 additions, taken just before it, because this shared VM's speed varies several-fold.
 
@@ -123,11 +125,15 @@ def failsafe_count(url: str) -> float:
     return total
 
 
-def decision_count(database_url: str) -> int:
+def database_counts(database_url: str) -> tuple[int, int]:
+    """Return the decisions recorded and the WAL bytes PostgreSQL has written so far (0 for SQLite)."""
     engine = sqlalchemy.create_engine(database_url)
     try:
         with engine.connect() as connection:
-            return int(connection.execute(sqlalchemy.text("SELECT count(*) FROM decisions")).scalar_one())
+            decisions = int(connection.execute(sqlalchemy.text("SELECT count(*) FROM decisions")).scalar_one())
+            if not database_url.startswith("postgresql"):
+                return decisions, 0
+            return decisions, int(connection.execute(sqlalchemy.text("SELECT wal_bytes FROM pg_stat_wal")).scalar_one())
     finally:
         engine.dispose()
 
@@ -155,7 +161,7 @@ def run_level(url: str, key: str, concurrency: int, duration: int, script: Path,
     pids, database_pids = server_pids(url), postgres_pids(database_url)
     cpu_before, failsafe_before = cpu_seconds(pids), failsafe_count(url)
     database_cpu_before = cpu_seconds(database_pids)
-    decisions_before = decision_count(database_url)
+    decisions_before, wal_before = database_counts(database_url)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "10s",
                           "-s", str(level_script), url], capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
@@ -167,7 +173,9 @@ def run_level(url: str, key: str, concurrency: int, duration: int, script: Path,
     result["peak_rss_mib_per_process"] = max(peak_rss_mib(pids).values())
     # Every request must be a new decision, not a replay: requests still in flight when wrk stops are
     # recorded too, hence the margin of one per connection.
-    new = decision_count(database_url) - decisions_before
+    decisions_after, wal_after = database_counts(database_url)
+    new = decisions_after - decisions_before
+    result["wal_kib_per_decision"] = (wal_after - wal_before) / 1024 / max(1, new)
     if not result["requests"] <= new <= result["requests"] + concurrency:
         sys.exit(f"{new} decisions recorded for {result['requests']} requests: the load was not all new decisions")
     return result
@@ -200,11 +208,13 @@ def bench_backend(backend: str, database_url: str, levels: list[int], duration: 
             reference = reference_loop_ms()
             r = run_level(url, tenant.owner_key, level, duration, script, f"{backend}-{int(time.time())}",
                           database_url)
-            database_cpu = f"{r['database_cpu_ms_per_decision']:.2f}" if backend == "postgresql" else "—"
+            postgresql = backend == "postgresql"
+            database_cpu = f"{r['database_cpu_ms_per_decision']:.2f}" if postgresql else "—"
+            wal = f"{r['wal_kib_per_decision']:.1f}" if postgresql else "—"
             rows.append(f"| {backend} | {workers} | {level} | {r['requests']:.0f} | {r['throughput_rps']:.1f} | "
                         f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                         f"{r['non2xx'] + r['socket_errors']:.0f} | {r['failsafe']:.0f} | "
-                        f"{r['server_cpu_ms_per_decision']:.2f} | {database_cpu} | "
+                        f"{r['server_cpu_ms_per_decision']:.2f} | {database_cpu} | {wal} | "
                         f"{r['peak_rss_mib_per_process']:.0f} | {reference:.0f} |")
             print(rows[-1], flush=True)
     return rows
@@ -221,16 +231,16 @@ def main() -> None:
         sys.exit("wrk is required: apt-get install wrk (make bench installs it)")
     levels = [int(x) for x in args.concurrency.split(",")]
     print("| backend | workers | concurrency | requests | decisions/s | p50 ms | p95 ms | p99 ms | errors | "
-          "fail-safe | server CPU ms/decision | PostgreSQL CPU ms/decision | peak RSS MiB/process | "
-          "reference loop ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "fail-safe | server CPU ms/decision | PostgreSQL CPU ms/decision | WAL KiB/decision | "
+          "peak RSS MiB/process | reference loop ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with ExitStack() as stack:
         for backend in args.backends.split(","):
             if backend == "sqlite":
                 tmp = stack.enter_context(tempfile.TemporaryDirectory())
                 bench_backend("sqlite", f"sqlite:///{tmp}/bench.db", levels, args.duration, 1)
             else:
-                cluster = stack.enter_context(postgres_cluster())
+                cluster = stack.enter_context(postgres_cluster(durable=True))
                 bench_backend("postgresql", create_database(cluster, "bench"), levels, args.duration, args.workers)
 
 
