@@ -15,6 +15,7 @@ from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
 from valdrix.db import transaction
 from valdrix.errors import Forbidden, Unauthenticated, Unavailable
+from valdrix.gatepool import pass_turn
 
 T = TypeVar("T")
 
@@ -115,7 +116,9 @@ async def in_gate_transaction(request: Request, work: Callable[[Session, Caller]
     def unit() -> T:
         try:
             with transaction(request.app.state.sessions) as db:
-                return work(db, authorised(authenticated(db, token, owners), "member"))
+                result = work(db, authorised(authenticated(db, token, owners), "member"))
+                pass_turn()  # what is left, the commit, waits for the database
+                return result
         except Unauthenticated:
             if token is not None:
                 owners.forget(token)

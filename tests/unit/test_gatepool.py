@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from valdrix.gatepool import GatePool
+from valdrix.gatepool import GatePool, pass_turn
 
 
 class Probe:
@@ -111,3 +111,35 @@ def test_pool_returns_results_and_raises_errors() -> None:
             pool.submit(lambda: 1 / 0).result()
         # The failed task gave its turn back.
         assert pool.submit(lambda: "next").result(timeout=1) == "next"
+
+
+def test_a_task_that_passes_its_turn_lets_the_next_one_run_while_it_waits() -> None:
+    evaluated = threading.Event()
+    committing = threading.Event()
+    committed = threading.Event()
+    probe = Probe()
+
+    def decision() -> None:
+        evaluated.wait(10)
+        pass_turn()
+        pass_turn()  # a second call gives nothing away: the turn is no longer its own
+        committing.set()
+        committed.wait(10)  # its COMMIT, waiting for the disk
+
+    with GatePool(threads=4, concurrency=1, patience=10.0) as pool:
+        first = pool.submit(decision)
+        queued = pool.submit(probe.task, 1)  # waits for the turn the first task holds
+        time.sleep(0.05)
+        assert not queued.done()
+        evaluated.set()
+        assert committing.wait(5)
+        # The queued decision runs as soon as the turn is passed, not after the (here 10 s) patience.
+        assert queued.result(5) == 1
+        assert not first.done()
+        # The turn it was given is still one turn: two more tasks run one at a time.
+        futures = [pool.submit(probe.task, n, 0.02) for n in (2, 3)]
+        assert [f.result(5) for f in futures] == [2, 3]
+        assert probe.most == 1
+        committed.set()
+        first.result(5)
+    pass_turn()  # outside a task of the pool: nothing to give

@@ -36,6 +36,7 @@ from valdrix.decisions import service as gate
 from valdrix.decisions.metrics import observe_decision
 from valdrix.decisions.models import Decision
 from valdrix.errors import NotFound, Unauthenticated, Unavailable
+from valdrix.gatepool import pass_turn
 from valdrix.money import monthly
 from valdrix.pricing.kubernetes import PriceBook
 
@@ -191,7 +192,9 @@ class AdmissionGate:
                     return self.approved(*redeemed)
                 decision = gate.decide(session, ctx, inp, req.uid).decision
                 self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
-                return self.answer(decision)
+                answer = self.answer(decision)
+                pass_turn()  # what is left, the commit, waits for the database
+                return answer
         except Unauthenticated:
             # A revoked (or unknown) credential is forgotten, so the fast path stops accepting it too.
             with self._lock:
