@@ -36,7 +36,6 @@ from valdrix.decisions import service as gate
 from valdrix.decisions.metrics import observe_decision
 from valdrix.decisions.models import Decision
 from valdrix.errors import NotFound, Unauthenticated, Unavailable
-from valdrix.gatepool import pass_turn
 from valdrix.money import monthly
 from valdrix.pricing.kubernetes import PriceBook
 
@@ -192,9 +191,7 @@ class AdmissionGate:
                     return self.approved(*redeemed)
                 decision = gate.decide(session, ctx, inp, req.uid).decision
                 self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
-                answer = self.answer(decision)
-                pass_turn()  # what is left, the commit, waits for the database
-                return answer
+                return self.answer(decision)
         except Unauthenticated:
             # A revoked (or unknown) credential is forgotten, so the fast path stops accepting it too.
             with self._lock:
