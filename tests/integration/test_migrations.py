@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import IntegrityError
 
 import valdrix.app  # noqa: F401  (imports every model onto the metadata)
 from tests.pg import create_database
-from valdrix.db import Base
-from valdrix.migrate import upgrade
+from valdrix.auth import service as auth
+from valdrix.budgets import service as budgets
+from valdrix.budgets.models import CreditGrant, CreditReservation
+from valdrix.clock import UuidFactory
+from valdrix.config import Settings
+from valdrix.db import Base, make_engine, make_sessionmaker
+from valdrix.decisions import engine as decision_engine
+from valdrix.decisions import service
+from valdrix.migrate import alembic_config, upgrade
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -27,3 +38,45 @@ def test_migrated_schema_matches_the_models(backend: str, pg_cluster: str, tmp_p
     finally:
         engine.dispose()
     assert differences == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_settlement_is_checked_on_its_rounded_split_after_any_round_trip(backend: str, pg_cluster: str,
+                                                                           tmp_path: object) -> None:
+    url = (create_database(pg_cluster, f"settle_{uuid.uuid4().hex[:8]}") if backend == "postgresql"
+           else f"sqlite:///{tmp_path}/settle.db")
+    upgrade(url)
+    config = alembic_config(url)
+    command.downgrade(config, "0005_idempotency_key_first")
+    command.upgrade(config, "head")
+    engine = make_engine(Settings(database_url=url))
+    now = datetime(2026, 2, 20, 12, tzinfo=UTC)
+    try:
+        with make_sessionmaker(engine)() as session:
+            tenant = auth.create_tenant(session, "t", now=now)
+            budgets.put_budget(session, tenant.id, "p", Decimal(0), active=True, now=now)  # all of it on credit
+            grant = budgets.create_grant(session, tenant.id, pool="reserved", scope_key="p", amount=Decimal("12.3456"),
+                                         expires_at=None, reason=None, actor=None, now=now)
+            ctx = service.GateContext(tenant_id=tenant.id, actor=None, now=now, ids=UuidFactory(),
+                                      timeout_seconds=30, lock_timeout_seconds=5)
+            decision = service.decide(session, ctx, engine_input("12.3456"), None).decision
+            assert decision.reserved_credit_usd == Decimal("12.3456")
+            session.commit()
+            reservation = session.scalars(select(CreditReservation)).one()
+            # Over the reservation by one hundredth of a cent: refused on both engines.
+            reservation.consumed_usd, reservation.released_usd = Decimal("2.2317"), Decimal("10.114")
+            with pytest.raises(IntegrityError):
+                session.flush()
+            session.rollback()
+            # Exactly the reservation, though 12.345600000000001 in SQLite's binary arithmetic: accepted.
+            result = budgets.settle(session, decision, actual_monthly=Decimal("2.2316"), now=now)
+            assert (result.credit_consumed, result.credit_released) == (Decimal("2.2316"), Decimal("10.1140"))
+            session.commit()
+            assert session.get_one(CreditGrant, grant.id).remaining_usd == Decimal("10.114")
+    finally:
+        engine.dispose()
+
+
+def engine_input(monthly: str) -> decision_engine.DecisionInput:
+    return decision_engine.make_input(source="terraform", project_id="p", environment="nonprod", action="create",
+                                      resource_reference="r", monthly_delta=Decimal(monthly), hourly_delta=Decimal(0))

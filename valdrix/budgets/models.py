@@ -59,7 +59,7 @@ class CreditReservation(Base):
     __table_args__ = (
         Index("ix_credit_reservations_decision", "decision_id"),
         CheckConstraint("reserved_usd > 0", name="reserved_positive"),
-        CheckConstraint("consumed_usd + released_usd <= reserved_usd", name="settled_within_reserved"),
+        CheckConstraint("round(consumed_usd + released_usd, 4) <= reserved_usd", name="settled_within_reserved"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

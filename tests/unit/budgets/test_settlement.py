@@ -127,6 +127,20 @@ def test_claim_refuses_a_reservation_already_ended_in_the_database(session: Sess
     assert budget_reserved(session, tenant) == D(40)  # nothing was refunded twice
 
 
+def test_a_split_whose_binary_sum_exceeds_the_reservation_settles(session: Session) -> None:
+    # SQLite keeps NUMERIC as binary floating point: there 2.2316 + 10.114 is 12.345600000000001, above the
+    # 12.3456 reserved, and an exact split failed the "settled within reserved" check (found by the property
+    # test below).
+    tenant = new_tenant(session, "10", "12.3456")
+    decision = gate(session, tenant, "22.3456")
+    assert (decision.reserved_allocation_usd, decision.reserved_credit_usd) == (D(10), D("12.3456"))
+    result = budgets.settle(session, decision, actual_monthly=D("12.2316"), now=NOW)
+    assert (result.credit_consumed, result.credit_released) == (D("2.2316"), D("10.1140"))
+    assert grants_of(session, tenant)[0].remaining_usd == D("10.114")
+    row = session.scalars(select(CreditReservation).where(CreditReservation.decision_id == decision.id)).one()
+    assert (row.consumed_usd, row.released_usd, row.active) == (D("2.2316"), D("10.114"), False)
+
+
 ops = st.lists(st.tuples(st.sampled_from(["gate", "settle", "release"]),
                          st.decimals(min_value=0, max_value=60, places=4, allow_nan=False, allow_infinity=False),
                          st.integers(min_value=0, max_value=50)), min_size=1, max_size=10)
