@@ -59,7 +59,10 @@ def test_a_settlement_is_checked_on_its_rounded_split_after_any_round_trip(backe
                                          expires_at=None, reason=None, actor=None, now=now)
             ctx = service.GateContext(tenant_id=tenant.id, actor=None, now=now, ids=UuidFactory(),
                                       timeout_seconds=30, lock_timeout_seconds=5)
-            decision = service.decide(session, ctx, engine_input("12.3456"), None).decision
+            inp = decision_engine.make_input(source="terraform", project_id="p", environment="nonprod",
+                                             action="create", resource_reference="r",
+                                             monthly_delta=Decimal("12.3456"), hourly_delta=Decimal(0))
+            decision = service.decide(session, ctx, inp, None).decision
             assert decision.reserved_credit_usd == Decimal("12.3456")
             session.commit()
             reservation = session.scalars(select(CreditReservation)).one()
@@ -76,7 +79,3 @@ def test_a_settlement_is_checked_on_its_rounded_split_after_any_round_trip(backe
     finally:
         engine.dispose()
 
-
-def engine_input(monthly: str) -> decision_engine.DecisionInput:
-    return decision_engine.make_input(source="terraform", project_id="p", environment="nonprod", action="create",
-                                      resource_reference="r", monthly_delta=Decimal(monthly), hourly_delta=Decimal(0))
