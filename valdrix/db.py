@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import sqlite3
 import threading
 import uuid
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any, ClassVar
 
 import psycopg
-from psycopg.adapt import PyFormat
-from psycopg.rows import namedtuple_row, tuple_row
+from psycopg import generators, pq
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
     JSON,
@@ -134,8 +139,10 @@ def make_engine(settings: Settings) -> Engine:
 
         return engine
     _resolve_lazy_dumpers()
+    # psycopg prepares nothing by itself: once it has prepared statements of its own on a connection, it
+    # deallocates every prepared statement there whenever it rolls a transaction back, `Statement`'s with them.
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                         pool_recycle=1800)
+                         pool_recycle=1800, connect_args={"prepare_threshold": None})
 
 
 # Types psycopg registers by class name; the gate binds all of them.
@@ -151,13 +158,33 @@ def _resolve_lazy_dumpers() -> None:
             psycopg.adapters.get_dumper(cls, fmt)
 
 
+# In each pooled PostgreSQL connection's `info`: the name under which it prepared each (Statement, parameter
+# types). The dictionary follows the driver connection, and is dropped with it.
+_PREPARED = "valdrix_prepared"
+_PREPARED_NAMES = itertools.count()
+_PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
+
+
+@dataclass(frozen=True)
+class _Query:
+    """A statement compiled for PostgreSQL: SQL with numbered parameters, and how to bind them."""
+
+    sql: bytes
+    names: tuple[str, ...]  # the parameter bound to $1, $2, ...
+    defaults: dict[str, Any]
+    json: tuple[int, ...]  # positions of JSON parameters
+    formats: tuple[PyFormat, ...]
+
+
 class Statement:
-    """A Core statement for the gate's hot path: on PostgreSQL compiled once and run straight on psycopg.
+    """A Core statement for the gate's hot path: on PostgreSQL compiled once and run straight on libpq.
 
     A gate decision runs a handful of small statements, and SQLAlchemy's per-execution machinery (execution
-    context, parameter and result processing) costs more CPU than psycopg sending them. On PostgreSQL the
-    statement is compiled once and executed on the session's own psycopg connection, inside the same
-    transaction; psycopg adapts every parameter natively except JSON, wrapped here. Driver errors are raised
+    context, parameter and result processing) costs more CPU than sending them; so does psycopg's cursor
+    (placeholder conversion, its prepared-statement bookkeeping), about 30 us a statement. On PostgreSQL the
+    statement is compiled once to numbered placeholders, and each execution dumps its parameters with psycopg's
+    adapters, sends them to a statement prepared on that connection, and loads the rows with psycopg's loaders,
+    inside the session's transaction (begun here when the statement is its first). Driver errors are raised
     as the same SQLAlchemy exceptions a normal execution raises. Other dialects execute it through SQLAlchemy.
 
     Statements are prepared on the server, so PostgreSQL may keep one generic plan for each, made while the
@@ -168,19 +195,29 @@ class Statement:
 
     def __init__(self, statement: Select[Any] | Insert | Update) -> None:
         self.statement = statement
-        self._compiled: tuple[str, dict[str, Any], frozenset[str]] | None = None
-        # The statement's row class (None for DML without RETURNING), taken from its first execution: psycopg
-        # would otherwise describe the result's columns anew for every execution.
+        self._query: _Query | None = None
+        # The statement's row class, made from its first result with columns.
         self._make_row: Callable[[Sequence[Any]], Any] | None = None
-        self._described = False
 
-    def _compile(self, dialect: Dialect) -> tuple[str, dict[str, Any], frozenset[str]]:
-        if self._compiled is None:
-            compiled = self.statement.compile(dialect=dialect)
-            json_names = frozenset(name for bind, name in compiled.bind_names.items()
-                                   if isinstance(bind.type.dialect_impl(dialect), JSON))
-            self._compiled = (str(compiled), dict(compiled.params), json_names)
-        return self._compiled
+    def _compile(self, dialect: Dialect) -> _Query:
+        compiled = self.statement.compile(dialect=dialect)
+        unescaped = {escaped: name for name, escaped in (compiled.escaped_bind_names or {}).items()}
+        numbers: dict[str, int] = {}
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) is None:
+                return "%"
+            name = unescaped.get(match.group(1), match.group(1))
+            return f"${numbers.setdefault(name, len(numbers) + 1)}"
+
+        sql = _PLACEHOLDER.sub(number, str(compiled))
+        json_names = {name for bind, name in compiled.bind_names.items()
+                      if isinstance(bind.type.dialect_impl(dialect), JSON)}
+        names = tuple(numbers)
+        self._query = _Query(sql=sql.encode(), names=names, defaults=dict(compiled.params),
+                             json=tuple(i for i, name in enumerate(names) if name in json_names),
+                             formats=(PyFormat.AUTO,) * len(names))
+        return self._query
 
     def run(self, session: Session, params: dict[str, Any]) -> list[Any]:
         """Return the rows (attribute access by column label; empty for DML) of one execution in `session`."""
@@ -188,22 +225,84 @@ class Statement:
         if connection.dialect.name != "postgresql":
             result = connection.execute(self.statement, params)
             return list(result) if result.returns_rows else []
-        sql, defaults, json_names = self._compile(connection.dialect)
-        values = {**defaults, **params}
-        for name in json_names:
-            values[name] = Jsonb(values[name], dumps=jsonio.dumps)
-        driver = connection.connection.driver_connection
-        assert driver is not None
+        query = self._query or self._compile(connection.dialect)
+        values = [params[name] if name in params else query.defaults[name] for name in query.names]
+        for position in query.json:
+            values[position] = Jsonb(values[position], dumps=jsonio.dumps)
+        pooled = connection.connection
+        driver = pooled.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        prepared: dict[tuple[Statement, tuple[int, ...] | None], bytes] = pooled.info.setdefault(_PREPARED, {})
+        pgconn = driver.pgconn
         try:
-            with driver.cursor(row_factory=tuple_row) as cursor:
-                cursor.execute(sql, values, prepare=True)
-                if not self._described:
-                    self._make_row = namedtuple_row(cursor) if cursor.description is not None else None
-                    self._described = True
-                make_row = self._make_row
-                return [make_row(row) for row in cursor.fetchall()] if make_row is not None else []
+            # What the execution needs sent first (BEGIN, PREPARE) goes in the same round trip.
+            sends: list[Callable[[], None]] = []
+            if pgconn.transaction_status == pq.TransactionStatus.IDLE and not driver.autocommit:
+                sends.append(partial(pgconn.send_query_params, _begin_command(driver), None))
+            adapt = Transformer(driver)
+            dumped = adapt.dump_sequence(values, query.formats)
+            name = prepared.get((self, adapt.types))
+            if name is None:
+                name = b"valdrix_%d" % next(_PREPARED_NAMES)
+                sends.append(partial(pgconn.send_prepare, name, query.sql, param_types=adapt.types))
+            sends.append(partial(pgconn.send_query_prepared, name, dumped, param_formats=adapt.formats))
+            rows = _outcome(driver, sends)
+            prepared[(self, adapt.types)] = name
         except psycopg.Error as exc:
-            raise DBAPIError.instance(sql, values, exc, psycopg.Error) from exc
+            if exc.sqlstate == "26000":  # a prepared statement was deallocated behind our back: prepare anew
+                prepared.clear()
+            raise DBAPIError.instance(query.sql.decode(), values, exc, psycopg.Error) from exc
+        if rows.status != pq.ExecStatus.TUPLES_OK:
+            return []
+        make_row = self._make_row
+        if make_row is None:
+            columns = [(rows.fname(i) or b"").decode() for i in range(rows.nfields)]
+            row: Any = namedtuple("Row", columns, rename=True)  # type: ignore[misc]  # columns known at run time
+            make_row = self._make_row = row._make
+        adapt.set_pgresult(rows)
+        return adapt.load_rows(0, rows.ntuples, make_row)
+
+
+def _begin_command(driver: psycopg.Connection[Any]) -> bytes:
+    """Return the BEGIN psycopg itself would send for the connection's transaction characteristics."""
+    words = ["BEGIN"]
+    if driver.isolation_level is not None:
+        words += ["ISOLATION LEVEL", psycopg.IsolationLevel(driver.isolation_level).name.replace("_", " ")]
+    if driver.read_only is not None:
+        words.append("READ ONLY" if driver.read_only else "READ WRITE")
+    if driver.deferrable is not None:
+        words.append("DEFERRABLE" if driver.deferrable else "NOT DEFERRABLE")
+    return " ".join(words).encode()
+
+
+def _outcome(driver: psycopg.Connection[Any], sends: list[Callable[[], None]]) -> pq.abc.PGresult:
+    """Run the `sends` in one round trip; return the last one's result, or raise the first error as psycopg does.
+
+    Several are pipelined: they run in order, and after a failure the rest are skipped.
+    """
+    pgconn = driver.pgconn
+    if len(sends) == 1:
+        sends[0]()
+        results: list[pq.abc.PGresult] = driver.wait(generators.execute(pgconn))
+    else:
+        pgconn.enter_pipeline_mode()
+        try:
+            for send in sends:
+                send()
+            pgconn.pipeline_sync()
+            driver.wait(generators.send(pgconn))
+            results = []
+            while not results or results[-1].status != pq.ExecStatus.PIPELINE_SYNC:
+                results += driver.wait(generators.fetch_many(pgconn))
+            results.pop()
+        except BaseException:
+            driver.close()  # mid-pipeline, the connection's state is unknown: the pool replaces it
+            raise
+        pgconn.exit_pipeline_mode()
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
+    return results[-1]
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

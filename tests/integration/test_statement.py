@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -131,3 +131,71 @@ def test_tenant_reserved_total_reads_allocations_and_credit(sessions: sessionmak
         INSERT_BUDGET.run(session, {**row, "reserved_usd": Decimal("12.3456")})
         INSERT_BUDGET.run(session, {**row, "id": uuid.uuid4(), "scope_key": "p1", "reserved_usd": Decimal("0.5")})
         assert budgets.tenant_reserved_total(session, tenant_id) == Decimal("12.8456")
+
+
+@pytest.fixture
+def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings_for(pg_url, db_pool_size=1))  # one connection: every test reuses it
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def _prepared(session: Session) -> list[str]:
+    return list(session.scalars(text("SELECT name FROM pg_prepared_statements ORDER BY name")))
+
+
+def test_a_statement_is_prepared_once_per_connection_and_survives_rollbacks(
+        pg_sessions: sessionmaker[Session]) -> None:
+    tenant_id = _tenant(pg_sessions)
+    for _ in range(3):
+        with transaction(pg_sessions) as session:
+            BUDGET.run(session, {"tenant_id": tenant_id})
+            prepared = _prepared(session)
+    assert len([name for name in prepared if name.startswith("valdrix_")]) == 1
+    # psycopg prepares a query of its own once it has run it 5 times, and would then deallocate every prepared
+    # statement of the connection when a transaction rolls back.
+    for _ in range(6):
+        with transaction(pg_sessions) as session:
+            session.scalars(select(Budget).where(Budget.tenant_id == tenant_id)).all()
+    with pytest.raises(RuntimeError), transaction(pg_sessions) as session:
+        BUDGET.run(session, {"tenant_id": tenant_id})
+        raise RuntimeError("roll back")
+    with transaction(pg_sessions) as session:
+        assert BUDGET.run(session, {"tenant_id": tenant_id}) == []
+        assert _prepared(session) == prepared
+
+
+def test_a_deallocated_statement_fails_once_then_is_prepared_again(pg_sessions: sessionmaker[Session]) -> None:
+    tenant_id = _tenant(pg_sessions)
+    with transaction(pg_sessions) as session:
+        BUDGET.run(session, {"tenant_id": tenant_id})
+        session.execute(text("DEALLOCATE ALL"))
+    with pytest.raises(DBAPIError, match="does not exist"), transaction(pg_sessions) as session:
+        BUDGET.run(session, {"tenant_id": tenant_id})
+    with transaction(pg_sessions) as session:
+        assert BUDGET.run(session, {"tenant_id": tenant_id}) == []
+
+
+def test_a_percent_sign_in_the_sql_survives_the_placeholder_conversion(pg_sessions: sessionmaker[Session]) -> None:
+    tenant_id = _tenant(pg_sessions)
+    modulo = Statement(select((Budget.monthly_limit_usd % bindparam("by")).label("rest"))
+                       .where(Budget.tenant_id == bindparam("tenant_id")))
+    with transaction(pg_sessions) as session:
+        INSERT_BUDGET.run(session, _budget(tenant_id))
+        assert [r.rest for r in modulo.run(session, {"tenant_id": tenant_id, "by": 7})] == [Decimal("2.5")]
+
+
+def test_a_connection_lost_mid_round_trip_fails_one_transaction_only(pg_sessions: sessionmaker[Session],
+                                                                     pg_url: str) -> None:
+    tenant_id = _tenant(pg_sessions)
+    with transaction(pg_sessions) as session:
+        pid = session.scalar(text("SELECT pg_backend_pid()"))
+    killer = make_engine(settings_for(pg_url))
+    with killer.begin() as connection:
+        assert connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    killer.dispose()
+    with pytest.raises(DBAPIError), transaction(pg_sessions) as session:
+        BUDGET.run(session, {"tenant_id": tenant_id})  # BEGIN and the statement, sent together
+    with transaction(pg_sessions) as session:
+        assert BUDGET.run(session, {"tenant_id": tenant_id}) == []
+        assert session.scalar(text("SELECT pg_backend_pid()")) != pid
