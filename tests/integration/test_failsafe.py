@@ -150,3 +150,43 @@ def test_unrelated_scopes_do_not_wait(fast_server: LiveServer, busy_scope: str) 
             blocker.rollback()
         assert (r["decision"], r["reason_codes"]) == ("ALLOW", [])
     engine.dispose()
+
+
+def test_a_project_without_a_budget_waits_for_the_default_one(fast_server: LiveServer) -> None:
+    """The first statement locks `default` when the project has no budget of its own (or only an inactive one)."""
+    tenant = fast_server.tenant()
+    engine = make_engine(fast_server.settings)
+    with tenant.client() as c:
+        set_mode(c, "hard")
+        c.put(f"{API}/budgets", json={"budgets": [
+            {"scope_key": "payments", "monthly_limit_usd": "1000", "active": False},
+            {"scope_key": "default", "monthly_limit_usd": "1000"}]})
+        with engine.connect() as blocker:
+            blocker.execute(text("SELECT 1 FROM budgets WHERE tenant_id = :t AND scope_key = 'default' FOR UPDATE"),
+                            {"t": tenant.id})
+            answers = [c.post(f"{API}/gate/terraform/preflight",
+                              json={**preflight("60"), "run_id": f"run-{project}", "project_id": project}).json()
+                       for project in ("payments", "search")]
+            blocker.rollback()
+        assert [a["reason_codes"] for a in answers] == [["gate_lock_timeout", "hard_mode_fail_closed"]] * 2
+        released = c.post(f"{API}/gate/terraform/preflight", json={**preflight("60"), "run_id": "run-after"}).json()
+        assert (released["decision"], released["computed_context"]["budget_scope"]) == ("ALLOW", "default")
+    engine.dispose()
+
+
+def test_a_replay_does_not_wait_for_the_budget_lock(fast_server: LiveServer) -> None:
+    tenant = fast_server.tenant()
+    engine = make_engine(fast_server.settings)
+    with tenant.client() as c:
+        c.put(f"{API}/budgets", json={"budgets": [{"scope_key": "payments", "monthly_limit_usd": "1000"}]})
+        first = c.post(f"{API}/gate/terraform/preflight", json=preflight("60")).json()
+        assert first["decision"] == "ALLOW"
+        with engine.connect() as blocker:
+            blocker.execute(text("SELECT 1 FROM budgets WHERE tenant_id = :t FOR UPDATE"), {"t": tenant.id})
+            started = time.monotonic()
+            again = c.post(f"{API}/gate/terraform/preflight", json=preflight("60")).json()
+            waited = time.monotonic() - started
+            blocker.rollback()
+        assert (again["decision_id"], again["replayed"]) == (first["decision_id"], True)
+        assert waited < fast_server.settings.lock_timeout_seconds
+    engine.dispose()

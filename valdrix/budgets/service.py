@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Update, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -77,15 +77,19 @@ _TENANT_RESERVED = Statement(select(
     select(func.coalesce(func.sum(CreditReservation.reserved_usd), 0))
     .where(CreditReservation.tenant_id == bindparam("tenant_id"), CreditReservation.active.is_(True))
     .scalar_subquery().label("credit")))
-# Only the governing row is locked: the project's own budget, else `default` (locking both would make every
-# decision of a tenant with a default budget queue on that one row). One statement per scope, an equality on
-# the (tenant, scope) unique index, so no prepared plan of it can read the tenant's other budgets. NO KEY
-# UPDATE: inserts whose foreign keys point at the row need not wait.
-_LOCK_BUDGET = Statement(
-    select(Budget.id, Budget.scope_key, Budget.monthly_limit_usd, Budget.reserved_usd)
-    .where(Budget.tenant_id == bindparam("tenant_id"), Budget.scope_key == bindparam("scope_key"),
-           Budget.active.is_(True))
-    .with_for_update(key_share=True))
+
+
+def lock_query(scope_key: ColumnElement[str], *conditions: ColumnElement[bool]) -> Select[Any]:
+    """Return the locking read of tenant `:tenant_id`'s active budget of `scope_key`, made only where all
+    `conditions` hold.
+
+    An equality on the (tenant, scope) unique index, so no prepared plan of it can read the tenant's other
+    budgets. NO KEY UPDATE: inserts whose foreign keys point at the row need not wait.
+    """
+    return (select(Budget.id, Budget.scope_key, Budget.monthly_limit_usd, Budget.reserved_usd)
+            .where(Budget.tenant_id == bindparam("tenant_id"), Budget.scope_key == scope_key, Budget.active.is_(True),
+                   *conditions)
+            .with_for_update(key_share=True))
 
 
 def hold_statement(prefix: str = "") -> Update:
@@ -111,15 +115,6 @@ class LockedBudget:
     scope_key: str
     monthly_limit_usd: Decimal
     reserved_usd: Decimal
-
-
-def lock_budget(session: Session, tenant_id: uuid.UUID, project_id: str) -> LockedBudget | None:
-    """Return the active budget governing `project_id` (its own scope, else `default`), row-locked."""
-    for scope in dict.fromkeys((project_id, "default")):
-        rows = _LOCK_BUDGET.run(session, {"tenant_id": tenant_id, "scope_key": scope})
-        if rows:
-            return LockedBudget(*rows[0])
-    return None
 
 
 @dataclass(frozen=True)

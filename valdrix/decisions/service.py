@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, true
+from sqlalchemy import FromClause, bindparam, func, insert, literal, select, true
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -73,11 +73,40 @@ _STORED_ID = select(Decision.id).where(
     (Decision.tenant_id == bindparam("tenant_id")).is_(true())).scalar_subquery().label("stored_id")
 _KEY_UNREVOKED = auth.key_unrevoked().label("key_unrevoked")
 _POLICY_AND_STORED = Statement(policies.latest_query(_STORED_ID, _KEY_UNREVOKED))
-# On PostgreSQL the same round trip bounds the rest of the transaction (SET LOCAL): a lock wait past the lock
-# timeout or a statement past the gate deadline fails fast into a fail-safe decision.
-_POLICY_AND_STORED_BOUNDED = Statement(policies.latest_query(
-    _STORED_ID, _KEY_UNREVOKED, func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
-    func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")))
+
+
+def _opening(postgresql: bool) -> Statement:
+    """Return the gate's first statement: `_POLICY_AND_STORED` with the governing budget alongside.
+
+    The governing budget is the project's own, else `default`; only it is locked, or every decision of a tenant
+    with a default budget would queue on that one row. On PostgreSQL the same round trip also bounds the rest
+    of the transaction (SET LOCAL): a lock wait past the lock timeout or a statement past the gate deadline
+    fails fast into a fail-safe decision. The budget lock is requested after the bounds are set and only for a
+    new decision: the budgets are read in lateral joins on the policy row, under conditions on its replay
+    check and set lock timeout, and `default` only when the project has no budget (or had one deactivated
+    while the lock was awaited). SQLite has no lateral joins, and needs no row lock: its transaction holds the
+    database's write lock.
+    """
+    bounds = ([func.set_config("lock_timeout", bindparam("lock_timeout"), True).label("lock_timeout"),
+               func.set_config("statement_timeout", bindparam("statement_timeout"), True).label("statement_timeout")]
+              if postgresql else [])
+    policy = policies.latest_query(_STORED_ID, _KEY_UNREVOKED, *bounds).subquery("policy")
+    own: FromClause
+    shared: FromClause
+    if postgresql:
+        new = (policy.c.stored_id.is_(None), policy.c.lock_timeout.is_not(None))
+        own = budgets.lock_query(bindparam("project_id"), *new).lateral("own")
+        shared = budgets.lock_query(literal("default"), own.c.id.is_(None), *new).lateral("shared")
+    else:
+        own = budgets.lock_query(bindparam("project_id")).subquery("own")
+        shared = budgets.lock_query(literal("default")).subquery("shared")
+    return Statement(select(policy.c.version, policy.c.sha256, policy.c.stored_id, policy.c.key_unrevoked,
+                            *(func.coalesce(own.c[name], shared.c[name]).label("budget_" + name)
+                              for name in ("id", "scope_key", "monthly_limit_usd", "reserved_usd")))
+                     .select_from(policy.outerjoin(own, true()).outerjoin(shared, true())))
+
+
+_OPENING = {False: _opening(postgresql=False), True: _opening(postgresql=True)}
 # Tenant-wide ceilings need a tenant-wide lock; tenants without ceilings never take it. NO KEY UPDATE: decision
 # inserts referencing the tenant (foreign key checks) must not queue behind it.
 _LOCK_TENANT = Statement(select(Tenant.id).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True))
@@ -112,8 +141,21 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     key = (idempotency_key or "").strip()[:128] or fingerprint
     # A dry run lives in its own key space so it can never be replayed as the real decision.
     stored_key = f"dry_run:{key}" if inp.dry_run else key
-    statement, params = _policy_query(session, ctx, inp.source, stored_key, started)
-    rows = statement.run(session, params)
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    params = _opening_params(ctx, inp, stored_key, started, postgresql=postgresql)
+    waited = time.monotonic()
+    locked_out: DBAPIError | None = None
+    try:
+        rows = _OPENING[postgresql].run(session, params)
+    except DBAPIError as exc:
+        if _trigger(exc) != "gate_lock_timeout":
+            raise
+        # The budget stayed locked past the lock timeout: the answer is a fail-safe decision, for which the
+        # policy and the replay check are read again without the lock.
+        session.rollback()
+        locked_out = exc
+        rows = _POLICY_AND_STORED.run(session, params)
+    budget_wait = time.monotonic() - waited
     row = rows[0] if rows else None
     if ctx.api_key_hash is not None and row is not None and not row.key_unrevoked:
         raise Unauthenticated("unknown or revoked API key", code="invalid_credentials")
@@ -123,7 +165,14 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     # The evaluation is the transaction's first write. When it fails, rolling the whole transaction back (its
     # timeouts with it) leaves a clean one for the fail-safe decision, at no cost to the normal path.
     try:
-        decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started)
+        if locked_out is not None:
+            _observe_lock(inp.source, "timeout", budget_wait)
+            raise locked_out
+        budget = (budgets.LockedBudget(row.budget_id, row.budget_scope_key, row.budget_monthly_limit_usd,
+                                       row.budget_reserved_usd) if row is not None and row.budget_id is not None
+                  else None)
+        decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started, budget,
+                                         budget_wait)
     except IntegrityError:
         session.rollback()
         return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
@@ -193,26 +242,36 @@ def _trigger(exc: BaseException) -> str:
     return "gate_evaluation_error"
 
 
-def _policy_query(session: Session, ctx: GateContext, source: str, key: str,
-                  started: float) -> tuple[Statement, dict[str, Any]]:
-    """Return the statement and parameters reading the policy and any decision stored under `key`."""
-    params: dict[str, Any] = {"tenant_id": ctx.tenant_id, "source": source, "key": key,
-                              "key_hash": ctx.api_key_hash}
-    if session.get_bind().dialect.name != "postgresql":
-        return _POLICY_AND_STORED, params
-    remaining = max(0.001, ctx.timeout_seconds - (time.monotonic() - started))
-    lock_ms = max(1, int(min(ctx.lock_timeout_seconds, remaining) * 1000))
-    return _POLICY_AND_STORED_BOUNDED, {**params, "lock_timeout": f"{lock_ms}ms",
-                                        "statement_timeout": f"{max(1, int(remaining * 1000))}ms"}
+def _opening_params(ctx: GateContext, inp: engine.DecisionInput, key: str, started: float, *,
+                    postgresql: bool) -> dict[str, Any]:
+    """Return the parameters of the gate's first statement (`_opening`)."""
+    params: dict[str, Any] = {"tenant_id": ctx.tenant_id, "source": inp.source, "key": key,
+                              "key_hash": ctx.api_key_hash, "project_id": inp.project_id}
+    if postgresql:
+        remaining = max(0.001, ctx.timeout_seconds - (time.monotonic() - started))
+        lock_ms = max(1, int(min(ctx.lock_timeout_seconds, remaining) * 1000))
+        params.update(lock_timeout=f"{lock_ms}ms", statement_timeout=f"{max(1, int(remaining * 1000))}ms")
+    return params
+
+
+def _observe_lock(source: str, outcome: str, wait: float) -> None:
+    LOCK_WAIT.labels(source, outcome).observe(wait)
+    LOCK_EVENTS.labels(source, outcome).inc()
+    if outcome == "timeout" or wait >= CONTENDED_AFTER_SECONDS:
+        LOCK_EVENTS.labels(source, "contended").inc()
 
 
 def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
-                  policy: policies.ActivePolicy
-                  ) -> tuple[engine.Funding, budgets.LockedBudget | None, budgets.Grants | None, bool]:
-    """Return the funding read under lock, the budget row, the locked grants, and whether spend was unavailable."""
+                  policy: policies.ActivePolicy, budget: budgets.LockedBudget | None, budget_wait: float
+                  ) -> tuple[engine.Funding, budgets.Grants | None, bool]:
+    """Return the funding read under lock, the locked grants, and whether spend was unavailable.
+
+    `budget` is the governing budget, locked `budget_wait` seconds ago by the first statement. The tenant and
+    grant locks come after it, in this order, in every decision.
+    """
     entitlements = policy.document.entitlements
     forecast = policy.document.budget_basis == "forecast"
-    waited = time.monotonic()
+    waited = time.monotonic() - budget_wait
     reading = 0.0  # time spent reading spend, which is not lock wait
     outcome = "acquired"
     try:
@@ -220,7 +279,6 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
         if entitlements.plan_monthly_ceiling_usd or entitlements.enterprise_monthly_ceiling_usd:
             _LOCK_TENANT.run(session, {"tenant_id": ctx.tenant_id})
             tenant_total = budgets.tenant_reserved_total(session, ctx.tenant_id)
-        budget = budgets.lock_budget(session, ctx.tenant_id, inp.project_id)
         spend = None
         if budget is not None and (forecast or ctx.cost_context != "off"):
             started = time.monotonic()
@@ -238,16 +296,12 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
         outcome = "timeout" if _trigger(exc) == "gate_lock_timeout" else "error"
         raise
     finally:
-        wait = time.monotonic() - waited - reading
-        LOCK_WAIT.labels(inp.source, outcome).observe(wait)
-        LOCK_EVENTS.labels(inp.source, outcome).inc()
-        if outcome == "timeout" or wait >= CONTENDED_AFTER_SECONDS:
-            LOCK_EVENTS.labels(inp.source, "contended").inc()
+        _observe_lock(inp.source, outcome, time.monotonic() - waited - reading)
     funding = engine.Funding(budget=state,
                              reserved_credits=grants.reserved_headroom if grants else ZERO,
                              emergency_credits=grants.emergency_headroom if grants else ZERO,
                              tenant_reserved_total=tenant_total, spend=spend)
-    return funding, budget, grants, unavailable
+    return funding, grants, unavailable
 
 
 def _read_spend(session: Session, ctx: GateContext, budget: budgets.LockedBudget, *,
@@ -268,8 +322,9 @@ def _read_spend(session: Session, ctx: GateContext, budget: budgets.LockedBudget
 
 
 def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.DecisionInput,
-                          policy: policies.ActivePolicy, fingerprint: str, key: str, started: float) -> Decision:
-    funding, budget, grants, unavailable = _lock_funding(session, ctx, inp, policy)
+                          policy: policies.ActivePolicy, fingerprint: str, key: str, started: float,
+                          budget: budgets.LockedBudget | None, budget_wait: float) -> Decision:
+    funding, grants, unavailable = _lock_funding(session, ctx, inp, policy, budget, budget_wait)
     evaluation = engine.evaluate(inp, policy.document, policy.version, funding, ctx.now,
                                  context_unavailable=unavailable)
     draws = (budgets.draw_credits(grants, reserved_credits=evaluation.reserve_reserved_credits,
