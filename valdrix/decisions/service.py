@@ -266,8 +266,8 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
                   ) -> tuple[engine.Funding, budgets.Grants | None, bool]:
     """Return the funding read under lock, the locked grants, and whether spend was unavailable.
 
-    `budget` is the governing budget, locked `budget_wait` seconds ago by the first statement. The tenant and
-    grant locks come after it, in this order, in every decision.
+    `budget` is the governing budget, locked by the first statement, which took `budget_wait` seconds (counted
+    as lock wait). The tenant and grant locks come after it, in this order, in every decision.
     """
     entitlements = policy.document.entitlements
     forecast = policy.document.budget_basis == "forecast"
