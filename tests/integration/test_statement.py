@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -199,3 +199,17 @@ def test_a_connection_lost_mid_round_trip_fails_one_transaction_only(pg_sessions
     with transaction(pg_sessions) as session:
         assert BUDGET.run(session, {"tenant_id": tenant_id}) == []
         assert session.scalar(text("SELECT pg_backend_pid()")) != pid
+
+
+def test_a_statement_beginning_the_transaction_keeps_the_connections_isolation(pg_url: str) -> None:
+    # psycopg would begin the transaction with these characteristics itself; the statement begins it instead.
+    engine = make_engine(settings_for(pg_url))
+    show = Statement(select(func.current_setting("transaction_isolation").label("isolation"),
+                            func.current_setting("transaction_read_only").label("read_only")))
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with Session(bind=connection) as session:
+            assert show.run(session, {}) == [("repeatable read", "on")]
+    with transaction(make_sessionmaker(engine)) as session:
+        assert show.run(session, {}) == [("read committed", "off")]
+    engine.dispose()
