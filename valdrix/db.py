@@ -241,13 +241,15 @@ class Statement:
                 sends.append(partial(pgconn.send_query_params, _begin_command(driver), None))
             adapt = Transformer(driver)
             dumped = adapt.dump_sequence(values, query.formats)
-            name = prepared.get((self, adapt.types))
+            key = (self, adapt.types)
+            name = known = prepared.get(key)
             if name is None:
                 name = b"valdrix_%d" % next(_PREPARED_NAMES)
                 sends.append(partial(pgconn.send_prepare, name, query.sql, param_types=adapt.types))
             sends.append(partial(pgconn.send_query_prepared, name, dumped, param_formats=adapt.formats))
             rows = _outcome(driver, sends)
-            prepared[(self, adapt.types)] = name
+            if known is None:
+                prepared[key] = name
         except psycopg.Error as exc:
             if exc.sqlstate == "26000":  # a prepared statement was deallocated behind our back: prepare anew
                 prepared.clear()
