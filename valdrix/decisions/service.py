@@ -162,37 +162,46 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     policy = policies.active(session, ctx.tenant_id, row)
     if row is not None and row.stored_id is not None:
         return _replayed(session.get_one(Decision, row.stored_id), fingerprint, started)
+    if locked_out is not None:
+        _observe_lock(inp.source, "timeout", budget_wait)
+        return _fail_safe(session, ctx, inp, policy, fingerprint, stored_key, started, locked_out)
+    budget = (budgets.LockedBudget(row.budget_id, row.budget_scope_key, row.budget_monthly_limit_usd,
+                                   row.budget_reserved_usd) if row is not None and row.budget_id is not None else None)
     # The evaluation is the transaction's first write. When it fails, rolling the whole transaction back (its
     # timeouts with it) leaves a clean one for the fail-safe decision, at no cost to the normal path.
     try:
-        if locked_out is not None:
-            _observe_lock(inp.source, "timeout", budget_wait)
-            raise locked_out
-        budget = (budgets.LockedBudget(row.budget_id, row.budget_scope_key, row.budget_monthly_limit_usd,
-                                       row.budget_reserved_usd) if row is not None and row.budget_id is not None
-                  else None)
         decision = _evaluate_and_persist(session, ctx, inp, policy, fingerprint, stored_key, started, budget,
                                          budget_wait)
     except IntegrityError:
         session.rollback()
         return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
     except (SQLAlchemyError, _Deadline, ArithmeticError, ValueError, TypeError, LookupError) as exc:
+        return _fail_safe(session, ctx, inp, policy, fingerprint, stored_key, started, exc)
+    observe_decision(inp.source, decision.decision, decision.reason_codes, "normal", time.monotonic() - started)
+    return Outcome(decision=decision, replayed=False)
+
+
+def _fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy,
+               fingerprint: str, key: str, started: float, exc: BaseException) -> Outcome:
+    """Return the fail-safe decision for an evaluation that failed with `exc`, recorded in a clean transaction.
+
+    Raise Unavailable when even that cannot be recorded.
+    """
+    session.rollback()
+    trigger = _trigger(exc)
+    GATE_FAILURES.labels(inp.source, {"gate_timeout": "timeout", "gate_lock_timeout": "lock_timeout"}
+                         .get(trigger, "evaluation_error")).inc()
+    log.warning("gate failed, answering fail-safe", extra={"trigger": trigger, "error": type(exc).__name__},
+                exc_info=trigger == "gate_evaluation_error")
+    try:
+        decision = _persist_fail_safe(session, ctx, inp, policy, fingerprint, key, trigger)
+    except IntegrityError:
         session.rollback()
-        trigger = _trigger(exc)
-        GATE_FAILURES.labels(inp.source, {"gate_timeout": "timeout", "gate_lock_timeout": "lock_timeout"}
-                             .get(trigger, "evaluation_error")).inc()
-        log.warning("gate failed, answering fail-safe", extra={"trigger": trigger, "error": type(exc).__name__},
-                    exc_info=trigger == "gate_evaluation_error")
-        try:
-            decision = _persist_fail_safe(session, ctx, inp, policy, fingerprint, stored_key, trigger)
-        except IntegrityError:
-            session.rollback()
-            return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
-        except SQLAlchemyError as second:
-            raise Unavailable("the gate could not evaluate or record a fail-safe decision",
-                              code="gate_unavailable") from second
-    observe_decision(inp.source, decision.decision, decision.reason_codes,
-                     "failsafe" if decision.fail_safe else "normal", time.monotonic() - started)
+        return _after_race(session, ctx, inp.source, key, fingerprint, started)
+    except SQLAlchemyError as second:
+        raise Unavailable("the gate could not evaluate or record a fail-safe decision",
+                          code="gate_unavailable") from second
+    observe_decision(inp.source, decision.decision, decision.reason_codes, "failsafe", time.monotonic() - started)
     return Outcome(decision=decision, replayed=False)
 
 
