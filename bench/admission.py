@@ -42,7 +42,7 @@ from valdrix.config import Settings  # noqa: E402
 from valdrix.migrate import upgrade  # noqa: E402
 
 PATH = "/api/v1/enforcement/gate/k8s/admission/review"
-DEPLOYMENT = json.loads((ROOT.parent / "shared" / "fixtures" / "k8s-objects" / "kubectl-generated" /
+DEPLOYMENT = json.loads((ROOT / "tests" / "fixtures" / "third_party" / "k8s-objects" / "kubectl-generated" /
                          "deployment-web-requests-limits.json").read_text())
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}
 

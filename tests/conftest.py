@@ -16,7 +16,7 @@ from valdrix.config import Settings
 from valdrix.migrate import upgrade
 
 BACKENDS = [b for b in os.environ.get("VALDRIX_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "third_party"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The shared third-party fixtures (`../shared/fixtures` beside the repository), read with exact decimals."""
+"""The third-party fixtures (copied under `tests/fixtures/third_party`, provenance in its SOURCES.md), read with exact decimals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "third_party"
 
 
 def load_json(path: Path) -> Any:

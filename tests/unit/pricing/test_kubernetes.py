@@ -30,7 +30,7 @@ from valdrix.pricing.kubernetes import (
 )
 
 REPO = Path(__file__).resolve().parents[3]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures" / "third_party"
 K8S = FIXTURES / "k8s-objects"
 REVIEWS = FIXTURES / "admission-reviews"
 
