@@ -1,4 +1,4 @@
-"""The third-party fixtures (copied under `tests/fixtures/third_party`, provenance in its SOURCES.md), read with exact decimals."""
+"""The third-party fixtures (`tests/fixtures/third_party`, provenance in its SOURCES.md), read exactly."""
 
 from __future__ import annotations
 
