@@ -35,6 +35,8 @@ from valdrix.gatepool import GatePool
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
+from valdrix.notifications.metrics import QueueAgeCollector
+from valdrix.notifications.router import router as notifications_router
 from valdrix.policies.router import router as policies_router
 from valdrix.preflight.router import router as preflight_router
 from valdrix.pricing.kubernetes import PriceBook
@@ -45,9 +47,9 @@ log = logging.getLogger("valdrix")
 PROBLEM = "application/problem+json"
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
-           ledger_router, jwks_router, audit_router, reservations_router, costs_router)
+           ledger_router, jwks_router, audit_router, reservations_router, costs_router, notifications_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
-SCRAPE_COLLECTORS = (QueueBacklogCollector,)
+SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:

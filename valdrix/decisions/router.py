@@ -40,7 +40,8 @@ def gate_context(request: Request, caller: Caller) -> service.GateContext:
                                lock_timeout_seconds=settings.lock_timeout_seconds,
                                cost_context=settings.cost_context,
                                cost_data_max_age_days=settings.cost_data_max_age_days,
-                               api_key_hash=caller.key_hash)
+                               api_key_hash=caller.key_hash,
+                               budget_alert_thresholds=tuple(settings.budget_alert_thresholds))
 
 
 def _generic(source: str, body: GateRequest, request: Request, header_key: str | None) -> Awaitable[dict[str, Any]]:

@@ -27,6 +27,7 @@ from valdrix.decisions.models import Decision
 from valdrix.errors import Conflict, NotFound, Unauthenticated, Unavailable
 from valdrix.ledger import service as ledger_service
 from valdrix.money import ZERO
+from valdrix.notifications import service as notifications
 from valdrix.policies import service as policies
 
 log = logging.getLogger("valdrix.gate")
@@ -52,6 +53,8 @@ class GateContext:
     # The API key the caller authenticated with. The gate's first statement re-checks that it is not revoked,
     # so the caller may have been remembered from an earlier request (`auth.service.KeyOwners`).
     api_key_hash: str | None = None
+    # Budget utilisation percentages whose crossing raises a `budget.threshold_crossed` event.
+    budget_alert_thresholds: tuple[int, ...] = (80, 100)
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,15 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
                         budget_scope=budget.scope_key if budget is not None else None, draws=draws)
     decision = _record(session, row, budgets.hold(budget, evaluation.reserve_allocation), ctx, details=None)
     budgets.draw(session, decision, draws, now=ctx.now)
+    if budget is not None and evaluation.reserve_allocation > 0:
+        # What counts against the limit, as the engine counts it: reservations, or committed spend (forecast).
+        state = funding.budget
+        used = state.committed if state is not None and state.committed is not None else budget.reserved_usd
+        notifications.budget_thresholds(session, tenant_id=ctx.tenant_id, scope_key=budget.scope_key,
+                                        limit=budget.monthly_limit_usd, used_before=used,
+                                        used_after=used + evaluation.reserve_allocation,
+                                        thresholds=ctx.budget_alert_thresholds, now=ctx.now,
+                                        decision_id=decision.id, ids=ctx.ids)
     _open_approval(session, ctx, decision, policy)
     session.flush()
     if time.monotonic() - started > ctx.timeout_seconds:
@@ -391,6 +403,8 @@ def _record(session: Session, row: dict[str, Any], hold: dict[str, Any] | None, 
             budgets.write_hold(session, hold)
         ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now,
                               details=details)
+    if decision.decision == "DENY" and not decision.dry_run:
+        notifications.decision_denied(session, decision, now=ctx.now, event_id=ctx.ids.new())
     return decision
 
 
