@@ -73,4 +73,6 @@ def run_once(factory: sessionmaker[Session], settings: Settings, clock: Clock, h
 
 def client(settings: Settings) -> httpx.Client:
     """Return the HTTP client deliveries are sent with (no redirects: a target answers itself)."""
+    # httpx logs every request's URL at INFO, and a Slack URL is a credential.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return httpx.Client(timeout=settings.notification_timeout_seconds, follow_redirects=False)

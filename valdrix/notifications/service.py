@@ -159,8 +159,9 @@ def send_test(session: Session, tenant_id: uuid.UUID, target_id: uuid.UUID, *, n
     event = emit(session, tenant_id=tenant_id, event_type=engine.TEST_EVENT, now=now, target_id=target.id,
                  data={"message": "Valdrix Gate test notification", "target": target.name,
                        "requested_by": names.get(actor) if actor else None})
-    delivery = _delivery(event, target.id, now)
     event.dispatched_at = now
+    session.flush()  # the event row first: the delivery refers to it
+    delivery = _delivery(event, target.id, now)
     session.add(delivery)
     session.flush()
     return delivery
