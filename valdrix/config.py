@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     notification_lease_seconds: float = Field(default=120.0, gt=0, le=3600)
     budget_alert_thresholds: list[int] = Field(default_factory=lambda: [80, 100])
 
+    # How long a console sign-in lasts (the session also ends at sign-out or when its API key is revoked).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+
     public_url: str = "http://127.0.0.1:8080"
     bootstrap_tenant: str = "default"
     log_level: str = "info"

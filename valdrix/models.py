@@ -15,6 +15,7 @@ TABLE_MODULES = (
     "valdrix.reservations.models",
     "valdrix.jobs.models",
     "valdrix.notifications.models",
+    "valdrix.console.models",
 )
 
 

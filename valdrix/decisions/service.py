@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import FromClause, bindparam, func, insert, literal, select, true
+from sqlalchemy import FromClause, and_, bindparam, func, insert, literal, or_, select, true
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -214,6 +214,30 @@ def get(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Decis
     if row is None:
         raise NotFound("decision not found", code="decision_not_found")
     return row
+
+
+def search(session: Session, tenant_id: uuid.UUID, *, source: str | None = None, decision: str | None = None,
+           project_id: str | None = None, environment: str | None = None, since: datetime | None = None,
+           until: datetime | None = None, after: tuple[datetime, uuid.UUID] | None = None, limit: int = 100
+           ) -> tuple[list[Decision], tuple[datetime, uuid.UUID] | None]:
+    """Return the tenant's decisions matching the filters, newest first, and the next page's position."""
+    query = select(Decision).where(Decision.tenant_id == tenant_id)
+    for column, value in ((Decision.source, source), (Decision.decision, decision),
+                          (Decision.project_id, project_id),
+                          (Decision.environment, engine.normalise_environment(environment) if environment else None)):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(Decision.created_at >= since)
+    if until is not None:
+        query = query.where(Decision.created_at < until)
+    if after is not None:
+        at, row_id = after
+        query = query.where(or_(Decision.created_at < at, and_(Decision.created_at == at, Decision.id < row_id)))
+    rows = list(session.scalars(query.order_by(Decision.created_at.desc(), Decision.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, ((rows[-1].created_at, rows[-1].id) if more else None)
 
 
 def _find(session: Session, tenant_id: uuid.UUID, source: str, key: str) -> Decision | None:

@@ -1,4 +1,5 @@
-"""Notifications (targets, the event outbox, deliveries, budget threshold notices) and revocable approvals.
+"""Notifications (targets, the event outbox, deliveries, budget threshold notices), revocable approvals and
+console sessions.
 
 Revision ID: 0008_notifications
 Revises: 0006_settlement_check_rounded
@@ -87,6 +88,20 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_budget_threshold_notices')),
     sa.UniqueConstraint('tenant_id', 'scope_key', 'month', 'percent',
                         name=op.f('uq_budget_threshold_notices_tenant_id')))
+    op.create_table('console_sessions',
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('tenant_id', sa.Uuid(), nullable=False),
+    sa.Column('principal_id', sa.Uuid(), nullable=False),
+    sa.Column('key_hash', sa.String(length=64), nullable=False),
+    sa.Column('csrf_token', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_console_sessions_tenant_id_tenants')),
+    sa.ForeignKeyConstraint(['principal_id'], ['principals.id'], name=op.f('fk_console_sessions_principal_id_principals')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_console_sessions')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_console_sessions_token_hash')))
     with op.batch_alter_table('approval_requests') as batch_op:
         batch_op.add_column(sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.drop_constraint(op.f(STATUS), type_='check')
@@ -99,6 +114,7 @@ def downgrade() -> None:
         batch_op.drop_constraint(op.f(STATUS), type_='check')
         batch_op.create_check_constraint(op.f(STATUS), "status IN ('pending', 'approved', 'denied', 'expired')")
         batch_op.drop_column('revoked_at')
+    op.drop_table('console_sessions')
     op.drop_table('budget_threshold_notices')
     op.drop_table('notification_deliveries')
     op.drop_table('notification_events')
