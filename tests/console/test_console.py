@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.integration.pipeline import APPROVALS, approve, consume, preflight, set_budget
 from tests.conftest import FIXTURES
+from tests.integration.pipeline import APPROVALS, approve, consume, preflight, set_budget
 from tests.live import LiveServer, Tenant, thread_server
 from valdrix.app import create_app
 
