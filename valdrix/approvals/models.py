@@ -27,6 +27,8 @@ class ApprovalRequest(Base):
     __tablename__ = "approval_requests"
     __table_args__ = (
         Index("ix_approval_requests_tenant_status", "tenant_id", "status", "created_at"),
+        # The approval history, newest first, whatever the status.
+        Index("ix_approval_requests_tenant_created", "tenant_id", "created_at"),
         Index("ix_approval_requests_due", "status", "expires_at"),
         # Every priced admission looks for an approval it can redeem: this index holds only those, however
         # many used ones a tenant keeps.

@@ -102,6 +102,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['principal_id'], ['principals.id'], name=op.f('fk_console_sessions_principal_id_principals')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_console_sessions')),
     sa.UniqueConstraint('token_hash', name=op.f('uq_console_sessions_token_hash')))
+    op.create_index('ix_approval_requests_tenant_created', 'approval_requests', ['tenant_id', 'created_at'])
+    op.create_index('ix_decisions_tenant_project_created', 'decisions', ['tenant_id', 'project_id', 'created_at'])
     with op.batch_alter_table('approval_requests') as batch_op:
         batch_op.add_column(sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.drop_constraint(op.f(STATUS), type_='check')
@@ -114,6 +116,8 @@ def downgrade() -> None:
         batch_op.drop_constraint(op.f(STATUS), type_='check')
         batch_op.create_check_constraint(op.f(STATUS), "status IN ('pending', 'approved', 'denied', 'expired')")
         batch_op.drop_column('revoked_at')
+    op.drop_index('ix_decisions_tenant_project_created', table_name='decisions')
+    op.drop_index('ix_approval_requests_tenant_created', table_name='approval_requests')
     op.drop_table('console_sessions')
     op.drop_table('budget_threshold_notices')
     op.drop_table('notification_deliveries')
