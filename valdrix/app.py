@@ -32,6 +32,7 @@ from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.errors import ValdrixError
 from valdrix.gatepool import GatePool
+from valdrix.integrations.router import router as integrations_router
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
@@ -45,7 +46,7 @@ log = logging.getLogger("valdrix")
 PROBLEM = "application/problem+json"
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
-           ledger_router, jwks_router, audit_router, reservations_router, costs_router)
+           ledger_router, jwks_router, audit_router, reservations_router, costs_router, integrations_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector,)
 

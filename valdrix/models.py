@@ -14,6 +14,7 @@ TABLE_MODULES = (
     "valdrix.costs.models",
     "valdrix.reservations.models",
     "valdrix.jobs.models",
+    "valdrix.integrations.models",
 )
 
 

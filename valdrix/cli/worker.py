@@ -16,14 +16,17 @@ console = Console(stderr=True)
 
 
 def worker() -> None:
-    """Run every periodic job on its schedule until stopped (SIGTERM/SIGINT); safe to run on many replicas."""
+    """Run every periodic job on its schedule, and HCP Terraform run tasks, until stopped (SIGTERM/SIGINT).
+
+    Safe to run on many replicas.
+    """
     # Imported on use: the jobs create Prometheus metrics, and `valdrix serve` must not create any before it
     # has pointed PROMETHEUS_MULTIPROC_DIR at its shared directory.
     from valdrix.jobs import runner
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper())
-    runner.loop(settings, runner.jobs(settings))
+    runner.loop(settings, runner.jobs(settings), run_tasks=True)
 
 
 def reconcile(once: bool = typer.Option(False, "--once", help="Run one sweep now and exit (Kubernetes CronJob).")

@@ -2,7 +2,8 @@
 
 Each job runs under a database lease (`job_leases`): a replica runs a job only after taking its lease with
 one conditional upsert, so however many replicas or CronJob pods run, a job is never run twice at once,
-and the worker's schedule (`next_run_at`) is shared by all of them.
+and the worker's schedule (`next_run_at`) is shared by all of them. Between the periodic jobs the worker
+works queued HCP Terraform run-task requests, each under a lease of its own (`integrations.service`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
 
+import httpx
 from prometheus_client import Counter, start_http_server
 from sqlalchemy.orm import Session, sessionmaker
 
 from valdrix.approvals import service as approvals
-from valdrix.clock import SystemClock
+from valdrix.approvals.tokens import KeyRing
+from valdrix.clock import SystemClock, UuidFactory
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
+from valdrix.integrations.service import RunTaskWorker
 from valdrix.jobs import service as leases
 from valdrix.reservations import service as reservations
 from valdrix.reservations.metrics import SWEEP_RUNS
@@ -32,6 +37,7 @@ from valdrix.reservations.metrics import SWEEP_RUNS
 log = logging.getLogger("valdrix.worker")
 
 JOB_RUNS = Counter("valdrix_ops_worker_job_runs_total", "Worker job runs by job and outcome.", ["job", "status"])
+RUN_TASKS = Counter("valdrix_ops_worker_run_task_attempts_total", "Run-task requests worked (one per attempt).")
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,11 @@ def run_job(factory: sessionmaker[Session], settings: Settings, job: Job, holder
     return status
 
 
-def loop(settings: Settings, selected: tuple[Job, ...]) -> None:
-    """Run the selected jobs whenever due until SIGTERM/SIGINT, serving metrics if a port is configured."""
+def loop(settings: Settings, selected: tuple[Job, ...], *, run_tasks: bool = False) -> None:
+    """Run the selected jobs whenever due, and (with `run_tasks`) queued run tasks, until SIGTERM/SIGINT.
+
+    Serves metrics if a port is configured. Raise KeyRingError when the signing keys are misconfigured.
+    """
     engine = make_engine(settings)
     factory = make_sessionmaker(engine)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -103,11 +112,44 @@ def loop(settings: Settings, selected: tuple[Job, ...]) -> None:
     signal.signal(signal.SIGINT, _stop)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
-    log.info("worker %s: jobs %s", holder, ", ".join(j.name for j in selected))
+    http = httpx.Client(timeout=settings.run_task_http_timeout_seconds)
+    tasks = _run_task_worker(settings, factory, http, holder) if run_tasks else None
+    log.info("worker %s: jobs %s%s", holder, ", ".join(j.name for j in selected), ", run tasks" if tasks else "")
+    next_jobs = time.monotonic()
     try:
         while not stop.is_set():
-            for job in selected:
-                run_job(factory, settings, job, holder, respect_schedule=True)
-            stop.wait(settings.worker_tick_seconds)
+            if time.monotonic() >= next_jobs:
+                for job in selected:
+                    run_job(factory, settings, job, holder, respect_schedule=True)
+                next_jobs = time.monotonic() + settings.worker_tick_seconds
+            if tasks is not None:
+                work_run_tasks(tasks)
+            wait = next_jobs - time.monotonic()
+            stop.wait(max(0.0, min(wait, settings.run_task_poll_seconds) if tasks is not None else wait))
     finally:
+        http.close()
         engine.dispose()
+
+
+def _run_task_worker(settings: Settings, factory: sessionmaker[Session], http: httpx.Client,
+                     holder: str) -> RunTaskWorker | None:
+    keyring = KeyRing.from_settings(settings)
+    if keyring is None:
+        # Queued requests keep their access token sealed under the signing key: without it they stay queued
+        # for a worker that has it.
+        log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): run tasks are not worked here")
+        return None
+    return RunTaskWorker(sessions=factory, settings=settings, keyring=keyring, clock=SystemClock(),
+                         ids=UuidFactory(), http=http, holder=holder)
+
+
+def work_run_tasks(tasks: RunTaskWorker) -> int:
+    """Work the due run tasks; return how many. A failure is logged and left to the next poll."""
+    try:
+        worked = tasks.work_due()
+    except Exception:  # the database may be away for a moment; the worker keeps going
+        log.exception("working run tasks failed")
+        return 0
+    if worked:
+        RUN_TASKS.inc(worked)
+    return worked
