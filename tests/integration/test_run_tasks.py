@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -89,7 +92,7 @@ def hcp() -> Iterator[FakeHcp]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path.startswith("/archivist/"):
                 # The redirect target is a signed, short-lived address: no bearer token is needed (or sent).
                 assert "Authorization" not in self.headers or self.headers["Authorization"]
@@ -97,7 +100,7 @@ def hcp() -> Iterator[FakeHcp]:
             elif self.path.endswith("/json-output") and self._authorised():
                 self._send(307, b"", {"Location": f"/archivist/{self.path.split('/')[4]}"})
 
-        def do_PATCH(self) -> None:  # noqa: N802
+        def do_PATCH(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if not self._authorised():
                 return
@@ -262,7 +265,7 @@ def test_allowed_plan_passes_with_one_outcome_per_priced_resource(tenant: Tenant
 def test_denied_plan_fails_with_the_budget(tenant: Tenant, hcp: FakeHcp, worker: RunTaskWorker) -> None:
     key = hmac_key(tenant)
     budget(tenant, "10", mode="hard")
-    job, result = decide(tenant, key, hcp, worker)
+    _, result = decide(tenant, key, hcp, worker)
     attributes = result["data"]["attributes"]
     assert attributes["status"] == "failed", attributes
     assert "DENY" in attributes["message"] and "budget_exceeded" in attributes["message"]
@@ -275,7 +278,7 @@ def test_require_approval_then_approved_rerun_passes_once(tenant: Tenant, hcp: F
                                                           worker: RunTaskWorker) -> None:
     key = hmac_key(tenant)
     budget(tenant, "10", mode="soft")
-    first, result = decide(tenant, key, hcp, worker)
+    _, result = decide(tenant, key, hcp, worker)
     attributes = result["data"]["attributes"]
     assert attributes["status"] == "failed" and "REQUIRE_APPROVAL" in attributes["message"]
     [decision] = decisions(tenant)
@@ -283,7 +286,7 @@ def test_require_approval_then_approved_rerun_passes_once(tenant: Tenant, hcp: F
     assert approval_id and f"valdrix approve {approval_id}" in attributes["message"]
     assert attributes["url"].endswith(f"/console/decisions/{decision['decision_id']}")
     # Before approval, a new run of the same plan asks again (and fails again).
-    pending, result = decide(tenant, key, hcp, worker)
+    _, result = decide(tenant, key, hcp, worker)
     assert result["data"]["attributes"]["status"] == "failed"
     with tenant.client() as c:
         r = c.post(f"/api/v1/enforcement/approvals/{approval_id}/approve", json={"notes": "ok for payments"})
@@ -294,7 +297,7 @@ def test_require_approval_then_approved_rerun_passes_once(tenant: Tenant, hcp: F
     assert f"approval {approval_id}" in attributes["message"]
     assert approved["decision_id"] == decision["decision_id"]
     # The approval was used up by that run: the next run of the same plan needs a new one.
-    after, result = decide(tenant, key, hcp, worker)
+    _, result = decide(tenant, key, hcp, worker)
     assert result["data"]["attributes"]["status"] == "failed"
     assert "REQUIRE_APPROVAL" in result["data"]["attributes"]["message"]
     with tenant.client() as c:
@@ -307,7 +310,7 @@ def test_speculative_plan_is_a_dry_run_and_never_uses_an_approval(tenant: Tenant
                                                                   worker: RunTaskWorker) -> None:
     key = hmac_key(tenant)
     budget(tenant, "1000")
-    job, result = decide(tenant, key, hcp, worker, speculative=True)
+    _, result = decide(tenant, key, hcp, worker, speculative=True)
     assert result["data"]["attributes"]["status"] == "passed"
     [decision] = decisions(tenant)
     assert decision["dry_run"] is True and decision["reservation_active"] is False
@@ -366,3 +369,61 @@ def test_bad_requests_are_clear_4xx(tenant: Tenant, hcp: FakeHcp) -> None:
                             "X-TFC-Task-Signature": hmac.new(key.encode(), body, hashlib.sha512).hexdigest()})
     assert r.status_code == 400 and r.json()["code"] == "malformed_json"
     assert runs(tenant) == []
+
+
+def test_concurrent_workers_work_each_request_once(tenant: Tenant, hcp: FakeHcp, signing_keys: SigningKeys) -> None:
+    key = hmac_key(tenant)
+    budget(tenant, "100000")
+    requests = [hcp.run() for _ in range(6)]
+    for req in requests:
+        assert send(tenant, key, req).json()["status"] == "queued"
+    settings = Settings(**{**tenant.settings.model_dump(), "run_task_retry_base_seconds": 0.2})
+    engine = make_engine(settings)
+    barrier = threading.Barrier(3)
+    worked: list[int] = []
+
+    def work(name: str) -> None:
+        with httpx.Client(timeout=10) as http:
+            one = RunTaskWorker(sessions=make_sessionmaker(engine), settings=settings,
+                                keyring=KeyRing.from_settings(settings), clock=SystemClock(), ids=UuidFactory(),
+                                http=http, holder=name)
+            barrier.wait()
+            worked.append(one.work_due())
+
+    try:
+        threads = [threading.Thread(target=work, args=(f"replica-{i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        engine.dispose()
+    assert sum(worked) == 6, worked
+    assert all(len(hcp.results(req)) == 1 for req in requests)
+    assert len(hcp.callbacks) == 6 and len(decisions(tenant)) == 6
+    assert {j["status"] for j in runs(tenant)} == {"done"}
+
+
+@pytest.mark.slow
+def test_valdrix_worker_process_works_the_queue(tenant: Tenant, hcp: FakeHcp, signing_keys: SigningKeys,
+                                                tmp_path: Any) -> None:
+    key = hmac_key(tenant)
+    budget(tenant, "1000")
+    req = hcp.run()
+    assert send(tenant, key, req).json()["status"] == "queued"
+    env = {**os.environ, **signing_keys.env(), "VALDRIX_DATABASE_URL": tenant.settings.database_url,
+           "VALDRIX_RUN_TASK_POLL_SECONDS": "0.2", "VALDRIX_PUBLIC_URL": "https://gate.example.test"}
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "valdrix", "worker"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not hcp.results(req):
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    [result] = hcp.results(req)
+    assert result["data"]["attributes"]["status"] == "passed"
+    assert result["data"]["attributes"]["url"].startswith("https://gate.example.test/console/decisions/")
