@@ -356,6 +356,16 @@ def test_admin_api_needs_admin_and_never_returns_the_key(tenant: Tenant) -> None
         assert dup.status_code == 422 and dup.json()["code"] == "duplicate_mapping"
 
 
+def test_routes_are_documented_in_openapi(tenant: Tenant) -> None:
+    doc = httpx.get(f"{tenant.url}/openapi.json", timeout=10).json()
+    post = doc["paths"][f"{RUN_TASK}/run-task"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["properties"]["task_result_callback_url"]
+    assert {"200", "401", "422"} <= set(post["responses"])
+    assert {f"{RUN_TASK}", f"{RUN_TASK}/hmac-key", f"{RUN_TASK}/mappings", f"{RUN_TASK}/runs"} <= set(doc["paths"])
+    refs = {r.split("/")[-1] for r in json.dumps(doc).split('"$ref": "')[1:] for r in [r.split('"')[0]]}
+    assert refs <= set(doc["components"]["schemas"])
+
+
 def test_bad_requests_are_clear_4xx(tenant: Tenant, hcp: FakeHcp) -> None:
     key = hmac_key(tenant)
     plain = {**hcp.run(), "task_result_callback_url": "http://example.com/api/v2/task-results/x/callback"}
@@ -371,15 +381,11 @@ def test_bad_requests_are_clear_4xx(tenant: Tenant, hcp: FakeHcp) -> None:
     assert runs(tenant) == []
 
 
-def test_concurrent_workers_work_each_request_once(tenant: Tenant, hcp: FakeHcp, signing_keys: SigningKeys) -> None:
-    key = hmac_key(tenant)
-    budget(tenant, "100000")
-    requests = [hcp.run() for _ in range(6)]
-    for req in requests:
-        assert send(tenant, key, req).json()["status"] == "queued"
+def work_concurrently(tenant: Tenant, replicas: int) -> list[int]:
+    """Work the queue with `replicas` workers released together, each on its own thread; return their counts."""
     settings = Settings(**{**tenant.settings.model_dump(), "run_task_retry_base_seconds": 0.2})
     engine = make_engine(settings)
-    barrier = threading.Barrier(3)
+    barrier = threading.Barrier(replicas)
     worked: list[int] = []
 
     def work(name: str) -> None:
@@ -391,17 +397,43 @@ def test_concurrent_workers_work_each_request_once(tenant: Tenant, hcp: FakeHcp,
             worked.append(one.work_due())
 
     try:
-        threads = [threading.Thread(target=work, args=(f"replica-{i}",)) for i in range(3)]
+        threads = [threading.Thread(target=work, args=(f"replica-{i}",)) for i in range(replicas)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
     finally:
         engine.dispose()
-    assert sum(worked) == 6, worked
+    return worked
+
+
+def test_concurrent_workers_work_each_request_once(tenant: Tenant, hcp: FakeHcp) -> None:
+    key = hmac_key(tenant)
+    budget(tenant, "100000")
+    requests = [hcp.run() for _ in range(6)]
+    for req in requests:
+        assert send(tenant, key, req).json()["status"] == "queued"
+    assert sum(work_concurrently(tenant, 3)) == 6
     assert all(len(hcp.results(req)) == 1 for req in requests)
     assert len(hcp.callbacks) == 6 and len(decisions(tenant)) == 6
     assert {j["status"] for j in runs(tenant)} == {"done"}
+
+
+def test_an_approval_passes_one_of_concurrent_runs_of_the_plan(tenant: Tenant, hcp: FakeHcp,
+                                                               worker: RunTaskWorker) -> None:
+    key = hmac_key(tenant)
+    budget(tenant, "10", mode="soft")
+    decide(tenant, key, hcp, worker)
+    [decision] = decisions(tenant)
+    with tenant.client() as c:
+        assert c.post(f"/api/v1/enforcement/approvals/{decision['approval_request_id']}/approve",
+                      json={}).status_code == 200
+    requests = [hcp.run() for _ in range(4)]
+    for req in requests:
+        assert send(tenant, key, req).json()["status"] == "queued"
+    assert sum(work_concurrently(tenant, 4)) == 4
+    statuses = sorted(hcp.results(req)[0]["data"]["attributes"]["status"] for req in requests)
+    assert statuses == ["failed", "failed", "failed", "passed"]
 
 
 @pytest.mark.slow

@@ -32,14 +32,33 @@ from valdrix.integrations.schemas import (
 router = APIRouter(prefix="/api/v1/enforcement/integrations/terraform-cloud", tags=["integrations"])
 
 
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """Return `schema` with its local `$defs` references replaced by the definitions (for `openapi_extra`)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
+# The endpoint reads the raw body (the signature covers its exact bytes), so its schema is given by hand.
+_REQUEST_SCHEMA = RunTaskRequest.model_json_schema()
+_REQUEST_SCHEMA = _inlined(_REQUEST_SCHEMA, _REQUEST_SCHEMA.get("$defs", {}))
+
+
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": Problem, "content": {"application/problem+json": {}}} for status in statuses}
+    # `model` registers the Problem schema; the answer's media type is application/problem+json.
+    body = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    return {status: {"model": Problem, "content": {"application/problem+json": body}} for status in statuses}
 
 
 @router.post(
     "/run-task", response_model=RunTaskAck, responses=_problems(400, 401, 413, 415, 422, 503),
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": RunTaskRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}},
+        "application/json": {"schema": _REQUEST_SCHEMA}}},
         "parameters": [{"name": service.SIGNATURE_HEADER, "in": "header", "required": True,
                         "description": "HMAC-SHA512 (hex) of the raw body under the tenant's run-task HMAC key",
                         "schema": {"type": "string"}}]})
