@@ -1,4 +1,4 @@
-"""The HTTP side of HCP Terraform: downloading a run's plan JSON and sending its task result.
+"""The calls to HCP Terraform: downloading a run's plan JSON and sending its task result.
 
 Both calls carry the run's access token as a bearer token. Failures are classified so the worker knows
 whether a later attempt can succeed (`transient`: transport errors, 408, 429, 5xx) or not (anything else).
@@ -6,10 +6,8 @@ whether a later attempt can succeed (`transient`: transport errors, 408, 429, 5x
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -23,34 +21,6 @@ class CallFailed(Exception):
     def __init__(self, what: str, *, transient: bool) -> None:
         super().__init__(what)
         self.transient = transient
-
-
-def checked_url(url: str) -> str:
-    """Return `url` if the worker may call it with a run's token: https, or http to a loopback address only.
-
-    Raise ValueError otherwise. The token must never travel in clear text over a network.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and parts.hostname and _loopback(parts.hostname):
-        return url
-    raise ValueError("must be an https URL (http only to a loopback address)")
-
-
-def same_origin(a: str, b: str) -> bool:
-    """Return whether two URLs share scheme, host and port (the plan and callback come from one HCP Terraform)."""
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _status_failure(what: str, status: int) -> CallFailed:

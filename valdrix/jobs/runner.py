@@ -3,7 +3,7 @@
 Each job runs under a database lease (`job_leases`): a replica runs a job only after taking its lease with
 one conditional upsert, so however many replicas or CronJob pods run, a job is never run twice at once,
 and the worker's schedule (`next_run_at`) is shared by all of them. Between the periodic jobs the worker
-works queued HCP Terraform run-task requests, each under a lease of its own (`integrations.service`).
+works queued HCP Terraform run-task requests, each under a lease of its own (`integrations.worker`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from valdrix.approvals.tokens import KeyRing
 from valdrix.clock import SystemClock, UuidFactory
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
-from valdrix.integrations.service import RunTaskWorker
+from valdrix.integrations.worker import RunTaskWorker
 from valdrix.jobs import service as leases
 from valdrix.reservations import service as reservations
 from valdrix.reservations.metrics import SWEEP_RUNS

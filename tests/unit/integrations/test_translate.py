@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import FIXTURES
 from valdrix.decisions.models import Decision
-from valdrix.integrations import hcp, translate
+from valdrix.integrations import service, translate
 from valdrix.integrations.schemas import RunTaskRequest
 from valdrix.pricing.summary import change_digest
 from valdrix.pricing.terraform import PlanEstimate, ResourceCost, price_plan
@@ -103,13 +103,13 @@ def test_task_results_follow_hcp_terraforms_schema_and_limits() -> None:
     ("http://10.0.0.1/x", False)])
 def test_only_https_or_loopback_urls_receive_the_token(url: str, allowed: bool) -> None:
     if allowed:
-        assert hcp.checked_url(url) == url
+        assert service.checked_url(url) == url
     else:
         with pytest.raises(ValueError):
-            hcp.checked_url(url)
+            service.checked_url(url)
 
 
 def test_plan_and_callback_must_share_the_origin() -> None:
-    assert hcp.same_origin("https://tfe.corp/api/v2/plans/p", "https://tfe.corp/api/v2/task-results/t/callback")
-    assert not hcp.same_origin("https://tfe.corp/a", "https://evil.example/a")
-    assert not hcp.same_origin("https://tfe.corp/a", "https://tfe.corp:8443/a")
+    assert service.same_origin("https://tfe.corp/api/v2/plans/p", "https://tfe.corp/api/v2/task-results/t/callback")
+    assert not service.same_origin("https://tfe.corp/a", "https://evil.example/a")
+    assert not service.same_origin("https://tfe.corp/a", "https://tfe.corp:8443/a")
