@@ -8,6 +8,7 @@ is worked by the worker's own `RunTaskWorker`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,7 +33,7 @@ from tests.conftest import FIXTURES
 from tests.integration.test_gate_flow import set_mode
 from tests.live import SigningKeys, Tenant
 from valdrix.approvals.tokens import KeyRing
-from valdrix.clock import SystemClock, UuidFactory
+from valdrix.clock import OffsetClock, SystemClock, UuidFactory
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.integrations.worker import RunTaskWorker
@@ -131,6 +133,7 @@ def worker(tenant: Tenant, signing_keys: SigningKeys) -> Iterator[RunTaskWorker]
     settings = Settings(**{**tenant.settings.model_dump(), "run_task_retry_base_seconds": 0.2})
     engine = make_engine(settings)
     keyring = KeyRing.from_settings(settings)
+    assert keyring is not None
     with httpx.Client(timeout=10) as http:
         yield RunTaskWorker(sessions=make_sessionmaker(engine), settings=settings, keyring=keyring,
                             clock=SystemClock(), ids=UuidFactory(), http=http, holder=f"test-{uuid.uuid4().hex[:6]}")
@@ -326,6 +329,23 @@ def test_failed_callback_is_retried(tenant: Tenant, hcp: FakeHcp, worker: RunTas
     assert len(decisions(tenant)) == 1
 
 
+def test_a_callback_failing_past_the_runs_ten_minutes_gives_up(tenant: Tenant, hcp: FakeHcp,
+                                                               worker: RunTaskWorker) -> None:
+    key = hmac_key(tenant)
+    budget(tenant, "1000")
+    hcp.fail_callbacks = 1000
+    clock = OffsetClock()
+    late = dataclasses.replace(worker, clock=clock)
+    job_id = send(tenant, key, hcp.run()).json()["job_id"]
+    late.work_due()
+    [job] = runs(tenant)
+    assert (job["status"], job["attempts"], job["last_error"]) == ("callback", 1, "callback: HTTP 503")
+    clock.offset = timedelta(minutes=10)
+    job = settle(late, tenant, job_id)
+    assert job["status"] == "failed" and "ten minutes" in job["last_error"]
+    assert len(hcp.callbacks) == 2 and len(decisions(tenant)) == 1
+
+
 def test_plan_the_token_cannot_read_fails_the_task_without_a_decision(tenant: Tenant, hcp: FakeHcp,
                                                                       worker: RunTaskWorker) -> None:
     key = hmac_key(tenant)
@@ -387,11 +407,13 @@ def work_concurrently(tenant: Tenant, replicas: int) -> list[int]:
     barrier = threading.Barrier(replicas)
     worked: list[int] = []
 
+    keyring = KeyRing.from_settings(settings)
+    assert keyring is not None
+
     def work(name: str) -> None:
         with httpx.Client(timeout=10) as http:
-            one = RunTaskWorker(sessions=make_sessionmaker(engine), settings=settings,
-                                keyring=KeyRing.from_settings(settings), clock=SystemClock(), ids=UuidFactory(),
-                                http=http, holder=name)
+            one = RunTaskWorker(sessions=make_sessionmaker(engine), settings=settings, keyring=keyring,
+                                clock=SystemClock(), ids=UuidFactory(), http=http, holder=name)
             barrier.wait()
             worked.append(one.work_due())
 

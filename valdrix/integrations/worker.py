@@ -64,7 +64,7 @@ class RunTaskWorker:
 
     sessions: sessionmaker[Session]
     settings: Settings
-    keyring: KeyRing | None
+    keyring: KeyRing
     clock: Clock
     ids: IdFactory
     http: httpx.Client
@@ -97,7 +97,7 @@ class RunTaskWorker:
                                     lease_expires_at=now + timedelta(seconds=self.settings.run_task_lease_seconds))):
                 return None
             token = (self.keyring.unseal(job.access_token_sealed, service.token_context(job.id))
-                     if self.keyring is not None and job.access_token_sealed is not None else None)
+                     if job.access_token_sealed is not None else None)
             return _Claimed(id=job.id, tenant_id=job.tenant_id, status=job.status, attempts=job.attempts,
                             payload=dict(job.payload), token=token, deadline=job.created_at + CALLBACK_DEADLINE,
                             result=job.result)
