@@ -36,6 +36,7 @@ from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.errors import ValdrixError
 from valdrix.gatepool import GatePool
+from valdrix.integrations.router import router as integrations_router
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
@@ -53,7 +54,7 @@ FORM = "application/x-www-form-urlencoded"
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
            ledger_router, jwks_router, audit_router, reservations_router, costs_router, notifications_router,
-           console_router)
+           console_router, integrations_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 
@@ -208,7 +209,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
                                    swagger_js_url="/console/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/console/static/swagger/swagger-ui.css",
                                    swagger_favicon_url="/console/static/swagger/favicon-32x32.png",
-                                   swagger_ui_parameters={"persistAuthorization": True})
+                                   swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None})
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:

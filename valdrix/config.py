@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     # How long a console sign-in lasts (the session also ends at sign-out or when its API key is revoked).
     console_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
 
+    # HCP Terraform run tasks (docs/terraform-cloud.md): how often the worker looks for queued requests, how long
+    # one worker may hold one, the callback retry backoff (doubling from the base, at most 60 s), the HTTP
+    # timeout towards HCP Terraform and the largest plan JSON it downloads.
+    run_task_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    run_task_lease_seconds: int = Field(default=120, ge=10, le=3600)
+    run_task_retry_base_seconds: float = Field(default=2.0, gt=0, le=60)
+    run_task_http_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    run_task_max_plan_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
     public_url: str = "http://127.0.0.1:8080"
     bootstrap_tenant: str = "default"
     log_level: str = "info"

@@ -16,6 +16,7 @@ TABLE_MODULES = (
     "valdrix.jobs.models",
     "valdrix.notifications.models",
     "valdrix.console.models",
+    "valdrix.integrations.models",
 )
 
 

@@ -35,14 +35,10 @@ from valdrix.cli.continuation import (
 from valdrix.client import ApiError, GateClient, TransportFailure
 from valdrix.money import HOURS_PER_MONTH, ZERO, hourly, monthly, parse_amount
 from valdrix.pricing.infracost import read_infracost
-from valdrix.pricing.terraform import PlanEstimate, PricingError, ResourceCost, price_plan
+from valdrix.pricing.summary import TOP_RESOURCES, change_digest, clip, request_metadata, resource_reference
+from valdrix.pricing.terraform import PlanEstimate, PricingError, price_plan
 
 DEFAULT_WAIT = "30m"
-# Bounds on what the request carries about the plan: the gate needs a summary, not the plan.
-TOP_RESOURCES = 20
-TOP_UNPRICED = 20
-MAX_TEXT = 200
-MAX_REFERENCE = 512
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 out = Console()
@@ -94,72 +90,6 @@ def read_json(path: Path, what: str) -> Any:
         raise PricingError(f"cannot read {what} {path}: {exc.strerror}") from exc
     except (ValueError, RecursionError) as exc:
         raise PricingError(f"{what} {path} is not JSON: {exc}") from exc
-
-
-def change_digest(plan: Any) -> str:
-    """Return a hash of what the plan changes (addresses, actions, planned values), not of when it was made.
-
-    A retry that re-plans gets a new plan file (new timestamp, refreshed prior state) but, when nothing
-    changed, the same digest; any planned value that differs, even a tag that costs nothing, changes it.
-    """
-    changes = []
-    for rc in plan.get("resource_changes") or []:
-        change = rc.get("change") or {}
-        if change.get("actions") in (["no-op"], ["read"]):
-            continue
-        changes.append([rc.get("address"), change.get("actions"), change.get("after"), change.get("after_unknown")])
-    return sha256_hex(sorted(changes, key=lambda c: str(c[0])))
-
-
-def _clip(text: str, limit: int = MAX_TEXT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _ranked(estimate: PlanEstimate) -> list[ResourceCost]:
-    return sorted(estimate.resources, key=lambda r: (-abs(r.monthly_delta_usd), r.kind != "unpriced", r.address))
-
-
-def pricing_metadata(estimate: PlanEstimate, digest: str | None) -> dict[str, Any]:
-    """Return the bounded pricing summary sent as request metadata (`pricing.unpriced_count` feeds the policy)."""
-    ranked = [r for r in _ranked(estimate) if r.kind != "free"]
-    shown = ranked[:TOP_RESOURCES]
-    unpriced = sorted(estimate.unpriced, key=lambda r: r.address)
-    counts: dict[str, int] = {}
-    for r in estimate.resources:
-        counts[r.kind] = counts.get(r.kind, 0) + 1
-    summary: dict[str, Any] = {
-        "source": estimate.source,
-        "monthly_delta_usd": str(estimate.monthly_delta_usd),
-        "hourly_delta_usd": str(estimate.hourly_delta_usd),
-        "counts": counts,
-        "unpriced_count": len(unpriced),
-        "resources": [{"address": _clip(r.address), "resource_type": _clip(r.resource_type, 64),
-                       "action": r.action, "kind": r.kind, "monthly_delta_usd": str(r.monthly_delta_usd)}
-                      for r in shown],
-        "resources_omitted": len(ranked) - len(shown),
-        "unpriced": [{"address": _clip(r.address), "resource_type": _clip(r.resource_type, 64),
-                      "reason": _clip("; ".join(r.notes))} for r in unpriced[:TOP_UNPRICED]],
-        "unpriced_omitted": max(0, len(unpriced) - TOP_UNPRICED),
-    }
-    if digest is not None:
-        summary["change_digest"] = digest
-    return summary
-
-
-def resource_reference(stack: str, estimate: PlanEstimate | None) -> str:
-    """Return `<stack>: <changed addresses, costliest first> (+N more)`, at most 512 characters."""
-    if estimate is None or not estimate.resources:
-        return _clip(stack, MAX_REFERENCE)
-    addresses = [r.address for r in _ranked(estimate)]
-    text = f"{stack}: "
-    for i, address in enumerate(addresses):
-        rest = len(addresses) - i
-        more = f" (+{rest - 1} more)" if rest > 1 else ""
-        candidate = text + ("" if i == 0 else ", ") + address
-        if len(candidate) + len(more) > MAX_REFERENCE:
-            return _clip(text.rstrip(", ") + f" (+{rest} more)", MAX_REFERENCE)
-        text = candidate
-    return text
 
 
 def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | None,
@@ -228,13 +158,7 @@ def preflight(
         "source": "manual", "monthly_delta_usd": str(amount), "hourly_delta_usd": str(rate)}
     path = state_file or Path(".valdrix") / f"preflight-{_SAFE.sub('_', run)}-{_SAFE.sub('_', stage)}.json"
     report["state_file"] = str(path)
-    metadata: dict[str, Any] = {}
-    if estimate is not None:
-        metadata["pricing"] = pricing_metadata(estimate, digest)
-        types = sorted({r.resource_type for r in estimate.resources if r.kind != "free"})
-        if types:
-            # The risk score reads resource classes from here.
-            metadata["resource_type"] = _clip(", ".join(types), MAX_REFERENCE)
+    metadata = request_metadata(estimate, digest) if estimate is not None else {}
     body: dict[str, Any] = {
         "run_id": run, "stage": stage, "project_id": project, "environment": environment,
         "resource_reference": resource_ref or resource_reference(Path.cwd().name or "terraform", estimate),
@@ -386,7 +310,7 @@ def _render_costs(pricing: dict[str, Any]) -> None:
     for r in resources[:TOP_RESOURCES]:
         delta = Decimal(r["monthly_delta_usd"])
         style = "red" if delta > 0 else "green" if delta < 0 else ""
-        note = {"unpriced": "[yellow]UNPRICED[/]: " + _clip("; ".join(r["notes"]), 80),
+        note = {"unpriced": "[yellow]UNPRICED[/]: " + clip("; ".join(r["notes"]), 80),
                 "usage_based": "usage-based, not priced"}.get(r.get("kind", ""), "")
         table.add_row(r["address"], r["action"], r.get("before_monthly_usd") or "—",
                       r.get("after_monthly_usd") or "—", f"[{style}]{delta}[/]" if style else str(delta), note)

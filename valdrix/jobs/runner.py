@@ -2,7 +2,8 @@
 
 Each job runs under a database lease (`job_leases`): a replica runs a job only after taking its lease with
 one conditional upsert, so however many replicas or CronJob pods run, a job is never run twice at once,
-and the worker's schedule (`next_run_at`) is shared by all of them.
+and the worker's schedule (`next_run_at`) is shared by all of them. Between the periodic jobs the worker
+works queued HCP Terraform run-task requests, each under a lease of its own (`integrations.worker`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
 
+import httpx
 from prometheus_client import Counter, start_http_server
 from sqlalchemy.orm import Session, sessionmaker
 
 from valdrix.approvals import service as approvals
-from valdrix.clock import SystemClock
+from valdrix.approvals.tokens import KeyRing
+from valdrix.clock import SystemClock, UuidFactory
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
+from valdrix.integrations.worker import RunTaskWorker
 from valdrix.jobs import service as leases
 from valdrix.notifications import sender
 from valdrix.reservations import service as reservations
@@ -34,6 +38,7 @@ from valdrix.reservations.metrics import SWEEP_RUNS
 log = logging.getLogger("valdrix.worker")
 
 JOB_RUNS = Counter("valdrix_ops_worker_job_runs_total", "Worker job runs by job and outcome.", ["job", "status"])
+RUN_TASKS = Counter("valdrix_ops_worker_run_task_attempts_total", "Run-task requests worked (one per attempt).")
 
 
 @dataclass(frozen=True)
@@ -91,11 +96,12 @@ def run_job(factory: sessionmaker[Session], settings: Settings, job: Job, holder
     return status
 
 
-def loop(settings: Settings, selected: tuple[Job, ...], *, notify: bool) -> None:
+def loop(settings: Settings, selected: tuple[Job, ...], *, queues: bool = False) -> None:
     """Run the selected jobs whenever due until SIGTERM/SIGINT, serving metrics if a port is configured.
 
-    With `notify`, also send due notifications every `notification_poll_seconds` (jobs are looked at every
-    `worker_tick_seconds`).
+    With `queues`, also send due notifications and work queued run tasks: the queues are polled every
+    `notification_poll_seconds` or `run_task_poll_seconds` (the shorter), the jobs looked at every
+    `worker_tick_seconds`. Raise KeyRingError when the signing keys are misconfigured.
     """
     engine = make_engine(settings)
     factory = make_sessionmaker(engine)
@@ -109,23 +115,54 @@ def loop(settings: Settings, selected: tuple[Job, ...], *, notify: bool) -> None
     signal.signal(signal.SIGINT, _stop)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
-    log.info("worker %s: jobs %s%s", holder, ", ".join(j.name for j in selected),
-             ", notifications" if notify else "")
-    client = sender.client(settings) if notify else None
-    jobs_due = 0.0
+    http = httpx.Client(timeout=settings.run_task_http_timeout_seconds)
+    notifier = sender.client(settings) if queues else None
+    tasks = _run_task_worker(settings, factory, http, holder) if queues else None
+    log.info("worker %s: jobs %s%s%s", holder, ", ".join(j.name for j in selected),
+             ", notifications" if notifier else "", ", run tasks" if tasks else "")
+    poll = min(settings.notification_poll_seconds, settings.run_task_poll_seconds)
+    next_jobs = time.monotonic()
     try:
         while not stop.is_set():
-            if time.monotonic() >= jobs_due:
+            if time.monotonic() >= next_jobs:
                 for job in selected:
                     run_job(factory, settings, job, holder, respect_schedule=True)
-                jobs_due = time.monotonic() + settings.worker_tick_seconds
-            if client is not None:
+                next_jobs = time.monotonic() + settings.worker_tick_seconds
+            if notifier is not None:
                 try:
-                    sender.run_once(factory, settings, SystemClock(), holder, client)
+                    sender.run_once(factory, settings, SystemClock(), holder, notifier)
                 except Exception:  # a database outage must not end the worker; the next poll tries again
                     log.exception("sending notifications failed")
-            stop.wait(settings.notification_poll_seconds if client is not None else settings.worker_tick_seconds)
+            if tasks is not None:
+                work_run_tasks(tasks)
+            wait = next_jobs - time.monotonic()
+            stop.wait(max(0.0, min(wait, poll) if queues else wait))
     finally:
-        if client is not None:
-            client.close()
+        if notifier is not None:
+            notifier.close()
+        http.close()
         engine.dispose()
+
+
+def _run_task_worker(settings: Settings, factory: sessionmaker[Session], http: httpx.Client,
+                     holder: str) -> RunTaskWorker | None:
+    keyring = KeyRing.from_settings(settings)
+    if keyring is None:
+        # Queued requests keep their access token sealed under the signing key: without it they stay queued
+        # for a worker that has it.
+        log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): run tasks are not worked here")
+        return None
+    return RunTaskWorker(sessions=factory, settings=settings, keyring=keyring, clock=SystemClock(),
+                         ids=UuidFactory(), http=http, holder=holder)
+
+
+def work_run_tasks(tasks: RunTaskWorker) -> int:
+    """Work the due run tasks; return how many. A failure is logged and left to the next poll."""
+    try:
+        worked = tasks.work_due()
+    except Exception:  # the database may be away for a moment; the worker keeps going
+        log.exception("working run tasks failed")
+        return 0
+    if worked:
+        RUN_TASKS.inc(worked)
+    return worked

@@ -12,16 +12,8 @@ import pytest
 from tests.conftest import FIXTURES
 from valdrix.canonical import canonical_json
 from valdrix.cli.continuation import Continuation, StateError, parse_duration, read_binding
-from valdrix.cli.preflight import (
-    MAX_REFERENCE,
-    change_digest,
-    ci_run_id,
-    ci_run_url,
-    idempotency_key,
-    optional_values,
-    pricing_metadata,
-    resource_reference,
-)
+from valdrix.cli.preflight import ci_run_id, ci_run_url, idempotency_key, optional_values
+from valdrix.pricing.summary import MAX_REFERENCE, change_digest, pricing_metadata, resource_reference
 from valdrix.pricing.terraform import PlanEstimate, ResourceCost, price_plan
 
 PLANS = FIXTURES / "terraform-plans"

@@ -1,0 +1,1 @@
+"""integrations: third-party callers of the gate (HCP Terraform / Terraform Enterprise run tasks)."""
