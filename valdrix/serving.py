@@ -40,8 +40,7 @@ import uvicorn
 import uvloop
 from anyio import to_thread
 from cryptography import x509
-from cryptography.x509.oid import NameOID
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from valdrix.config import Settings
@@ -116,16 +115,6 @@ class TLSHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._tls is not None:
             self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
-
-
-def client_common_name(scope: Scope) -> str | None:
-    """Return the subject CN of the verified client certificate of this connection, or None."""
-    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
-    if not chain:
-        return None
-    names = x509.load_pem_x509_certificate(chain[0].encode()).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if names else None
-    return value if isinstance(value, str) and value else None
 
 
 class ConnectionShare:
