@@ -32,7 +32,7 @@ from valdrix.config import Settings, get_settings
 from valdrix.console.router import STATIC as CONSOLE_STATIC
 from valdrix.console.router import router as console_router
 from valdrix.costs.router import router as costs_router
-from valdrix.db import make_engine, make_sessionmaker
+from valdrix.db import READ_SNAPSHOT, make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.decisions.service import ModeMemory
 from valdrix.errors import ValdrixError
@@ -160,7 +160,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): approval tokens are unavailable")
     scrape = CollectorRegistry(auto_describe=True)
     for collector in SCRAPE_COLLECTORS:
-        scrape.register(collector(app.state.sessions, app.state.clock))
+        scrape.register(collector(app.state.reads, app.state.clock))
     app.state.price_book = book
     app.state.modes = ModeMemory()
     app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids,
@@ -225,7 +225,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> JSONResponse:
         try:
-            with engine.connect() as conn:
+            with engine.execution_options(**{READ_SNAPSHOT: True}).connect() as conn:
                 current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         except Exception as exc:  # any failure to reach the database means not ready
             return problem(503, "not_ready", f"database unreachable: {type(exc).__name__}")

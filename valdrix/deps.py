@@ -28,12 +28,7 @@ T = TypeVar("T")
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """Yield the request's session: a read-only transaction, except in a handler that writes.
-
-    A read holds no lock anyone waits for (a WAL snapshot on SQLite; on PostgreSQL no row locks), so it may
-    span the thread hops FastAPI makes for dependencies and handler. The handler of a route that writes gets
-    a write transaction of its own instead, run on the write executor (`WritingRoute`).
-    """
+    """Yield a read-only session; on a `WritingRoute` the handler gets its own transaction in its place."""
     with transaction(request.app.state.reads) as session:
         yield session
 
@@ -99,9 +94,10 @@ def authorised(caller: Caller, role: str) -> Caller:
     return caller
 
 
-def current_caller(request: Request, db: DB) -> Caller:
-    """Return the authenticated caller of the request."""
-    return authenticated(db, bearer_token(request))
+def current_caller(request: Request) -> Caller:
+    """Return the authenticated caller of the request, read in a transaction of its own."""
+    with transaction(request.app.state.reads) as db:
+        return authenticated(db, bearer_token(request))
 
 
 def require(role: str) -> Callable[[Caller], Awaitable[Caller]]:
@@ -171,8 +167,9 @@ async def in_gate_unit(request: Request, authenticate: Callable[[Session], Calle
             raise Abandoned()
         factory: sessionmaker[Session] = state.sessions
         sessions: Callable[[], Session] = factory
-        if sqlite:  # the write lock is waited for only while the answer can still use it
-            sessions = partial(factory, bind=state.engine.execution_options(**{LOCK_WAIT_MS: int(left * 1000)}))
+        if sqlite:  # the write lock is waited for only while a decision can still be made and recorded
+            wait_ms = int(left * EVALUATION_SHARE * 1000)
+            sessions = partial(factory, bind=state.engine.execution_options(**{LOCK_WAIT_MS: wait_ms}))
         try:
             with transaction(sessions) as db:
                 caller = seen[0] = authenticate(db)
@@ -243,14 +240,14 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class WritingRoute(APIRoute):
-    """A route whose synchronous handler, when it writes, runs as one unit on the app's write executor.
+    """A route whose synchronous handler takes its `DB` transaction in the same call on the same thread.
 
-    A handler writes when its route changes state (any method but GET/HEAD/OPTIONS) or it takes a `WriteDB`.
-    It then gets a write transaction of its own instead of the request's read session, begun, used and
-    committed in one call on one thread: the locks it takes (SQLite's write lock, PostgreSQL row locks) are
-    released before that thread is free again, never held while a dependency or the response waits for a
-    thread or for the event loop. On SQLite the write executor has one thread, so this process's writes queue
-    in order without a lock, and reads (on the other threads) never wait for them.
+    FastAPI runs a handler and its dependencies in separate thread hops; a transaction kept open across them
+    would hold its connection, and after a write its locks, while waiting for a thread or the event loop. So
+    the handler gets a transaction of its own, begun and ended around its call: a read (anyio's threads), or,
+    when the handler writes, a write run on the app's write executor. A handler writes when its route changes
+    state (any method but GET/HEAD/OPTIONS) or it takes a `WriteDB`. On SQLite the write executor has one
+    thread, so this process's writes queue in order without a lock, and reads never wait for them.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -258,10 +255,10 @@ class WritingRoute(APIRoute):
         if not inspect.iscoroutinefunction(endpoint):
             signature = inspect.signature(endpoint, eval_str=True)
             names = [name for name, p in signature.parameters.items() if _is_db(p.annotation)]
-            writes = bool(methods - READ_METHODS) or any(WRITES in getattr(signature.parameters[n].annotation,
-                                                                           "__metadata__", ()) for n in names)
-            if names and writes:
-                endpoint = _as_write_unit(endpoint, signature, names[0])
+            if names:
+                marks = signature.parameters[names[0]].annotation.__metadata__
+                writes = bool(methods - READ_METHODS) or WRITES in marks
+                endpoint = _in_own_transaction(endpoint, signature, names[0], writes=writes)
         super().__init__(path, endpoint, **kwargs)
 
 
@@ -269,21 +266,29 @@ def _is_db(annotation: Any) -> bool:
     return any(getattr(meta, "dependency", None) is get_session for meta in getattr(annotation, "__metadata__", ()))
 
 
-def _as_write_unit(handler: Callable[..., Any], signature: inspect.Signature, db: str) -> Callable[..., Any]:
+def _in_own_transaction(handler: Callable[..., Any], signature: inspect.Signature, db: str, *,
+                        writes: bool) -> Callable[..., Any]:
     request = next((n for n, p in signature.parameters.items() if p.annotation is Request), None)
     hidden = request is None
 
-    async def endpoint(**kwargs: Any) -> Any:
+    def unit(app_state: Any, kwargs: dict[str, Any]) -> Any:
+        with transaction(app_state.sessions if writes else app_state.reads) as session:
+            return handler(**{**kwargs, db: session})
+
+    def state(kwargs: dict[str, Any]) -> Any:
         app_state = kwargs[request or "valdrix_request"].app.state
         if hidden:
             del kwargs["valdrix_request"]
+        return app_state
 
-        def unit() -> Any:
-            with transaction(app_state.sessions) as session:
-                return handler(**{**kwargs, db: session})
+    async def write(**kwargs: Any) -> Any:
+        app_state = state(kwargs)
+        return await asyncio.get_running_loop().run_in_executor(app_state.write_executor, unit, app_state, kwargs)
 
-        return await asyncio.get_running_loop().run_in_executor(app_state.write_executor, unit)
+    def read(**kwargs: Any) -> Any:
+        return unit(state(kwargs), kwargs)
 
+    endpoint: Callable[..., Any] = write if writes else read
     parameters = list(signature.parameters.values())
     if hidden:
         parameters.append(inspect.Parameter("valdrix_request", inspect.Parameter.KEYWORD_ONLY, annotation=Request))
