@@ -3,7 +3,7 @@
 Starts one `valdrix serve` process (default settings: SQLite in WAL, one worker process) on a fresh file, makes
 a tenant with a budget and a stock of approved approval tokens, then drives 64 concurrent clients (one asyncio
 loop, keep-alive connections) for `--duration` seconds, each request chosen at random: 50 % reads
-(GET /budgets, /decisions, /approvals/queue), 40 % preflights (every one a new decision), 10 % consumes (a
+(GET /budgets, /decisions, /policies), 40 % preflights (every one a new decision), 10 % consumes (a
 fresh token while the stock lasts, then a used one: 409 token_replayed is its expected answer). First, as the
 same-run baseline, the same 64 clients send only the reads for a third of the duration.
 
@@ -37,7 +37,7 @@ from valdrix.config import Settings  # noqa: E402
 from valdrix.migrate import upgrade  # noqa: E402
 
 API = "/api/v1/enforcement"
-READS = (f"{API}/budgets", f"{API}/decisions?limit=20", f"{API}/approvals/queue")
+READS = (f"{API}/budgets", f"{API}/decisions?limit=20", f"{API}/policies")
 
 
 class Tally:
@@ -85,21 +85,27 @@ async def drive(url: str, key: str, clients: int, seconds: float, mix: bool, tok
                 i += 1
                 pick = rng.random() if mix else 0.0
                 began = time.monotonic()
-                if pick < 0.5:
-                    r = await http.get(rng.choice(READS))
-                    tally.add("read", time.monotonic() - began, r, (200,))
-                elif pick < 0.9:
-                    body = {"run_id": f"{run}-{n}-{i}", "project_id": f"p{n % 16}",
-                            "resource_reference": f"aws_instance.r{n}-{i}", "estimated_monthly_delta_usd": "1.25"}
-                    r = await http.post(f"{API}/gate/terraform/preflight", json=body)
-                    tally.add("preflight", time.monotonic() - began, r, (200,))
-                else:
-                    fresh = bool(tokens)
-                    consume = tokens.pop() if fresh else rng.choice(used)
-                    r = await http.post(f"{API}/approvals/consume", json=consume)
-                    tally.add("consume", time.monotonic() - began, r, (200,) if fresh else (409,))
-                    if fresh:
-                        used.append(consume)
+                try:
+                    await one(rng, pick, n, i, began)
+                except httpx.TransportError as exc:  # e.g. a keep-alive connection the server closed idle
+                    tally.unexpected[f"transport {type(exc).__name__}"] += 1
+
+        async def one(rng: random.Random, pick: float, n: int, i: int, began: float) -> None:
+            if pick < 0.5:
+                r = await http.get(rng.choice(READS))
+                tally.add("read", time.monotonic() - began, r, (200,))
+            elif pick < 0.9:
+                body = {"run_id": f"{run}-{n}-{i}", "project_id": f"p{n % 16}",
+                        "resource_reference": f"aws_instance.r{n}-{i}", "estimated_monthly_delta_usd": "1.25"}
+                r = await http.post(f"{API}/gate/terraform/preflight", json=body)
+                tally.add("preflight", time.monotonic() - began, r, (200,))
+            else:
+                fresh = bool(tokens)
+                consume = tokens.pop() if fresh else rng.choice(used)
+                r = await http.post(f"{API}/approvals/consume", json=consume)
+                tally.add("consume", time.monotonic() - began, r, (200,) if fresh else (409,))
+                if fresh:
+                    used.append(consume)
 
         await asyncio.gather(*(client(n) for n in range(clients)))
 

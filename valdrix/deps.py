@@ -122,6 +122,7 @@ class Claim:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: str | None = None
+        self.overtaken = False  # the unit claimed it, but its commit outlasted the grace: the deadline answered
 
     def take(self, owner: str) -> bool:
         """Return whether `owner` answers: the first to ask does."""
@@ -180,7 +181,7 @@ async def in_gate_unit(request: Request, authenticate: Callable[[Session], Calle
         except Unauthenticated:
             forget()
             raise
-        if outcome is not None:
+        if outcome is not None and not claim.overtaken:
             outcome.observe()
         return result
 
@@ -195,7 +196,8 @@ async def in_gate_unit(request: Request, authenticate: Callable[[Session], Calle
             try:  # the unit is committing: its answer is a moment away
                 return await asyncio.wait_for(asyncio.shield(work_done), COMMIT_GRACE_SECONDS)
             except (TimeoutError, SQLAlchemyError, Abandoned):
-                pass
+                # Whether the commit lands is unknown; a retry with the same key returns what it recorded.
+                claim.overtaken = True
         return unrecorded(seen[0], "gate_timeout")
     except Abandoned:
         return unrecorded(seen[0], "gate_timeout")
