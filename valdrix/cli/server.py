@@ -52,17 +52,12 @@ def serve(
         console.print(f"[bold]Created tenant {settings.bootstrap_tenant!r}. Owner API key (shown once):[/bold]")
         print(key, flush=True)
     count = workers or settings.workers
-    from valdrix.app import app_from_env
-
-    if count == 1:
-        # This process serves; its metrics are its own. (prometheus_client picks single- or multi-process
-        # storage when it is first imported, which the CLI has done by now: the directory must not be set.)
-        serving.run(settings, count, app_from_env)
-        return
-    # Metrics from several worker processes (spawned: they import prometheus_client afresh, with this in their
-    # environment) are merged through files in one shared directory.
+    # Metrics from several worker processes are merged through files in one shared directory.
     metrics_dir = tempfile.mkdtemp(prefix="valdrix-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Imported only now: metric families pick single- or multi-process storage when first imported.
+    from valdrix.app import app_from_env
+
     try:
         serving.run(settings, count, app_from_env)
     finally:

@@ -56,7 +56,7 @@ def gate_context(request: Request, caller: Caller, seconds_left: float) -> servi
 
 def answer(request: Request, inp: engine.DecisionInput, key: str | None, expected_fingerprint: str | None,
            render: Callable[[service.Outcome], dict[str, Any]],
-           render_unrecorded: Callable[[service.Unrecorded], dict[str, Any]]) -> Awaitable[dict[str, Any]]:
+           render_unrecorded: Callable[[engine.Unrecorded], dict[str, Any]]) -> Awaitable[dict[str, Any]]:
     """Return the gate's answer to `inp` within VALDRIX_GATE_TIMEOUT_SECONDS of now, whatever the database does.
 
     The decision is `render`ed; when none could be recorded in time, the mode's fail-safe answer is, by

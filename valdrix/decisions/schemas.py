@@ -8,9 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from valdrix.decisions.engine import DecisionInput
+from valdrix.decisions.engine import DecisionInput, Unrecorded
 from valdrix.decisions.models import Decision
-from valdrix.decisions.service import Unrecorded
 from valdrix.money import MAX_AMOUNT
 
 Amount = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]

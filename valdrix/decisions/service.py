@@ -35,7 +35,7 @@ log = logging.getLogger("valdrix.gate")
 # A lock wait longer than this is reported as contention even though it succeeded.
 CONTENDED_AFTER_SECONDS = 0.010
 
-__all__ = ["GateContext", "ModeMemory", "Outcome", "Unrecorded", "decide", "get", "trigger_of", "unrecorded"]
+__all__ = ["GateContext", "ModeMemory", "Outcome", "decide", "get", "trigger_of", "unrecorded"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,6 @@ class Outcome:
                              "failsafe" if d.fail_safe else "normal", seconds)
 
 
-@dataclass(frozen=True)
-class Unrecorded:
-    """The mode's fail-safe answer when no decision could be recorded: no id, nothing reserved."""
-
-    decision: str
-    reasons: tuple[str, ...]
-    mode: str
-    trigger: str
-
-
 class ModeMemory:
     """The mode each tenant's policy last gave per source and environment class, in this worker process.
 
@@ -108,7 +98,7 @@ class ModeMemory:
 
 
 def unrecorded(modes: ModeMemory, tenant_id: uuid.UUID | None, source: str, environment: str, trigger: str,
-               started: float) -> Unrecorded:
+               started: float) -> engine.Unrecorded:
     """Return (and count, and log) the fail-safe answer for a gate request the database could not record.
 
     `tenant_id` is None when the caller could not be verified: the answer is then `hard` mode's.
@@ -117,7 +107,7 @@ def unrecorded(modes: ModeMemory, tenant_id: uuid.UUID | None, source: str, envi
     reasons = engine.fail_safe_reasons(mode, trigger)
     if tenant_id is None:
         reasons.append("caller_unverified")
-    answer = Unrecorded(engine.violation_decision(mode), tuple(reasons), mode, reasons[0])
+    answer = engine.Unrecorded(engine.violation_decision(mode), tuple(reasons), mode, reasons[0])
     observe_fail_safe(source, answer.decision, reasons, answer.trigger, time.monotonic() - started)
     log.warning("gate answered fail-safe without a record", extra={
         "source": source, "tenant_id": str(tenant_id) if tenant_id else None, "trigger": answer.trigger,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from valdrix.decisions import service
+from valdrix.decisions import engine, service
 from valdrix.decisions.router import answer
 from valdrix.decisions.schemas import continuation, decision_body, unrecorded_body
 from valdrix.jsonio import JSONResponse
@@ -29,7 +29,7 @@ async def preflight(body: TerraformPreflightRequest, request: Request,
         return {**run, "replayed": outcome.replayed, **decision_body(outcome.decision),
                 "continuation": continuation(outcome.decision)}
 
-    def render_unrecorded(unrecorded: service.Unrecorded) -> dict[str, Any]:
+    def render_unrecorded(unrecorded: engine.Unrecorded) -> dict[str, Any]:
         return {**run, "replayed": False, **unrecorded_body(inp, unrecorded), "continuation": None}
 
     return JSONResponse(await answer(request, inp, key, body.expected_request_fingerprint, render, render_unrecorded))
