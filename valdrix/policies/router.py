@@ -6,13 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from valdrix.deps import DB, Admin, ClockDep, Member
+from valdrix.deps import DB, Admin, ClockDep, Member, WritingRoute
 from valdrix.jsonio import JSONResponse
 from valdrix.policies import service
 from valdrix.policies.models import PolicyVersion
 from valdrix.policies.schemas import PolicyDocument
 
-router = APIRouter(prefix="/api/v1/enforcement", tags=["policies"])
+router = APIRouter(prefix="/api/v1/enforcement", tags=["policies"], route_class=WritingRoute)
 
 
 def _version(row: PolicyVersion) -> dict[str, Any]:
