@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import FIXTURES
 from tests.live import Tenant
 from tests.pg import free_port
-from valdrix.cli import app
-from valdrix.cli.preflight import optional_values
+from valdrix.cli import app, optional_values
 
 PLANS = FIXTURES / "terraform-plans"
 SMALL_PLAN = PLANS / "infracost__small_terraform_plan_nat_ebs.json"  # $54.7170/month, all priced

@@ -1,25 +1,118 @@
-"""The `valdrix` command: one Typer app, one module per command group."""
+"""The `valdrix` command: one Typer app per module, imported only when its command runs.
+
+`valdrix --help` lists every command from the table below without importing a single command module, and
+`valdrix preflight …` imports only the preflight module; so the pipeline client starts fast and never touches
+the server's modules (or needs the server's dependencies installed). To add a command: write its module and
+add one `Command` row; the help line must be the first line of the command's docstring (a test checks).
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from dataclasses import dataclass
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from valdrix.cli import approvals, costs, export, keys, preflight, server, signing, tenants, worker
+# Options whose value may be left out, with the value a bare flag means (click has no optional option values).
+DEFAULT_WAIT = "30m"
+OPTIONAL_VALUES = {"--wait-for-approval": DEFAULT_WAIT}
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
-server.register(app)
-worker.register(app)
-app.add_typer(tenants.app, name="tenant")
-app.add_typer(keys.app, name="key")
-app.add_typer(signing.app, name="signing-key")
-app.add_typer(export.app, name="export")
-app.add_typer(costs.app, name="costs")
-app.command("preflight")(preflight.preflight)
-approvals.register(app)
+CLIENT = "Pipelines and reviewers"
+SERVER = "Server administration (needs valdrix[server])"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One top-level command: where it lives (`module:attribute`, a function or a Typer app) and its help line."""
+
+    name: str
+    target: str
+    help: str
+    panel: str
+
+
+COMMANDS = (
+    Command("preflight", "valdrix.cli.preflight:preflight",
+            "Ask the gate whether a planned Terraform change may be applied; exit 0 only if it may.", CLIENT),
+    Command("approve", "valdrix.cli.approvals:approve",
+            "Approve a pending approval request; the answer carries the one-time approval token.", CLIENT),
+    Command("deny", "valdrix.cli.approvals:deny", "Deny a pending approval request.", CLIENT),
+    Command("consume", "valdrix.cli.approvals:consume",
+            "Consume an approval token against a persisted preflight binding.", CLIENT),
+    Command("serve", "valdrix.cli.server:serve",
+            "Serve the API; on an empty database create the default tenant and print its owner key once.", SERVER),
+    Command("migrate", "valdrix.cli.server:migrate", "Migrate the configured database to the newest schema.", SERVER),
+    Command("worker", "valdrix.cli.worker:worker",
+            "Run the background worker: outbox delivery, expiry sweeps and reconciliation.", SERVER),
+    Command("reconcile", "valdrix.cli.worker:reconcile", "Run one reconciliation pass and exit.", SERVER),
+    Command("tenant", "valdrix.cli.tenants:app", "Manage tenants.", SERVER),
+    Command("key", "valdrix.cli.keys:app", "Manage API keys.", SERVER),
+    Command("signing-key", "valdrix.cli.signing:app", "Manage approval-token signing keys.", SERVER),
+    Command("export", "valdrix.cli.export:app", "Audit exports: verify an archive offline, or download one.", SERVER),
+    Command("costs", "valdrix.cli.costs:app", "Import actual cost data.", SERVER),
+)
+
+
+def load(command: Command) -> click.Command:
+    """Import the command's module and return it as a click command named `command.name`."""
+    module, attribute = command.target.split(":")
+    target: Any = getattr(importlib.import_module(module), attribute)
+    if not isinstance(target, typer.Typer):
+        single = typer.Typer(add_completion=False)
+        single.command(command.name)(target)
+        target = single
+    loaded = typer.main.get_command(target)
+    loaded.name = command.name
+    return loaded
+
+
+class _Listed(click.Command):
+    """What `valdrix --help` lists for a command that has not been imported."""
+
+    def __init__(self, command: Command) -> None:
+        super().__init__(command.name, help=command.help, short_help=command.help)
+        self.command = command
+        self.rich_help_panel = command.panel
+
+
+class LazyGroup(TyperGroup):
+    """A command group whose commands are imported when one is invoked, not when the group is built."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for command in COMMANDS:
+            self.add_command(_Listed(command))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, _Listed):
+            command = load(command.command)
+        return name, command, rest
+
+
+app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False,
+                  help="Valdrix Gate: pre-provision cost enforcement.")
+
+
+@app.callback()
+def _root() -> None:
+    """Valdrix Gate: pre-provision cost enforcement."""
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """Return argv with each bare option of OPTIONAL_VALUES given its default (`--wait-for-approval` → 30m)."""
+    result = list(argv)
+    for i, arg in enumerate(result):
+        if arg in OPTIONAL_VALUES and (i + 1 == len(result) or result[i + 1].startswith("-")):
+            result[i] = f"{arg}={OPTIONAL_VALUES[arg]}"
+    return result
 
 
 def main() -> None:
     """Run the command line."""
-    app(args=preflight.optional_values(sys.argv[1:]))
+    app(args=optional_values(sys.argv[1:]))

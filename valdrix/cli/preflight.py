@@ -12,32 +12,23 @@ import os
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from valdrix.canonical import sha256_hex
-from valdrix.cli.continuation import (
-    Continuation,
-    Exit,
-    Result,
-    State,
-    StateError,
-    explain_api_error,
-    load_state,
-    now_iso,
-    parse_duration,
-    save_state,
-    wait_for_approval,
-)
-from valdrix.client import ApiError, GateClient, TransportFailure
-from valdrix.money import HOURS_PER_MONTH, ZERO, hourly, monthly, parse_amount
-from valdrix.pricing.infracost import read_infracost
-from valdrix.pricing.terraform import PlanEstimate, PricingError, ResourceCost, price_plan
+from valdrix.cli import DEFAULT_WAIT
 
-DEFAULT_WAIT = "30m"
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from valdrix.cli.continuation import Result, State
+    from valdrix.client import ApiError, GateClient
+    from valdrix.pricing.terraform import PlanEstimate, ResourceCost
+
+# The heavy modules (pydantic models, httpx, the price catalogue, rich) are imported where they are used, so
+# `valdrix preflight --help` answers without loading them.
+
 # Bounds on what the request carries about the plan: the gate needs a summary, not the plan.
 TOP_RESOURCES = 20
 TOP_UNPRICED = 20
@@ -45,17 +36,12 @@ MAX_TEXT = 200
 MAX_REFERENCE = 512
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
-out = Console()
-err = Console(stderr=True)
 
 
-def optional_values(argv: list[str]) -> list[str]:
-    """Return argv with a bare `--wait-for-approval` given its default timeout (the option's value is optional)."""
-    result = list(argv)
-    for i, arg in enumerate(result):
-        if arg == "--wait-for-approval" and (i + 1 == len(result) or result[i + 1].startswith("-")):
-            result[i] = f"--wait-for-approval={DEFAULT_WAIT}"
-    return result
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 def ci_run_id(env: dict[str, str]) -> str | None:

@@ -47,8 +47,3 @@ def reconcile(once: bool = typer.Option(False, "--once", help="Run one sweep now
     if status == "failure":
         raise typer.Exit(1)
 
-
-def register(app: typer.Typer) -> None:
-    """Add the worker commands to the top-level app."""
-    app.command("worker")(worker)
-    app.command("reconcile")(reconcile)

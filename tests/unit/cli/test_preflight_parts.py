@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import FIXTURES
 from valdrix.canonical import canonical_json
+from valdrix.cli import optional_values
 from valdrix.cli.continuation import Continuation, StateError, parse_duration, read_binding
 from valdrix.cli.preflight import (
     MAX_REFERENCE,
@@ -18,7 +19,6 @@ from valdrix.cli.preflight import (
     ci_run_id,
     ci_run_url,
     idempotency_key,
-    optional_values,
     pricing_metadata,
     resource_reference,
 )
