@@ -13,16 +13,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # Options whose value may be left out, with the value a bare flag means (click has no optional option values).
 DEFAULT_WAIT = "30m"
 OPTIONAL_VALUES = {"--wait-for-approval": DEFAULT_WAIT}
 
 CLIENT = "Pipelines and reviewers"
-SERVER = "Server administration (needs valdrix[server])"
+SERVER = "Server administration (pip install 'valdrix[server]')"
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,11 @@ COMMANDS = (
 )
 
 
-def load(command: Command) -> click.Command:
-    """Import the command's module and return it as a click command named `command.name`."""
+def load(command: Command) -> Any:
+    """Import the command's module and return it as a click command named `command.name`.
+
+    Typed Any: Typer builds on click, or (newer releases) on its own copy of click; only Typer's names are used.
+    """
     module, attribute = command.target.split(":")
     target: Any = getattr(importlib.import_module(module), attribute)
     if not isinstance(target, typer.Typer):
@@ -70,13 +72,12 @@ def load(command: Command) -> click.Command:
     return loaded
 
 
-class _Listed(click.Command):
+class _Listed(TyperCommand):
     """What `valdrix --help` lists for a command that has not been imported."""
 
     def __init__(self, command: Command) -> None:
-        super().__init__(command.name, help=command.help, short_help=command.help)
+        super().__init__(command.name, help=command.help, short_help=command.help, rich_help_panel=command.panel)
         self.command = command
-        self.rich_help_panel = command.panel
 
 
 class LazyGroup(TyperGroup):
@@ -87,8 +88,7 @@ class LazyGroup(TyperGroup):
         for command in COMMANDS:
             self.add_command(_Listed(command))
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
-                                                                             list[str]]:
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
         if isinstance(command, _Listed):
             command = load(command.command)
