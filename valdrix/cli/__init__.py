@@ -62,7 +62,15 @@ def load(command: Command) -> Any:
     Typed Any: Typer builds on click, or (newer releases) on its own copy of click; only Typer's names are used.
     """
     module, attribute = command.target.split(":")
-    target: Any = getattr(importlib.import_module(module), attribute)
+    try:
+        target: Any = getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as exc:
+        if command.panel != SERVER:
+            raise
+        # The client install (`pip install valdrix`) has none of the server's libraries.
+        typer.echo(f"valdrix {command.name} is part of the server ({exc.name} is not installed): "
+                   "pip install 'valdrix[server]'", err=True)
+        raise SystemExit(1) from None
     if not isinstance(target, typer.Typer):
         single = typer.Typer(add_completion=False)
         single.command(command.name)(target)
