@@ -2,7 +2,8 @@
 
 Each command runs `--runs` times as a fresh process (after one warm-up run that fills the bytecode cache); the
 median wall time and the median CPU time (user + system, which machine load barely changes) are printed next to
-`python -c pass` run the same way in the same environment. Target: `valdrix --help` and `valdrix preflight --help` within 0.3 s.
+`python -c pass` run the same way in the same environment. Target: `valdrix --help` and
+`valdrix preflight --help` within 0.3 s.
 
 By default it measures a fresh venv with only the client wheel (`pip install valdrix`, as a pipeline installs
 it): it builds the wheel, creates the venv under a temporary directory and installs into it. `--python PATH`

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import LiveServer, SigningKeys, Tenant, thread_server
 from tests import wheel
+from tests.live import LiveServer, SigningKeys, Tenant, thread_server
 from tests.pg import create_database, postgres_cluster
 from valdrix.approvals.tokens import generate_key_file, retire_key_file
 from valdrix.config import Settings
