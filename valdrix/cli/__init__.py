@@ -38,16 +38,18 @@ COMMANDS = (
     Command("preflight", "valdrix.cli.preflight:preflight",
             "Ask the gate whether a planned Terraform change may be applied; exit 0 only if it may.", CLIENT),
     Command("approve", "valdrix.cli.approvals:approve",
-            "Approve a pending approval request; the answer carries the one-time approval token.", CLIENT),
-    Command("deny", "valdrix.cli.approvals:deny", "Deny a pending approval request.", CLIENT),
-    Command("consume", "valdrix.cli.approvals:consume",
-            "Consume an approval token against a persisted preflight binding.", CLIENT),
+            "Approve a pending approval request (needs the approve:prod or approve:nonprod permission).", CLIENT),
+    Command("deny", "valdrix.cli.approvals:deny", "Deny a pending approval request; the waiting pipeline exits 3.",
+            CLIENT),
+    Command("consume", "valdrix.cli.approvals:consume", "Consume an approval token against the persisted request "
+            "binding; exit 0 only if the server accepts it.", CLIENT),
     Command("serve", "valdrix.cli.server:serve",
             "Serve the API; on an empty database create the default tenant and print its owner key once.", SERVER),
     Command("migrate", "valdrix.cli.server:migrate", "Migrate the configured database to the newest schema.", SERVER),
-    Command("worker", "valdrix.cli.worker:worker",
-            "Run the background worker: outbox delivery, expiry sweeps and reconciliation.", SERVER),
-    Command("reconcile", "valdrix.cli.worker:reconcile", "Run one reconciliation pass and exit.", SERVER),
+    Command("worker", "valdrix.cli.worker:worker", "Run every periodic job on its schedule until stopped "
+            "(SIGTERM/SIGINT); safe to run on many replicas.", SERVER),
+    Command("reconcile", "valdrix.cli.worker:reconcile", "Release overdue reservations: once (exit 1 on failure), "
+            "or on the worker schedule until stopped.", SERVER),
     Command("tenant", "valdrix.cli.tenants:app", "Manage tenants.", SERVER),
     Command("key", "valdrix.cli.keys:app", "Manage API keys.", SERVER),
     Command("signing-key", "valdrix.cli.signing:app", "Manage approval-token signing keys.", SERVER),
@@ -71,11 +73,12 @@ def load(command: Command) -> Any:
         typer.echo(f"valdrix {command.name} is part of the server ({exc.name} is not installed): "
                    "pip install 'valdrix[server]'", err=True)
         raise SystemExit(1) from None
-    if not isinstance(target, typer.Typer):
+    if isinstance(target, typer.Typer):
+        loaded = typer.main.get_group(target)  # a group even when it holds one command
+    else:
         single = typer.Typer(add_completion=False)
         single.command(command.name)(target)
-        target = single
-    loaded = typer.main.get_command(target)
+        loaded = typer.main.get_command(single)
     loaded.name = command.name
     return loaded
 
