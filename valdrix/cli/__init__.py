@@ -73,6 +73,7 @@ def load(command: Command) -> Any:
         typer.echo(f"valdrix {command.name} is part of the server ({exc.name} is not installed): "
                    "pip install 'valdrix[server]'", err=True)
         raise SystemExit(1) from None
+    loaded: Any
     if isinstance(target, typer.Typer):
         loaded = typer.main.get_group(target)  # a group even when it holds one command
     else:
