@@ -8,22 +8,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from valdrix.canonical import sha256_hex
 from valdrix.cli import DEFAULT_WAIT
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from valdrix.cli.continuation import Result, State
     from valdrix.client import ApiError, GateClient
     from valdrix.pricing.terraform import PlanEstimate, ResourceCost
 
-# The heavy modules (pydantic models, httpx, the price catalogue, rich) are imported where they are used, so
-# `valdrix preflight --help` answers without loading them.
+# The heavy modules (pydantic models, httpx, the price catalogue, rich, even hashlib and decimal) are imported
+# where they are used, so `valdrix preflight --help` answers without loading them.
 
 # Bounds on what the request carries about the plan: the gate needs a summary, not the plan.
 TOP_RESOURCES = 20
@@ -54,6 +54,8 @@ def ci_run_url(env: dict[str, str]) -> str | None:
 
 def idempotency_key(project: str, environment: str, run_id: str, stage: str) -> str:
     """Return the key of one planned change: the same for every retry of the run and stage."""
+    from valdrix.canonical import sha256_hex
+
     key = f"tf:{project}:{environment}:{run_id}:{stage}"
     return key if len(key) <= 128 else "tf:" + sha256_hex([project, environment, run_id, stage])
 
@@ -80,6 +82,8 @@ def change_digest(plan: Any) -> str:
     A retry that re-plans gets a new plan file (new timestamp, refreshed prior state) but, when nothing
     changed, the same digest; any planned value that differs, even a tag that costs nothing, changes it.
     """
+    from valdrix.canonical import sha256_hex
+
     changes = []
     for rc in plan.get("resource_changes") or []:
         change = rc.get("change") or {}
@@ -171,6 +175,7 @@ def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | No
         estimate = price_plan(document)
         return estimate, change_digest(document), estimate.monthly_delta_usd, estimate.hourly_delta_usd
     if infracost is not None:
+        from valdrix.canonical import sha256_hex
         from valdrix.pricing.infracost import read_infracost
 
         estimate = read_infracost(read_json(infracost, "Infracost output"), rates)

@@ -33,5 +33,5 @@ def test_help_imports_no_command_module_and_nothing_heavy() -> None:
 def test_preflight_help_imports_only_the_preflight_module() -> None:
     modules = _modules_after("preflight", "--help")
     ours = {m for m in modules if m.startswith("valdrix.")}
-    assert ours == {"valdrix.cli", "valdrix.cli.preflight", "valdrix.canonical"}
+    assert ours == {"valdrix.cli", "valdrix.cli.preflight"}
     assert not modules & {"httpx", "sqlalchemy", "yaml", "valdrix.cli.continuation"}
