@@ -1,9 +1,10 @@
 """The `valdrix` command: one Typer app per module, imported only when its command runs.
 
 `valdrix --help` lists every command from the table below without importing a single command module, and
-`valdrix preflight …` imports only the preflight module; so the pipeline client starts fast and never touches
-the server's modules (or needs the server's dependencies installed). To add a command: write its module and
-add one `Command` row; the help line must be the first line of the command's docstring (a test checks).
+`valdrix preflight …` imports the preflight module and what it uses, nothing else; so the pipeline client
+starts fast and never touches the server's modules (or needs the server's dependencies installed). To add a
+command: write its module and add one `Command` row whose help line is the first line of the command's own help
+(its docstring, or its Typer app's `help`; a test checks).
 """
 
 from __future__ import annotations
