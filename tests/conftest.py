@@ -65,6 +65,13 @@ def server(request: pytest.FixtureRequest, signing_keys: SigningKeys) -> Iterato
         yield live
 
 
+@pytest.fixture(scope="session")
+def client_server(sqlite_url: str, signing_keys: SigningKeys) -> Iterator[LiveServer]:
+    """One gate for the tests of the client as users install it: they test the client, not the backends."""
+    with thread_server(settings_for(sqlite_url, **signing_keys.settings()), "sqlite") as live:
+        yield live
+
+
 @pytest.fixture
 def tenant(server: LiveServer) -> Iterator[Tenant]:
     server.clock.offset = type(server.clock.offset)(0)

@@ -112,7 +112,7 @@ def thread_server(settings: Settings, backend: str) -> Iterator[LiveServer]:
         app.state.engine.dispose()
 
 
-def _wait_ready(url: str, timeout: float = 30) -> None:
+def _wait_ready(url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

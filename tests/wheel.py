@@ -53,8 +53,9 @@ def client_venv(python: str, wheel: Path, directory: Path) -> Path:
     """Create a venv with `python` and install only the client wheel into it; return its bin directory."""
     subprocess.run([python, "-m", "venv", str(directory)], check=True, capture_output=True)
     bin_dir = directory / "bin"
+    # --no-compile: the commands compile what they import on first run, not all of every dependency up front.
     result = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                             str(wheel)], capture_output=True, text=True)
+                             "--no-compile", str(wheel)], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"pip install {wheel.name} with {python} failed:\n{result.stderr}")
     return bin_dir

@@ -57,7 +57,7 @@ def test_artefacts_declare_a_client_and_a_server_extra(artefacts: Artefacts) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", SUPPORTED)
 def test_client_wheel_runs_a_real_preflight(version: str, client_install: Callable[[str], Path],
-                                            server: LiveServer, tmp_path: Path) -> None:
+                                            client_server: LiveServer, tmp_path: Path) -> None:
     bin_dir = client_install(version)
     python, valdrix = str(bin_dir / "python"), str(bin_dir / "valdrix")
     env = clean_env()
@@ -76,14 +76,14 @@ def test_client_wheel_runs_a_real_preflight(version: str, client_install: Callab
     refused = subprocess.run([valdrix, "serve"], capture_output=True, text=True, env=env)
     assert refused.returncode == 1 and "pip install 'valdrix[server]'" in refused.stderr
 
-    tenant = server.tenant()
+    tenant = client_server.tenant()
     with tenant.client() as c:
         assert c.put("/api/v1/enforcement/budgets", json={"budgets": [
             {"scope_key": "payments", "monthly_limit_usd": "1000"}]}).status_code == 200
     ci_key = tenant.key("ci", role="member")
     run = subprocess.run([valdrix, "preflight", "--plan", str(PLAN), "--project", "payments", "--run-id",
                           f"wheel-{version}", "--format", "json"], cwd=tmp_path, capture_output=True, text=True,
-                         env=clean_env(VALDRIX_SERVER=server.url, VALDRIX_API_KEY=ci_key), timeout=120)
+                         env=clean_env(VALDRIX_SERVER=client_server.url, VALDRIX_API_KEY=ci_key), timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     doc = json.loads(run.stdout)
     assert doc["preflight"]["decision"] == "ALLOW" and doc["pricing"]["monthly_delta_usd"] == "54.7170"

@@ -152,7 +152,7 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, client_install: Callable[[str], Path], server: LiveServer) -> Workspace:
+def workspace(tmp_path: Path, client_install: Callable[[str], Path], client_server: LiveServer) -> Workspace:
     stand_ins = tmp_path / "stand-ins"
     stand_ins.mkdir()
     for name, text in (("terraform", TERRAFORM), ("pip", PIP)):
@@ -164,7 +164,7 @@ def workspace(tmp_path: Path, client_install: Callable[[str], Path], server: Liv
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("GITHUB_", "CI_", "VALDRIX_", "PYTHON", "VIRTUAL_ENV"))}
     env.update(PATH=f"{stand_ins}:{client_install(VERSION)}:{env.get('PATH', '')}", STANDIN_PLAN_JSON=str(PLAN),
-               STANDIN_LOG=str(log), VALDRIX_SERVER=server.url)
+               STANDIN_LOG=str(log), VALDRIX_SERVER=client_server.url)
     return Workspace(root, env, log)
 
 
@@ -249,10 +249,10 @@ def run_github(workflow: dict[str, Any], event: str, ws: Workspace, context: dic
     return results
 
 
-def test_github_actions_example(server: LiveServer, workspace: Workspace, platform: FakePlatform) -> None:
+def test_github_actions_example(client_server: LiveServer, workspace: Workspace, platform: FakePlatform) -> None:
     workflow = yaml.safe_load((EXAMPLES / "github-actions" / "valdrix-preflight.yml").read_text())
-    ci_key, reviewer_key = budgeted_tenant(server)
-    context = {"vars.VALDRIX_SERVER": server.url, "secrets.VALDRIX_API_KEY": ci_key, "github.token": GH_TOKEN,
+    ci_key, reviewer_key = budgeted_tenant(client_server)
+    context = {"vars.VALDRIX_SERVER": client_server.url, "secrets.VALDRIX_API_KEY": ci_key, "github.token": GH_TOKEN,
                "github.event.pull_request.number": "17", "github.run_id": "4242", "github.job": "apply",
                "github.run_attempt": "1"}
     summary = workspace.root.parent / "step-summary.md"
@@ -275,7 +275,7 @@ def test_github_actions_example(server: LiveServer, workspace: Workspace, platfo
     assert "valdrix-preflight payments/prod/pre_apply" in summary.read_text()
 
     # The push to main: the real decision, a reviewer approves while the job waits, then terraform applies.
-    reviewer = Reviewer(server.url, reviewer_key, workspace.root / "infra")
+    reviewer = Reviewer(client_server.url, reviewer_key, workspace.root / "infra")
     reviewer.start()
     try:
         results = run_github(workflow, "push", workspace, context, {**github_env, "GITHUB_RUN_ID": "4242"})
@@ -334,9 +334,9 @@ def run_gitlab(pipeline: dict[str, Any], variables: dict[str, str],
     return results
 
 
-def test_gitlab_ci_example(server: LiveServer, workspace: Workspace, platform: FakePlatform) -> None:
+def test_gitlab_ci_example(client_server: LiveServer, workspace: Workspace, platform: FakePlatform) -> None:
     pipeline = yaml.safe_load((EXAMPLES / "gitlab-ci" / ".gitlab-ci.yml").read_text())
-    ci_key, reviewer_key = budgeted_tenant(server)
+    ci_key, reviewer_key = budgeted_tenant(client_server)
     base = {"VALDRIX_API_KEY": ci_key, "VALDRIX_GITLAB_TOKEN": GL_TOKEN, "CI_API_V4_URL": platform.url + "/gitlab",
             "CI_PROJECT_ID": "7", "CI_DEFAULT_BRANCH": "main", "GITLAB_CI": "true"}
     merge_request = {**base, "CI_PIPELINE_SOURCE": "merge_request_event", "CI_MERGE_REQUEST_IID": "5"}
@@ -349,7 +349,7 @@ def test_gitlab_ci_example(server: LiveServer, workspace: Workspace, platform: F
     assert "**REQUIRE_APPROVAL**" in note["body"] and "54.7170" in note["body"]
     assert workspace.applied() == []
 
-    reviewer = Reviewer(server.url, reviewer_key, workspace.root / "infra")
+    reviewer = Reviewer(client_server.url, reviewer_key, workspace.root / "infra")
     reviewer.start()
     try:
         results = run_gitlab(pipeline, {**base, "CI_PIPELINE_SOURCE": "push", "CI_COMMIT_BRANCH": "main",
@@ -379,10 +379,10 @@ def run_atlantis(steps: list[Any], ws: Workspace, env: dict[str, str]) -> list[s
     return results
 
 
-def test_atlantis_example(server: LiveServer, workspace: Workspace) -> None:
+def test_atlantis_example(client_server: LiveServer, workspace: Workspace) -> None:
     config = yaml.safe_load((EXAMPLES / "atlantis" / "repos.yaml").read_text())
     workflow = config["workflows"][config["repos"][0]["workflow"]]
-    ci_key, reviewer_key = budgeted_tenant(server)
+    ci_key, reviewer_key = budgeted_tenant(client_server)
     project_dir = workspace.root / "infra" / "payments"
     env = {**workspace.env, "VALDRIX_API_KEY": ci_key, "PLANFILE": str(project_dir / "prod.tfplan"),
            "WORKSPACE": "prod", "PULL_NUM": "31", "HEAD_COMMIT": "abc123", "PROJECT_NAME": "payments",
@@ -393,7 +393,7 @@ def test_atlantis_example(server: LiveServer, workspace: Workspace) -> None:
     assert plan[-1].stdout.startswith("<!-- valdrix-preflight payments/prod/plan-prod -->")
     assert "**REQUIRE_APPROVAL**" in plan[-1].stdout and workspace.applied() == []
 
-    reviewer = Reviewer(server.url, reviewer_key, workspace.root / "infra")
+    reviewer = Reviewer(client_server.url, reviewer_key, workspace.root / "infra")
     reviewer.start()
     try:
         apply = run_atlantis(workflow["apply"]["steps"], workspace, env)
@@ -406,8 +406,8 @@ def test_atlantis_example(server: LiveServer, workspace: Workspace) -> None:
 
 # ---- Generic shell --------------------------------------------------------------------------------------------
 
-def test_shell_example(server: LiveServer, workspace: Workspace) -> None:
-    ci_key, _ = budgeted_tenant(server)
+def test_shell_example(client_server: LiveServer, workspace: Workspace) -> None:
+    ci_key, _ = budgeted_tenant(client_server)
     script = EXAMPLES / "shell" / "valdrix-preflight.sh"
     env = {**workspace.env, "VALDRIX_API_KEY": ci_key, "RUN_ID": "build-77", "PROJECT": "payments",
            "ENVIRONMENT": "nonprod"}
