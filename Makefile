@@ -22,6 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-postgres.sh
 	scripts/fetch-helm.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -8,7 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -27,6 +29,8 @@ from valdrix.auth.service import KeyOwners
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
+from valdrix.console.router import STATIC as CONSOLE_STATIC
+from valdrix.console.router import router as console_router
 from valdrix.costs.router import router as costs_router
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
@@ -35,6 +39,8 @@ from valdrix.gatepool import GatePool
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
+from valdrix.notifications.metrics import QueueAgeCollector
+from valdrix.notifications.router import router as notifications_router
 from valdrix.policies.router import router as policies_router
 from valdrix.preflight.router import router as preflight_router
 from valdrix.pricing.kubernetes import PriceBook
@@ -43,11 +49,13 @@ from valdrix.reservations.router import router as reservations_router
 log = logging.getLogger("valdrix")
 
 PROBLEM = "application/problem+json"
+FORM = "application/x-www-form-urlencoded"
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
-           ledger_router, jwks_router, audit_router, reservations_router, costs_router)
+           ledger_router, jwks_router, audit_router, reservations_router, costs_router, notifications_router,
+           console_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
-SCRAPE_COLLECTORS = (QueueBacklogCollector,)
+SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
@@ -75,7 +83,9 @@ class RequestGuard:
                                f"request body exceeds {self.max_body_bytes} bytes")
             return
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if length != "0" and media and media != "application/json" and not media.endswith("+json"):
+        # The console's forms post urlencoded bodies; every other route takes JSON.
+        form = media == FORM and scope["path"].startswith("/console/")
+        if length != "0" and media and media != "application/json" and not media.endswith("+json") and not form:
             await self._reject(scope, receive, send, 415, "unsupported_media_type",
                                "request body must be application/json")
             return
@@ -129,8 +139,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     """Return the Valdrix Gate ASGI application bound to `settings`; raise PricingError for a bad price book."""
     book = PriceBook.load(settings.k8s_price_book_file)
     # Metrics are Prometheus (below); FastAPI's OpenTelemetry hooks would only add a check to every request.
+    # The API explorer is served from vendored assets (docs below), never from a CDN: it works air-gapped.
     app = FastAPI(title="Valdrix Gate", version=__version__, default_response_class=JSONResponse,
-                  telemetry={"tracing": False, "metrics": False, "logs": False})
+                  telemetry={"tracing": False, "metrics": False, "logs": False}, docs_url=None, redoc_url=None)
     engine = make_engine(settings)
     app.state.settings = settings
     app.state.engine = engine
@@ -188,6 +199,16 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return problem(500, "internal_error", "internal error")
+
+    app.mount("/console/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Valdrix Gate API",
+                                   swagger_js_url="/console/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/console/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/console/static/swagger/favicon-32x32.png",
+                                   swagger_ui_parameters={"persistAuthorization": True})
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:

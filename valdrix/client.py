@@ -88,13 +88,22 @@ class GateClient:
         """Consume the token against the persisted binding; return the consumed claims."""
         return self._call("POST", endpoint, {"approval_token": token, **binding}, idempotent=False)
 
+    def read(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET an API resource (`path` below /api/v1/enforcement), dropping empty query parameters."""
+        query = {k: v for k, v in (params or {}).items() if v}
+        return self._call("GET", f"{API}{path}", None, idempotent=True, params=query)
+
+    def revoke(self, approval_id: str, notes: str | None) -> dict[str, Any]:
+        """Revoke an approved approval whose token was not used."""
+        return self._call("POST", f"{API}/approvals/{approval_id}/revoke", {"notes": notes}, idempotent=False)
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None, *, idempotent: bool,
-              headers: dict[str, str] | None = None) -> dict[str, Any]:
+              headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> dict[str, Any]:
         retryable = _RETRY_IDEMPOTENT if idempotent else _RETRY_ALWAYS
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, path, json=body, headers=headers)
+                response = self._http.request(method, path, json=body, headers=headers, params=params)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 failure: Exception = exc
                 delay = None

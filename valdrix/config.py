@@ -78,6 +78,20 @@ class Settings(BaseSettings):
     cost_context: Literal["off", "observe", "required"] = "off"
     cost_data_max_age_days: int = Field(default=3, ge=0, le=62)
 
+    # Notifications (valdrix/notifications): how often the worker looks for due deliveries, the HTTP timeout of
+    # one attempt, the retry schedule (base·2^(n-1) capped, with jitter, then dead), the per-delivery lease (it
+    # must outlast a claimed batch of attempts), and the budget utilisation percentages that raise an event.
+    notification_poll_seconds: float = Field(default=2.0, gt=0, le=300)
+    notification_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    notification_backoff_seconds: float = Field(default=10.0, gt=0, le=3600)
+    notification_backoff_cap_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    notification_max_attempts: int = Field(default=8, ge=1, le=50)
+    notification_lease_seconds: float = Field(default=120.0, gt=0, le=3600)
+    budget_alert_thresholds: list[int] = Field(default_factory=lambda: [80, 100])
+
+    # How long a console sign-in lasts (the session also ends at sign-out or when its API key is revoked).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+
     public_url: str = "http://127.0.0.1:8080"
     bootstrap_tenant: str = "default"
     log_level: str = "info"
@@ -91,6 +105,13 @@ class Settings(BaseSettings):
         if not (value.startswith("sqlite") or value.startswith("postgresql+psycopg://")):
             raise ValueError("VALDRIX_DATABASE_URL must be sqlite:///… or postgresql+psycopg://…")
         return value
+
+    @field_validator("budget_alert_thresholds")
+    @classmethod
+    def _percentages(cls, value: list[int]) -> list[int]:
+        if any(p < 1 or p > 1000 for p in value):
+            raise ValueError("VALDRIX_BUDGET_ALERT_THRESHOLDS: percentages between 1 and 1000")
+        return sorted(set(value))
 
     @property
     def is_sqlite(self) -> bool:

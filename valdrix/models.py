@@ -14,6 +14,8 @@ TABLE_MODULES = (
     "valdrix.costs.models",
     "valdrix.reservations.models",
     "valdrix.jobs.models",
+    "valdrix.notifications.models",
+    "valdrix.console.models",
 )
 
 

@@ -23,7 +23,7 @@ from tests.wheel import SERVER_MODULES, SUPPORTED, Artefacts
 
 PLAN = FIXTURES / "terraform-plans" / "infracost__small_terraform_plan_nat_ebs.json"  # $54.7170/month
 CLIENT_MODULES = ("valdrix.cli.preflight", "valdrix.cli.approvals", "valdrix.cli.continuation", "valdrix.cli.report",
-                  "valdrix.client", "valdrix.pricing.terraform", "valdrix.pricing.infracost")
+                  "valdrix.cli.records", "valdrix.client", "valdrix.pricing.terraform", "valdrix.pricing.infracost")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

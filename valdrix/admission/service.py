@@ -182,7 +182,8 @@ class AdmissionGate:
                 ctx = gate.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=self.clock.now(),
                                        ids=self.ids, timeout_seconds=remaining,
                                        lock_timeout_seconds=min(self.settings.lock_timeout_seconds, remaining / 2),
-                                       api_key_hash=caller.key_hash)
+                                       api_key_hash=caller.key_hash,
+                                       budget_alert_thresholds=tuple(self.settings.budget_alert_thresholds))
                 # An approved identical request is admitted once (also when the API server retries the uid
                 # that was rejected for approval); otherwise the gate decides, replaying a known uid.
                 redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,

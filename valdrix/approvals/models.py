@@ -11,13 +11,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from valdrix.db import Base
 
-STATUSES = ("pending", "approved", "denied", "expired")
+STATUSES = ("pending", "approved", "denied", "expired", "revoked")
 # An approval whose token can still be redeemed (its expiry is checked against the clock).
 REDEEMABLE = "status = 'approved' AND token_consumed_at IS NULL"
 
 
 class ApprovalRequest(Base):
-    """Status moves only pending → approved | denied | expired, each by one conditional UPDATE.
+    """Status moves only pending → approved | denied | expired, and approved (unconsumed) → revoked, each by one
+    conditional UPDATE.
 
     Only the token's hash and `jti` are kept in clear; the token itself is kept sealed (encrypted under a key
     derived from the signing key) until its requester picks it up or it is consumed, then erased.
@@ -26,12 +27,14 @@ class ApprovalRequest(Base):
     __tablename__ = "approval_requests"
     __table_args__ = (
         Index("ix_approval_requests_tenant_status", "tenant_id", "status", "created_at"),
+        # The approval history, newest first, whatever the status.
+        Index("ix_approval_requests_tenant_created", "tenant_id", "created_at"),
         Index("ix_approval_requests_due", "status", "expires_at"),
         # Every priced admission looks for an approval it can redeem: this index holds only those, however
         # many used ones a tenant keeps.
         Index("ix_approval_requests_redeemable", "tenant_id", "token_expires_at",
               postgresql_where=text(REDEEMABLE), sqlite_where=text(REDEEMABLE)),
-        CheckConstraint("status IN ('pending', 'approved', 'denied', 'expired')", name="status_known"),
+        CheckConstraint("status IN ('pending', 'approved', 'denied', 'expired', 'revoked')", name="status_known"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -48,6 +51,7 @@ class ApprovalRequest(Base):
     approved_at: Mapped[datetime | None]
     denied_at: Mapped[datetime | None]
     expired_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
     token_jti: Mapped[str | None] = mapped_column(String(64))
     token_hash: Mapped[str | None] = mapped_column(String(64))
     token_expires_at: Mapped[datetime | None]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
@@ -39,6 +39,21 @@ def review_queue(db: DB, caller: Member, clock: ClockDep, cursor: str | None = N
                          "next_cursor": encode_cursor(*position) if position else None})
 
 
+@router.get("")
+def list_approvals(db: DB, caller: Member,
+                   status: Literal["pending", "approved", "denied", "expired", "revoked", "consumed"] | None = None,
+                   project_id: Annotated[str | None, Query(max_length=128)] = None,
+                   environment: Annotated[str | None, Query(max_length=32)] = None, cursor: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JSONResponse:
+    """Return the approval history, newest first, filtered by status (`approved` means approved and not yet
+    used; `consumed`, used), project and environment, with `next_cursor`."""
+    rows, position = service.history(db, caller.tenant_id, status=status, project_id=project_id,
+                                     environment=environment, after=decode_cursor(cursor) if cursor else None,
+                                     limit=limit)
+    return JSONResponse({"items": [approval_body(a, d) for a, d in rows],
+                         "next_cursor": encode_cursor(*position) if position else None})
+
+
 @router.get("/{approval_id}")
 def get_approval(approval_id: uuid.UUID, db: DB, caller: Member, clock: ClockDep) -> JSONResponse:
     """Return one approval with its status, routing, expiry and decision summary."""
@@ -62,6 +77,14 @@ def deny(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, clock
     """Deny, releasing the reservation and refunding credit."""
     approval, decision = service.deny(db, caller, approval_id, notes=_notes(body), now=clock.now())
     return JSONResponse({**approval_body(approval, decision), "approval_token": None})
+
+
+@router.post("/{approval_id}/revoke")
+def revoke(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, clock: ClockDep) -> JSONResponse:
+    """Revoke an approved approval whose token was not used: its token is refused (409 `approval_revoked`) and
+    its reservation released."""
+    approval, decision = service.revoke(db, caller, approval_id, notes=_notes(body), now=clock.now())
+    return JSONResponse(approval_body(approval, decision))
 
 
 @router.post("/{approval_id}/token")

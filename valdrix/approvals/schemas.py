@@ -52,6 +52,7 @@ def approval_body(approval: ApprovalRequest, decision: Decision) -> dict[str, An
         "approved_at": _iso(approval.approved_at),
         "denied_at": _iso(approval.denied_at),
         "expired_at": _iso(approval.expired_at),
+        "revoked_at": _iso(approval.revoked_at),
         "token_expires_at": _iso(approval.token_expires_at),
         "token_picked_up_at": _iso(approval.token_picked_up_at),
         "token_consumed_at": _iso(approval.token_consumed_at),

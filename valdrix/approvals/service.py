@@ -31,10 +31,11 @@ from valdrix.decisions.models import Decision
 from valdrix.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValdrixError
 from valdrix.ledger import service as ledger
 from valdrix.money import hourly, monthly
+from valdrix.notifications import service as notifications
 from valdrix.policies import service as policies
 
-__all__ = ["Expected", "TokenClaims", "approve", "consume", "create_or_get", "deny", "expire_due", "get",
-           "open_for_decision", "pickup", "queue"]
+__all__ = ["Expected", "TokenClaims", "approve", "consume", "create_or_get", "deny", "expire_due", "get", "history",
+           "open_for_decision", "pickup", "queue", "revoke"]
 
 # Tolerated clock difference between the replica that signed a token and the one checking nbf/iat.
 CLOCK_SKEW_SECONDS = 5
@@ -67,10 +68,12 @@ def open_for_decision(session: Session, decision: Decision, policy: policies.Act
         requested_by=requested_by, reviewed_by=None, review_notes=None, routing=trace,
         routing_rule_id=str(trace["rule_id"])[:64], required_permission=trace["required_permission"],
         expires_at=now + timedelta(seconds=policy.document.execution.default_ttl_seconds), approved_at=None,
-        denied_at=None, expired_at=None, token_jti=None, token_hash=None, token_expires_at=None, token_sealed=None,
-        token_picked_up_at=None, token_consumed_at=None, token_consumed_by=None, created_at=now, updated_at=now)
+        denied_at=None, expired_at=None, revoked_at=None, token_jti=None, token_hash=None, token_expires_at=None,
+        token_sealed=None, token_picked_up_at=None, token_consumed_at=None, token_consumed_by=None, created_at=now,
+        updated_at=now)
     session.add(row)
     decision.approval_request_id = row.id
+    notifications.approval_event(session, "approval.requested", row, decision, now=now, actor=requested_by)
     return row
 
 
@@ -183,6 +186,8 @@ def approve(session: Session, caller: Caller, approval_id: uuid.UUID, *, notes: 
     ledger.append(session, decision, event="approval_approved", actor=caller.principal_id, now=now,
                   details={"approval_id": str(approval.id), "rule_id": approval.routing_rule_id, "token_jti": jti,
                            "token_kid": keyring.active_kid, "token_expires_at": expires.isoformat()})
+    notifications.approval_event(session, "approval.approved", approval, decision, now=now,
+                                 actor=caller.principal_id)
     TOKEN_EVENTS.labels("issued").inc()
     return approval, decision, token
 
@@ -200,7 +205,72 @@ def deny(session: Session, caller: Caller, approval_id: uuid.UUID, *, notes: str
     released = _release(session, decision, now)
     ledger.append(session, decision, event="approval_denied", actor=caller.principal_id, now=now,
                   details={"approval_id": str(approval.id), "rule_id": approval.routing_rule_id, **released})
+    notifications.approval_event(session, "approval.denied", approval, decision, now=now, actor=caller.principal_id)
     return approval, decision
+
+
+def revoke(session: Session, caller: Caller, approval_id: uuid.UUID, *, notes: str | None, now: datetime
+           ) -> tuple[ApprovalRequest, Decision]:
+    """Revoke an approved approval whose token was not used: the token is refused from now on and the
+    reservation is released. Any caller who may review the approval may revoke it.
+
+    Raise NotFound, Forbidden (may not review it) or Conflict (not approved, or its token already used).
+    """
+    approval, decision = _load(session, caller.tenant_id, approval_id)
+    permissions = routing.effective_permissions(caller.role, caller.permissions)
+    if not routing.may_review(approval.routing, role=caller.role, permissions=permissions):
+        raise Forbidden(f"revoking this approval needs the {approval.required_permission!r} permission",
+                        code="approval_permission_missing", required_permission=approval.required_permission)
+    if approval.status != "approved":
+        raise Conflict(f"only an approved approval can be revoked; this one is {approval.status}",
+                       code="approval_not_approved", approval_status=approval.status)
+    if approval.token_consumed_at is not None:
+        raise Conflict("the approval's token was already used; it can no longer be revoked",
+                       code="token_already_consumed")
+    if not _changed(session, update(ApprovalRequest)
+                    .where(ApprovalRequest.id == approval.id, ApprovalRequest.status == "approved",
+                           ApprovalRequest.token_consumed_at.is_(None))
+                    .values(status="revoked", revoked_at=now, token_sealed=None, updated_at=now,
+                            review_notes=notes if notes is not None else ApprovalRequest.review_notes)):
+        raise Conflict("the approval's token was used or the approval changed meanwhile",
+                       code="token_already_consumed")
+    session.refresh(approval)
+    released = _release(session, decision, now)
+    ledger.append(session, decision, event="approval_revoked", actor=caller.principal_id, now=now,
+                  details={"approval_id": str(approval.id), "token_jti": approval.token_jti, **released})
+    notifications.approval_event(session, "approval.revoked", approval, decision, now=now,
+                                 actor=caller.principal_id)
+    return approval, decision
+
+
+def history(session: Session, tenant_id: uuid.UUID, *, status: str | None, project_id: str | None,
+            environment: str | None, after: tuple[datetime, uuid.UUID] | None, limit: int
+            ) -> tuple[list[tuple[ApprovalRequest, Decision]], tuple[datetime, uuid.UUID] | None]:
+    """Return the tenant's approvals, newest first, filtered; and the next page's position (None at the end).
+
+    `status` is one of the stored statuses or `consumed` (approved and its token used).
+    """
+    query = (select(ApprovalRequest, Decision).join(Decision, Decision.id == ApprovalRequest.decision_id)
+             .where(ApprovalRequest.tenant_id == tenant_id)
+             .order_by(ApprovalRequest.created_at.desc(), ApprovalRequest.id.desc()))
+    if status == "consumed":
+        query = query.where(ApprovalRequest.token_consumed_at.is_not(None))
+    elif status == "approved":
+        query = query.where(ApprovalRequest.status == "approved", ApprovalRequest.token_consumed_at.is_(None))
+    elif status is not None:
+        query = query.where(ApprovalRequest.status == status)
+    if project_id is not None:
+        query = query.where(Decision.project_id == project_id.strip().lower())
+    if environment is not None:
+        query = query.where(Decision.environment == normalise_environment(environment))
+    if after is not None:
+        at, row_id = after
+        query = query.where(or_(ApprovalRequest.created_at < at,
+                                and_(ApprovalRequest.created_at == at, ApprovalRequest.id < row_id)))
+    rows = [(a, d) for a, d in session.execute(query.limit(limit + 1)).all()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, ((rows[-1][0].created_at, rows[-1][0].id) if more else None)
 
 
 def expire_due(session: Session, now: datetime, *, limit: int, tenant_id: uuid.UUID | None = None) -> int:
@@ -228,6 +298,8 @@ def pickup(session: Session, caller: Caller, approval_id: uuid.UUID, *, now: dat
     if decision.created_by is None or decision.created_by != caller.principal_id:
         raise Forbidden("only the principal that made the gate request may pick up its token",
                         code="token_pickup_forbidden")
+    if approval.status == "revoked":
+        raise Conflict("the approval was revoked", code="approval_revoked")
     if approval.status != "approved":
         raise Conflict(f"approval request is {approval.status}", code="approval_not_approved", status=approval.status)
     if approval.token_consumed_at is not None:
@@ -346,6 +418,8 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
     approval, decision = row
     if claims.decision_id != approval.decision_id:
         raise _mismatch("decision_id")
+    if approval.status == "revoked":
+        raise Conflict("the approval was revoked", code="approval_revoked")
     if approval.status != "approved":
         raise Conflict(f"approval request is {approval.status}", code="approval_not_approved", status=approval.status)
     if approval.token_consumed_at is not None:
@@ -365,6 +439,8 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
     session.refresh(approval)
     ledger.append(session, decision, event="token_consumed", actor=caller.principal_id, now=now,
                   details={"approval_id": str(approval.id), "token_jti": claims.jti})
+    notifications.approval_event(session, "approval.consumed", approval, decision, now=now,
+                                 actor=caller.principal_id)
     return approval, decision
 
 
@@ -385,6 +461,7 @@ def redeem(session: Session, *, tenant_id: uuid.UUID, source: str, fingerprint: 
             approval, decision = _load(session, tenant_id, approval_id)
             ledger.append(session, decision, event="approval_redeemed", actor=actor, now=now,
                           details={"approval_id": str(approval_id)})
+            notifications.approval_event(session, "approval.consumed", approval, decision, now=now, actor=actor)
             TOKEN_EVENTS.labels("redeemed").inc()
             return approval, decision
     return None
@@ -480,6 +557,7 @@ def _expire(session: Session, approval: ApprovalRequest, decision: Decision, now
     released = _release(session, decision, now)
     ledger.append(session, decision, event="approval_expired", actor=None, now=now,
                   details={"approval_id": str(approval.id), "expires_at": approval.expires_at.isoformat(), **released})
+    notifications.approval_event(session, "approval.expired", approval, decision, now=now)
     return True
 
 

@@ -55,6 +55,11 @@ def authenticate(session: Session, key: str) -> Caller | None:
     return _owner(session, hash_key(key))
 
 
+def by_key_hash(session: Session, digest: str) -> Caller | None:
+    """Return the caller owning the unrevoked key with this stored hash, or None (a console session's key)."""
+    return _owner(session, digest)
+
+
 def _owner(session: Session, digest: str) -> Caller | None:
     rows = _BY_KEY_HASH.run(session, {"key_hash": digest})
     if not rows:

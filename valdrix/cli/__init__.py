@@ -3,8 +3,8 @@
 `valdrix --help` lists every command from the table below without importing a single command module, and
 `valdrix preflight …` imports the preflight module and what it uses, nothing else; so the pipeline client
 starts fast and never touches the server's modules (or needs the server's dependencies installed). To add a
-command: write its module and add one `Command` row whose help line is the first line of the command's own help
-(its docstring, or its Typer app's `help`; a test checks).
+command: write its module and add one `Command` row whose help line is the first paragraph of the command's own
+help (its docstring, or its Typer app's `help`; a test checks).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+from valdrix import __version__
 
 # Options whose value may be left out, with the value a bare flag means (click has no optional option values).
 DEFAULT_WAIT = "30m"
@@ -44,11 +46,13 @@ COMMANDS = (
             CLIENT),
     Command("consume", "valdrix.cli.approvals:consume", "Consume an approval token against the persisted request "
             "binding; exit 0 only if the server accepts it.", CLIENT),
+    Command("decisions", "valdrix.cli.records:decisions", "Search and explain decisions.", CLIENT),
+    Command("approvals", "valdrix.cli.records:approvals", "The approval queue and its history.", CLIENT),
     Command("serve", "valdrix.cli.server:serve",
             "Serve the API; on an empty database create the default tenant and print its owner key once.", SERVER),
     Command("migrate", "valdrix.cli.server:migrate", "Migrate the configured database to the newest schema.", SERVER),
-    Command("worker", "valdrix.cli.worker:worker", "Run every periodic job on its schedule until stopped "
-            "(SIGTERM/SIGINT); safe to run on many replicas.", SERVER),
+    Command("worker", "valdrix.cli.worker:worker", "Run every periodic job on its schedule and send notifications "
+            "until stopped (SIGTERM/SIGINT); safe to run on many replicas.", SERVER),
     Command("reconcile", "valdrix.cli.worker:reconcile", "Release overdue reservations: once (exit 1 on failure), "
             "or on the worker schedule until stopped.", SERVER),
     Command("tenant", "valdrix.cli.tenants:app", "Manage tenants.", SERVER),
@@ -112,8 +116,15 @@ app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False,
                   help="Valdrix Gate: pre-provision cost enforcement.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"valdrix {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     """Valdrix Gate: pre-provision cost enforcement."""
 
 

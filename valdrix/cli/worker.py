@@ -16,14 +16,15 @@ console = Console(stderr=True)
 
 
 def worker() -> None:
-    """Run every periodic job on its schedule until stopped (SIGTERM/SIGINT); safe to run on many replicas."""
+    """Run every periodic job on its schedule and send notifications until stopped (SIGTERM/SIGINT); safe to run
+    on many replicas."""
     # Imported on use: the jobs create Prometheus metrics, and `valdrix serve` must not create any before it
     # has pointed PROMETHEUS_MULTIPROC_DIR at its shared directory.
     from valdrix.jobs import runner
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper())
-    runner.loop(settings, runner.jobs(settings))
+    runner.loop(settings, runner.jobs(settings), notify=True)
 
 
 def reconcile(once: bool = typer.Option(False, "--once", help="Run one sweep now and exit (Kubernetes CronJob).")
@@ -35,7 +36,7 @@ def reconcile(once: bool = typer.Option(False, "--once", help="Run one sweep now
     logging.basicConfig(level=settings.log_level.upper())
     job = next(j for j in runner.jobs(settings) if j.name == runner.RELEASE_OVERDUE)
     if not once:
-        runner.loop(settings, (job,))
+        runner.loop(settings, (job,), notify=False)
         return
     engine = make_engine(settings)
     try:

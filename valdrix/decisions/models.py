@@ -18,6 +18,8 @@ class Decision(Base):
     __table_args__ = (
         Index("ix_decisions_idempotency", "idempotency_key", "source", "tenant_id", unique=True),
         Index("ix_decisions_tenant_created", "tenant_id", "created_at"),
+        # Decision search by project (console, `valdrix decisions list --project`), newest first.
+        Index("ix_decisions_tenant_project_created", "tenant_id", "project_id", "created_at"),
         Index("ix_decisions_active_reservations", "tenant_id", "reservation_active", "created_at"),
         # The worker's cross-tenant overdue sweep: only the (few) rows still holding a reservation, by age.
         Index("ix_decisions_reservation_age", "created_at", postgresql_where=text("reservation_active"),

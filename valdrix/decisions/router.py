@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from valdrix.auth.service import Caller
@@ -19,7 +18,7 @@ from valdrix.canonical import canonical_json
 from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
 from valdrix.decisions import engine, service
-from valdrix.decisions.models import Decision
+from valdrix.decisions.explain import explain
 from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
 from valdrix.deps import DB, Member, in_gate_transaction
 from valdrix.errors import InvalidInput
@@ -40,7 +39,8 @@ def gate_context(request: Request, caller: Caller) -> service.GateContext:
                                lock_timeout_seconds=settings.lock_timeout_seconds,
                                cost_context=settings.cost_context,
                                cost_data_max_age_days=settings.cost_data_max_age_days,
-                               api_key_hash=caller.key_hash)
+                               api_key_hash=caller.key_hash,
+                               budget_alert_thresholds=tuple(settings.budget_alert_thresholds))
 
 
 def _generic(source: str, body: GateRequest, request: Request, header_key: str | None) -> Awaitable[dict[str, Any]]:
@@ -114,6 +114,14 @@ def get_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse
     return JSONResponse(decision_detail(service.get(db, caller.tenant_id, decision_id)))
 
 
+@router.get("/decisions/{decision_id}/explanation")
+def explain_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
+    """Return the decision in words: a summary, each reason code, each waterfall stage and the figures used."""
+    decision = service.get(db, caller.tenant_id, decision_id)
+    return JSONResponse({"decision_id": str(decision.id), "decision": decision.decision,
+                         "policy_sha256": decision.policy_sha256, **explain(decision).as_json()})
+
+
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     """Return an opaque cursor for keyset pagination by (created_at, id)."""
     return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), str(row_id)]).encode()).decode()
@@ -134,21 +142,8 @@ def list_decisions(db: DB, caller: Member, source: str | None = None, decision: 
                    since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
     """Return a page of decisions, newest first, with `next_cursor` when more remain."""
-    query = select(Decision).where(Decision.tenant_id == caller.tenant_id)
-    for column, value in ((Decision.source, source), (Decision.decision, decision),
-                          (Decision.project_id, project_id),
-                          (Decision.environment, engine.normalise_environment(environment) if environment else None)):
-        if value is not None:
-            query = query.where(column == value)
-    if since is not None:
-        query = query.where(Decision.created_at >= since)
-    if until is not None:
-        query = query.where(Decision.created_at < until)
-    if cursor:
-        at, row_id = decode_cursor(cursor)
-        query = query.where(or_(Decision.created_at < at, and_(Decision.created_at == at, Decision.id < row_id)))
-    rows = list(db.scalars(query.order_by(Decision.created_at.desc(), Decision.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, position = service.search(db, caller.tenant_id, source=source, decision=decision, project_id=project_id,
+                                    environment=environment, since=since, until=until,
+                                    after=decode_cursor(cursor) if cursor else None, limit=limit)
     return JSONResponse({"items": [decision_detail(r) for r in rows],
-                         "next_cursor": encode_cursor(rows[-1].created_at, rows[-1].id) if more else None})
+                         "next_cursor": encode_cursor(*position) if position else None})

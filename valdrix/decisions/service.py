@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import FromClause, bindparam, func, insert, literal, select, true
+from sqlalchemy import FromClause, and_, bindparam, func, insert, literal, or_, select, true
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ from valdrix.decisions.models import Decision
 from valdrix.errors import Conflict, NotFound, Unauthenticated, Unavailable
 from valdrix.ledger import service as ledger_service
 from valdrix.money import ZERO
+from valdrix.notifications import service as notifications
 from valdrix.policies import service as policies
 
 log = logging.getLogger("valdrix.gate")
@@ -52,6 +53,8 @@ class GateContext:
     # The API key the caller authenticated with. The gate's first statement re-checks that it is not revoked,
     # so the caller may have been remembered from an earlier request (`auth.service.KeyOwners`).
     api_key_hash: str | None = None
+    # Budget utilisation percentages whose crossing raises a `budget.threshold_crossed` event.
+    budget_alert_thresholds: tuple[int, ...] = (80, 100)
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,30 @@ def get(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Decis
     return row
 
 
+def search(session: Session, tenant_id: uuid.UUID, *, source: str | None = None, decision: str | None = None,
+           project_id: str | None = None, environment: str | None = None, since: datetime | None = None,
+           until: datetime | None = None, after: tuple[datetime, uuid.UUID] | None = None, limit: int = 100
+           ) -> tuple[list[Decision], tuple[datetime, uuid.UUID] | None]:
+    """Return the tenant's decisions matching the filters, newest first, and the next page's position."""
+    query = select(Decision).where(Decision.tenant_id == tenant_id)
+    for column, value in ((Decision.source, source), (Decision.decision, decision),
+                          (Decision.project_id, project_id),
+                          (Decision.environment, engine.normalise_environment(environment) if environment else None)):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(Decision.created_at >= since)
+    if until is not None:
+        query = query.where(Decision.created_at < until)
+    if after is not None:
+        at, row_id = after
+        query = query.where(or_(Decision.created_at < at, and_(Decision.created_at == at, Decision.id < row_id)))
+    rows = list(session.scalars(query.order_by(Decision.created_at.desc(), Decision.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, ((rows[-1].created_at, rows[-1].id) if more else None)
+
+
 def _find(session: Session, tenant_id: uuid.UUID, source: str, key: str) -> Decision | None:
     return session.scalars(select(Decision).where(Decision.tenant_id == tenant_id, Decision.source == source,
                                                   Decision.idempotency_key == key)).first()
@@ -345,6 +372,15 @@ def _evaluate_and_persist(session: Session, ctx: GateContext, inp: engine.Decisi
                         budget_scope=budget.scope_key if budget is not None else None, draws=draws)
     decision = _record(session, row, budgets.hold(budget, evaluation.reserve_allocation), ctx, details=None)
     budgets.draw(session, decision, draws, now=ctx.now)
+    if budget is not None and evaluation.reserve_allocation > 0:
+        # What counts against the limit, as the engine counts it: reservations, or committed spend (forecast).
+        state = funding.budget
+        used = state.committed if state is not None and state.committed is not None else budget.reserved_usd
+        notifications.budget_thresholds(session, tenant_id=ctx.tenant_id, scope_key=budget.scope_key,
+                                        limit=budget.monthly_limit_usd, used_before=used,
+                                        used_after=used + evaluation.reserve_allocation,
+                                        thresholds=ctx.budget_alert_thresholds, now=ctx.now,
+                                        decision_id=decision.id, ids=ctx.ids)
     _open_approval(session, ctx, decision, policy)
     session.flush()
     if time.monotonic() - started > ctx.timeout_seconds:
@@ -393,6 +429,8 @@ def _record(session: Session, row: dict[str, Any], hold: dict[str, Any] | None, 
             budgets.write_hold(session, hold)
         ledger_service.append(session, decision, event="decision_created", actor=ctx.actor, now=ctx.now,
                               details=details)
+    if decision.decision == "DENY" and not decision.dry_run:
+        notifications.decision_denied(session, decision, now=ctx.now, event_id=ctx.ids.new())
     return decision
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from valdrix.clock import SystemClock
 from valdrix.config import Settings
 from valdrix.db import make_engine, make_sessionmaker, transaction
 from valdrix.jobs import service as leases
+from valdrix.notifications import sender
 from valdrix.reservations import service as reservations
 from valdrix.reservations.metrics import SWEEP_RUNS
 
@@ -89,8 +91,12 @@ def run_job(factory: sessionmaker[Session], settings: Settings, job: Job, holder
     return status
 
 
-def loop(settings: Settings, selected: tuple[Job, ...]) -> None:
-    """Run the selected jobs whenever due until SIGTERM/SIGINT, serving metrics if a port is configured."""
+def loop(settings: Settings, selected: tuple[Job, ...], *, notify: bool) -> None:
+    """Run the selected jobs whenever due until SIGTERM/SIGINT, serving metrics if a port is configured.
+
+    With `notify`, also send due notifications every `notification_poll_seconds` (jobs are looked at every
+    `worker_tick_seconds`).
+    """
     engine = make_engine(settings)
     factory = make_sessionmaker(engine)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -103,11 +109,23 @@ def loop(settings: Settings, selected: tuple[Job, ...]) -> None:
     signal.signal(signal.SIGINT, _stop)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
-    log.info("worker %s: jobs %s", holder, ", ".join(j.name for j in selected))
+    log.info("worker %s: jobs %s%s", holder, ", ".join(j.name for j in selected),
+             ", notifications" if notify else "")
+    client = sender.client(settings) if notify else None
+    jobs_due = 0.0
     try:
         while not stop.is_set():
-            for job in selected:
-                run_job(factory, settings, job, holder, respect_schedule=True)
-            stop.wait(settings.worker_tick_seconds)
+            if time.monotonic() >= jobs_due:
+                for job in selected:
+                    run_job(factory, settings, job, holder, respect_schedule=True)
+                jobs_due = time.monotonic() + settings.worker_tick_seconds
+            if client is not None:
+                try:
+                    sender.run_once(factory, settings, SystemClock(), holder, client)
+                except Exception:  # a database outage must not end the worker; the next poll tries again
+                    log.exception("sending notifications failed")
+            stop.wait(settings.notification_poll_seconds if client is not None else settings.worker_tick_seconds)
     finally:
+        if client is not None:
+            client.close()
         engine.dispose()

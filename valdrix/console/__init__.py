@@ -1,0 +1,1 @@
+"""console: server-rendered pages for approvers and FinOps, signed in with an API key, no scripts needed."""
