@@ -9,7 +9,7 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md* ./
 COPY valdrix ./valdrix
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/*.whl
+ && /opt/venv/bin/pip install "$(ls /wheels/*.whl)[server]"
 
 FROM python:3.11.13-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import wheel
 from tests.live import LiveServer, SigningKeys, Tenant, thread_server
 from tests.pg import create_database, postgres_cluster
 from valdrix.approvals.tokens import generate_key_file, retire_key_file
@@ -64,6 +65,13 @@ def server(request: pytest.FixtureRequest, signing_keys: SigningKeys) -> Iterato
         yield live
 
 
+@pytest.fixture(scope="session")
+def client_server(sqlite_url: str, signing_keys: SigningKeys) -> Iterator[LiveServer]:
+    """One gate for the tests of the client as users install it: they test the client, not the backends."""
+    with thread_server(settings_for(sqlite_url, **signing_keys.settings()), "sqlite") as live:
+        yield live
+
+
 @pytest.fixture
 def tenant(server: LiveServer) -> Iterator[Tenant]:
     server.clock.offset = type(server.clock.offset)(0)
@@ -75,3 +83,25 @@ def tenant(server: LiveServer) -> Iterator[Tenant]:
 def scratch_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="valdrix-test-") as d:
         yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory: pytest.TempPathFactory) -> wheel.Artefacts:
+    """The wheel and sdist, built once per test run."""
+    return wheel.build(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def client_install(artefacts: wheel.Artefacts, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Return a function giving the bin directory of a venv (one per Python version) with only the client wheel."""
+    venvs: dict[str, Path] = {}
+
+    def install(version: str) -> Path:
+        if version not in venvs:
+            python = wheel.interpreter(version)
+            if python is None:
+                pytest.skip(f"python{version} is not installed on this machine (not on PATH, not in pyenv)")
+            venvs[version] = wheel.client_venv(python, artefacts.wheel, tmp_path_factory.mktemp(f"client-{version}"))
+        return venvs[version]
+
+    return install

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 
 API = "/api/v1/enforcement"
+# Where a continuation without its own endpoint consumes its token (the server names it in every continuation).
+CONSUME_ENDPOINT = f"{API}/approvals/consume"
 _RETRY_ALWAYS = {503}
 _RETRY_IDEMPOTENT = {502, 503, 504}
 MAX_BACKOFF_SECONDS = 8.0

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-import uvloop
 from anyio import to_thread
 from cryptography import x509
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -340,7 +339,13 @@ async def serve_sockets(app: ASGIApp, settings: Settings, http: socket.socket | 
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    # uvloop, as uvicorn itself would choose: a faster event loop for the same asyncio code.
+    # uvloop, as uvicorn itself would choose: a faster event loop for the same asyncio code. The server extra
+    # installs it only where it exists (not on Windows); elsewhere the standard loop runs the same code.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(main)
 

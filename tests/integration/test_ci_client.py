@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ from typer.testing import CliRunner
 from tests.conftest import FIXTURES
 from tests.live import Tenant
 from tests.pg import free_port
-from valdrix.cli import app
-from valdrix.cli.preflight import optional_values
+from valdrix.cli import app, optional_values
+from valdrix.pricing.infracost import read_infracost
 
 PLANS = FIXTURES / "terraform-plans"
 SMALL_PLAN = PLANS / "infracost__small_terraform_plan_nat_ebs.json"  # $54.7170/month, all priced
@@ -224,3 +225,75 @@ def test_state_file_of_another_run_is_refused(pipeline: Pipeline) -> None:
     shutil.copy(state_path(pipeline), pipeline.workdir / "other.json")
     code, doc, _ = pipeline.preflight("--state-file", "other.json", run="run-9")
     assert code == 1 and doc["outcome"] == "state_file_unusable", doc
+
+
+INFRACOST = FIXTURES / "infracost"
+HARD = {"terraform": {"default": "hard", "prod": "hard", "nonprod": "hard"}}
+
+
+def test_infracost_cost_decrease_is_allowed(pipeline: Pipeline) -> None:
+    # Unchanged lambdas with older-format components (a price, no quantity) no longer make it "unpriced".
+    decrease = INFRACOST / "infracost__multi_project_cost_decrease.json"
+    code, doc, _ = pipeline.run("preflight", "--infracost", str(decrease), "--project", "payments", "--run-id",
+                                "decrease")
+    assert code == 0, doc
+    assert doc["preflight"]["decision"] == "ALLOW" and "unpriced_resources" not in doc["preflight"]["reason_codes"]
+    assert doc["pricing"]["monthly_delta_usd"].startswith("-")
+
+
+def test_infracost_in_another_currency_needs_a_rate(pipeline: Pipeline, tmp_path: Path) -> None:
+    doc = json.loads((INFRACOST / "infracost__example_out.json").read_text())
+    doc["currency"] = "EUR"
+    eur = tmp_path / "eur.json"
+    eur.write_text(json.dumps(doc))
+    code, out, _ = pipeline.run("preflight", "--infracost", str(eur), "--project", "payments", "--run-id", "eur")
+    assert code == 1 and "priced in 'EUR'" in out["message"] and "--fx-rate EUR=" in out["message"]
+    code, out, _ = pipeline.run("preflight", "--infracost", str(eur), "--fx-rate", "EUR=2", "--project", "payments",
+                                "--run-id", "eur", "--dry-run")
+    assert code in (0, 3), out
+    usd = read_infracost(json.loads((INFRACOST / "infracost__example_out.json").read_text()))
+    assert Decimal(out["pricing"]["monthly_delta_usd"]) == 2 * usd.monthly_delta_usd
+
+
+@pytest.mark.parametrize(("rule", "code", "decision"), [("escalate", 3, "REQUIRE_APPROVAL"), ("deny", 2, "DENY"),
+                                                         ("allow", 0, "ALLOW")])
+def test_mistyped_project_in_hard_mode(pipeline: Pipeline, rule: str, code: int, decision: str) -> None:
+    pipeline.put_policy(mode_matrix=HARD, entitlements={"unbudgeted_projects": rule})
+    got, doc, _ = pipeline.run("preflight", "--plan", str(SMALL_PLAN), "--project", "paymnets", "--run-id",
+                               f"typo-{rule}")
+    assert (got, doc["preflight"]["decision"]) == (code, decision), doc
+    assert ("unbudgeted_project" in doc["preflight"]["reason_codes"]) == (rule != "allow")
+
+
+def test_markdown_comment_and_step_summary(pipeline: Pipeline, tmp_path: Path) -> None:
+    pipeline.put_policy(mode_matrix=HARD)
+    summary = tmp_path / "summary.md"
+    env = {"VALDRIX_API_KEY": pipeline.ci_key, "VALDRIX_SERVER": pipeline.tenant.url,
+           "GITHUB_STEP_SUMMARY": str(summary)}
+    result = CliRunner().invoke(app, ["preflight", "--monthly-delta", "6000", "--project", "payments", "--run-id",
+                                      "md", "--format", "markdown"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2
+    comment = result.stdout
+    assert comment.startswith("<!-- valdrix-preflight payments/nonprod/pre_apply -->\n"
+                              "### ⛔ Valdrix preflight: **DENY**")
+    assert "above the policy's hard-deny threshold for a single change. (`hard_deny_threshold_exceeded`)" in comment
+    assert "- Hard-deny limit: $5000.0000/month" in comment
+    assert "- Budget: payments: limit $1000.0000/month, headroom $1000.0000" in comment
+    assert "**Next**: Do not apply." in comment
+    assert summary.read_text() == comment + "\n"
+
+
+def test_table_shows_notes_limits_and_reasons_in_words(pipeline: Pipeline) -> None:
+    env = {"VALDRIX_API_KEY": pipeline.ci_key, "VALDRIX_SERVER": pipeline.tenant.url, "COLUMNS": "250"}
+    result = CliRunner().invoke(app, ["preflight", "--plan", str(SMALL_PLAN), "--project", "payments", "--run-id",
+                                      "table"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "assumed gp2" in result.stdout  # a priced resource's assumption is in its row
+    assert "limit $1000.0000/month, headroom" in result.stdout
+    pipeline.put_policy(mode_matrix=HARD)
+    denied = CliRunner().invoke(app, ["preflight", "--monthly-delta", "1200", "--project", "payments", "--run-id",
+                                      "table-deny"], env=env, catch_exceptions=False)
+    assert denied.exit_code == 2
+    assert "available credits cannot fund the change" in " ".join(denied.stdout.split())
+    assert "exit 2 (denied): DENY: do not apply (reasons: budget_exceeded); Budget payments: limit $1000.0000/month, " \
+           "headroom $945.2830" in " ".join(denied.stdout.split())  # the first run holds $54.7170

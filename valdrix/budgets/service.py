@@ -79,6 +79,15 @@ _TENANT_RESERVED = Statement(select(
     .scalar_subquery().label("credit")))
 
 
+_ANY_BUDGET = Statement(select(Budget.id).where(Budget.tenant_id == bindparam("tenant_id"),
+                                                Budget.active.is_(True)).limit(1))
+
+
+def tenant_has_budgets(session: Session, tenant_id: uuid.UUID) -> bool:
+    """Return whether the tenant has any active budget."""
+    return bool(_ANY_BUDGET.run(session, {"tenant_id": tenant_id}))
+
+
 def lock_query(scope_key: ColumnElement[str], *conditions: ColumnElement[bool]) -> Select[Any]:
     """Return the locking read of tenant `:tenant_id`'s active budget of `scope_key`, made only where all
     `conditions` hold.

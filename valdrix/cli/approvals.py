@@ -109,9 +109,3 @@ def _exit(result: Result, as_json: bool) -> NoReturn:
         err.print(f"[{colour}]exit {int(result.code)} ({result.outcome})[/]: {result.message}")
     raise typer.Exit(int(result.code))
 
-
-def register(app: typer.Typer) -> None:
-    """Add approve, deny and consume to the top-level app."""
-    app.command("approve")(approve)
-    app.command("deny")(deny)
-    app.command("consume")(consume)

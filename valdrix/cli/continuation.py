@@ -18,8 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
-from valdrix.client import ApiError, GateClient, TransportFailure
-from valdrix.decisions.schemas import CONSUME_ENDPOINT
+from valdrix.client import CONSUME_ENDPOINT, ApiError, GateClient, TransportFailure
 
 
 class Exit(IntEnum):

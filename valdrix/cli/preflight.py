@@ -1,8 +1,6 @@
 """`valdrix preflight`: price a Terraform change, ask the gate, persist the continuation, optionally wait.
 
-Exit codes (see `continuation.Exit` and docs/ci.md): 0 allowed or approved-and-consumed, 1 usage/transport
-error, 2 denied, 3 approval pending/timed out/denied/expired, 4 token refused (hard stop), 5 the change
-differs from the one this run already had evaluated (409).
+Exit codes: `continuation.Exit`, listed in `valdrix preflight --help` and docs/ci.md.
 """
 
 from __future__ import annotations
@@ -10,48 +8,25 @@ from __future__ import annotations
 import json
 import os
 import re
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from valdrix.canonical import sha256_hex
-from valdrix.cli.continuation import (
-    Continuation,
-    Exit,
-    Result,
-    State,
-    StateError,
-    explain_api_error,
-    load_state,
-    now_iso,
-    parse_duration,
-    save_state,
-    wait_for_approval,
-)
-from valdrix.client import ApiError, GateClient, TransportFailure
-from valdrix.money import HOURS_PER_MONTH, ZERO, hourly, monthly, parse_amount
-from valdrix.pricing.infracost import read_infracost
-from valdrix.pricing.summary import TOP_RESOURCES, change_digest, clip, request_metadata, resource_reference
-from valdrix.pricing.terraform import PlanEstimate, PricingError, price_plan
+from valdrix.cli import DEFAULT_WAIT
 
-DEFAULT_WAIT = "30m"
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+    from valdrix.cli.continuation import Result, State
+    from valdrix.client import ApiError, GateClient
+    from valdrix.pricing.terraform import PlanEstimate
+
+# The heavy modules (pydantic models, httpx, the price catalogue, rich, even hashlib and decimal) are imported
+# where they are used, so `valdrix preflight --help` answers without loading them.
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
-out = Console()
-err = Console(stderr=True)
-
-
-def optional_values(argv: list[str]) -> list[str]:
-    """Return argv with a bare `--wait-for-approval` given its default timeout (the option's value is optional)."""
-    result = list(argv)
-    for i, arg in enumerate(result):
-        if arg == "--wait-for-approval" and (i + 1 == len(result) or result[i + 1].startswith("-")):
-            result[i] = f"--wait-for-approval={DEFAULT_WAIT}"
-    return result
 
 
 def ci_run_id(env: dict[str, str]) -> str | None:
@@ -74,6 +49,8 @@ def ci_run_url(env: dict[str, str]) -> str | None:
 
 def idempotency_key(project: str, environment: str, run_id: str, stage: str) -> str:
     """Return the key of one planned change: the same for every retry of the run and stage."""
+    from valdrix.canonical import sha256_hex
+
     key = f"tf:{project}:{environment}:{run_id}:{stage}"
     return key if len(key) <= 128 else "tf:" + sha256_hex([project, environment, run_id, stage])
 
@@ -84,6 +61,8 @@ def _reject_constant(name: str) -> Any:
 
 def read_json(path: Path, what: str) -> Any:
     """Return the parsed JSON document at `path`; raise PricingError with a readable reason."""
+    from valdrix.pricing.terraform import PricingError
+
     try:
         return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except OSError as exc:
@@ -92,18 +71,42 @@ def read_json(path: Path, what: str) -> Any:
         raise PricingError(f"{what} {path} is not JSON: {exc}") from exc
 
 
-def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | None,
-              hourly_delta: str | None) -> tuple[PlanEstimate | None, str | None, Decimal, Decimal]:
+def fx_rates(raw: list[str]) -> dict[str, Decimal]:
+    """Return {currency: USD per unit} from `CUR=RATE` arguments; raise ValueError on a malformed one."""
+    from valdrix.money import parse_amount
+
+    rates: dict[str, Decimal] = {}
+    for item in raw:
+        currency, _, rate = item.partition("=")
+        if not re.fullmatch(r"[A-Za-z]{3}", currency.strip()):
+            raise ValueError(f"--fx-rate {item!r}: expected CUR=RATE, e.g. EUR=1.08 (USD per EUR)")
+        value = parse_amount(rate.strip())
+        if value <= 0:
+            raise ValueError(f"--fx-rate {item!r}: the rate must be positive")
+        rates[currency.strip().upper()] = value
+    return rates
+
+
+def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | None, hourly_delta: str | None,
+              rates: dict[str, Decimal]) -> tuple[PlanEstimate | None, str | None, Decimal, Decimal]:
     """Return (estimate, change digest, monthly delta, hourly delta) from exactly one pricing input."""
+    from valdrix.money import HOURS_PER_MONTH, hourly, monthly, parse_amount
+
     given = [x for x in (plan, infracost, monthly_delta) if x is not None]
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of --plan, --infracost or --monthly-delta")
     if plan is not None:
+        from valdrix.pricing.summary import change_digest
+        from valdrix.pricing.terraform import price_plan
+
         document = read_json(plan, "plan")
         estimate = price_plan(document)
         return estimate, change_digest(document), estimate.monthly_delta_usd, estimate.hourly_delta_usd
     if infracost is not None:
-        estimate = read_infracost(read_json(infracost, "Infracost output"))
+        from valdrix.canonical import sha256_hex
+        from valdrix.pricing.infracost import read_infracost
+
+        estimate = read_infracost(read_json(infracost, "Infracost output"), rates)
         digest = sha256_hex([[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources])
         return estimate, digest, estimate.monthly_delta_usd, estimate.hourly_delta_usd
     try:
@@ -116,11 +119,17 @@ def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | No
     return None, None, amount, rate
 
 
+FORMATS = ("table", "json", "markdown")
+
+
 def preflight(
     plan: Path | None = typer.Option(None, "--plan", help="`terraform show -json` output to price."),
     infracost: Path | None = typer.Option(None, "--infracost", help="Infracost JSON (breakdown or diff) to use."),
     monthly_delta: str | None = typer.Option(None, "--monthly-delta", help="Monthly cost delta in USD."),
     hourly_delta: str | None = typer.Option(None, "--hourly-delta", help="Hourly delta (default monthly/730)."),
+    fx_rate: list[str] = typer.Option([], "--fx-rate", metavar="CUR=RATE",
+                                      help="USD per unit of a currency Infracost priced in, e.g. EUR=1.08 "
+                                           "(repeatable); other currencies are refused."),
     server: str = typer.Option(..., "--server", envvar="VALDRIX_SERVER", help="Gate URL (env VALDRIX_SERVER)."),
     project: str = typer.Option("default", "--project", help="Project id (the budget scope)."),
     environment: str = typer.Option("nonprod", "--environment", help="Environment, e.g. prod or nonprod."),
@@ -136,28 +145,55 @@ def preflight(
                                          f"(default {DEFAULT_WAIT}; e.g. 90s, 30m, 2h)."),
     poll: float = typer.Option(5.0, "--poll-interval", min=0.05, help="Seconds between approval checks."),
     retries: int = typer.Option(3, "--retries", min=0, max=10, help="Retries on transport errors/503."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+    output: str = typer.Option("table", "--format", metavar="table|json|markdown",
+                               help="table (terminal), json (one document) or markdown (a PR/MR comment). In "
+                                    "GitHub Actions the Markdown also goes to $GITHUB_STEP_SUMMARY."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Evaluate without reserving budget or saving state."),
 ) -> None:
-    """Ask the gate whether a planned Terraform change may be applied; exit 0 only if it may."""
+    """Ask the gate whether a planned Terraform change may be applied; exit 0 only if it may.
+
+    Exit codes: 0 allowed, or approved and the token consumed: apply.
+
+    1 usage, input, authentication or transport error: fix and re-run.
+
+    2 denied: do not apply.
+
+    3 approval pending (no --wait-for-approval), still pending at the timeout, denied or expired: re-run later.
+
+    4 the approval token was refused (replayed, expired, other binding): hard stop, never apply.
+
+    5 the plan differs from the one this run already had evaluated: start a new run.
+    """
+    from valdrix.cli.continuation import Exit, Result, StateError, load_state, parse_duration
+    from valdrix.money import ZERO, hourly
+    from valdrix.pricing.terraform import PricingError
+
     api_key = os.environ.get("VALDRIX_API_KEY", "").strip()
     env = dict(os.environ)
     report: dict[str, Any] = {}
+    fmt = "json" if as_json else output
+    scope = {"project": project, "environment": environment, "stage": stage}
     try:
+        if fmt not in FORMATS:
+            raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
         if not api_key:
             raise typer.BadParameter("set VALDRIX_API_KEY to the pipeline's API key")
         timeout = parse_duration(wait) if wait is not None else 0.0
         run = run_id or ci_run_id(env)
         if not run:
             raise typer.BadParameter("--run-id is required outside GitHub Actions and GitLab CI")
-        estimate, digest, amount, rate = _estimate(plan, infracost, monthly_delta, hourly_delta)
+        estimate, digest, amount, rate = _estimate(plan, infracost, monthly_delta, hourly_delta, fx_rates(fx_rate))
     except (typer.BadParameter, ValueError, PricingError) as exc:
-        _finish(Result(Exit.ERROR, "usage_error", str(exc)), as_json, report)
+        _finish(Result(Exit.ERROR, "usage_error", str(exc)), fmt if fmt in FORMATS else "table", report, server,
+                scope)
         return
     report["pricing"] = estimate.breakdown() if estimate is not None else {
         "source": "manual", "monthly_delta_usd": str(amount), "hourly_delta_usd": str(rate)}
     path = state_file or Path(".valdrix") / f"preflight-{_SAFE.sub('_', run)}-{_SAFE.sub('_', stage)}.json"
     report["state_file"] = str(path)
+    from valdrix.pricing.summary import request_metadata, resource_reference
+
     metadata = request_metadata(estimate, digest) if estimate is not None else {}
     body: dict[str, Any] = {
         "run_id": run, "stage": stage, "project_id": project, "environment": environment,
@@ -176,19 +212,34 @@ def preflight(
             raise StateError(f"state file {path} belongs to run {previous.run_id!r} stage {previous.stage!r} on "
                              f"{previous.server}; pass another --state-file")
     except StateError as exc:
-        _finish(Result(Exit.ERROR, "state_file_unusable", str(exc)), as_json, report)
+        _finish(Result(Exit.ERROR, "state_file_unusable", str(exc)), fmt, report, server, scope)
         return
     key = previous.idempotency_key if previous else idempotency_key(project, environment, run, stage)
     if previous:
         # Runbook §1.1: a retry reuses the key and states which request it expects to be continuing.
         body["expected_request_fingerprint"] = previous.request_fingerprint
+    from valdrix.client import GateClient
+
     with GateClient(server, api_key, retries=retries) as client:
         result = _run(client, body, key, previous, path, timeout, poll, dry_run, wait is not None, report)
-    _finish(result, as_json, report)
+    _finish(result, fmt, report, server, scope)
 
 
 def _run(client: GateClient, body: dict[str, Any], key: str, previous: State | None, path: Path, timeout: float,
          poll: float, dry_run: bool, waiting: bool, report: dict[str, Any]) -> Result:
+    from rich.console import Console
+
+    from valdrix.cli.continuation import (
+        Continuation,
+        Exit,
+        Result,
+        State,
+        now_iso,
+        save_state,
+        wait_for_approval,
+    )
+    from valdrix.client import ApiError, TransportFailure
+
     try:
         response = client.preflight(body, key)
     except ApiError as exc:
@@ -223,6 +274,7 @@ def _run(client: GateClient, body: dict[str, Any], key: str, previous: State | N
     save_state(path, state)
     if decision != "REQUIRE_APPROVAL":
         return _by_decision(decision, response, dry_run=False)
+    err = Console(stderr=True)
     if waiting and state.approval_request_id and not state.consumed_at:
         err.print(f"approval required: request {state.approval_request_id}. A reviewer approves with\n"
                   f"  valdrix approve {state.approval_request_id} --notes '…'")
@@ -235,18 +287,25 @@ def _run(client: GateClient, body: dict[str, Any], key: str, previous: State | N
 
 
 def _by_decision(decision: str, response: dict[str, Any], *, dry_run: bool) -> Result:
+    from valdrix.cli.continuation import Exit, Result
+    from valdrix.cli.report import limits
+
     reasons = ", ".join(response.get("reason_codes") or []) or "none"
     prefix = "dry run: " if dry_run else ""
     if decision in ("ALLOW", "ALLOW_WITH_CREDITS"):
         return Result(Exit.OK, "allowed", f"{prefix}{decision}: the change may be applied (reasons: {reasons})")
     if decision == "DENY":
-        return Result(Exit.DENIED, "denied", f"{prefix}DENY: do not apply (reasons: {reasons})")
+        measured = "; ".join(f"{label} {text}" for label, text in limits(response))
+        return Result(Exit.DENIED, "denied", f"{prefix}DENY: do not apply (reasons: {reasons})"
+                      + (f"; {measured}" if measured else ""))
     if decision == "REQUIRE_APPROVAL":
         return Result(Exit.APPROVAL, "approval_required", f"{prefix}REQUIRE_APPROVAL (reasons: {reasons})")
     return Result(Exit.ERROR, "unexpected_answer", f"unknown decision {decision!r}")
 
 
 def _preflight_refused(exc: ApiError, body: dict[str, Any], previous: State | None, path: Path) -> Result:
+    from valdrix.cli.continuation import Exit, Result, explain_api_error
+
     if exc.code == "request_fingerprint_mismatch":
         was = str(exc.body.get("expected_request_fingerprint") or "")[:12]
         now = str(exc.body.get("request_fingerprint") or "")[:12]
@@ -265,67 +324,19 @@ def _preflight_refused(exc: ApiError, body: dict[str, Any], previous: State | No
     return Result(Exit.ERROR, "preflight_refused", explain_api_error(exc), error=exc.body)
 
 
-def _finish(result: Result, as_json: bool, report: dict[str, Any]) -> None:
-    if as_json:
+def _finish(result: Result, fmt: str, report: dict[str, Any], server: str, scope: dict[str, str]) -> None:
+    from valdrix.cli import report as reports
+
+    if fmt == "json":
         print(json.dumps({"exit_code": int(result.code), "outcome": result.outcome, "message": result.message,
                           **report, **result.details}, indent=2, default=str))
+    elif fmt == "markdown":
+        print(reports.markdown(report, result, server, scope), end="")
     else:
-        render(report, result)
+        reports.render(report, result, server)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        # GitHub Actions shows this file on the run's page; every step appends its own part.
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(reports.markdown(report, result, server, scope) + "\n")
     raise typer.Exit(int(result.code))
-
-
-_STYLE = {"ALLOW": "green", "ALLOW_WITH_CREDITS": "green", "REQUIRE_APPROVAL": "yellow", "DENY": "red"}
-
-
-def render(report: dict[str, Any], result: Result) -> None:
-    """Print the decision, its reasons and the cost breakdown as tables, then the outcome line."""
-    response = report.get("preflight")
-    if response:
-        decision = str(response.get("decision"))
-        table = Table(title="Valdrix preflight", show_header=False, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column()
-        table.add_row("Decision", f"[{_STYLE.get(decision, 'white')}]{decision}[/]")
-        table.add_row("Reasons", "\n".join(response.get("reason_codes") or []) or "—")
-        table.add_row("Mode", f"{response.get('mode')} (policy v{response.get('policy_version')})")
-        table.add_row("Run / stage", f"{response.get('run_id')} / {response.get('stage')}")
-        table.add_row("Decision id", str(response.get("decision_id")))
-        table.add_row("Fingerprint", str(response.get("request_fingerprint")))
-        if response.get("approval_request_id"):
-            table.add_row("Approval request", str(response["approval_request_id"]))
-        if response.get("reservation_active"):
-            table.add_row("Reserved", f"${response.get('reserved_allocation_usd')} budget + "
-                                      f"${response.get('reserved_credit_usd')} credits")
-        table.add_row("State file", str(report.get("state_file")))
-        out.print(table)
-    pricing = report.get("pricing")
-    if pricing:
-        _render_costs(pricing)
-    colour = {Exit.OK: "green", Exit.DENIED: "red", Exit.APPROVAL: "yellow"}.get(result.code, "red")
-    out.print(f"[{colour}]exit {int(result.code)} ({result.outcome})[/]: {result.message}")
-
-
-def _render_costs(pricing: dict[str, Any]) -> None:
-    resources = [r for r in pricing.get("resources") or [] if r.get("kind") != "free"]
-    resources.sort(key=lambda r: (-abs(Decimal(r["monthly_delta_usd"])), r.get("kind") != "unpriced", r["address"]))
-    table = Table(title=f"Cost change ({pricing.get('source')}): ${pricing.get('monthly_delta_usd')}/month, "
-                        f"${pricing.get('hourly_delta_usd')}/hour", title_justify="left")
-    table.add_column("Resource", overflow="fold")
-    table.add_column("Action")
-    for column in ("Before/mo", "After/mo", "Δ/mo"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("Note", max_width=48)
-    for r in resources[:TOP_RESOURCES]:
-        delta = Decimal(r["monthly_delta_usd"])
-        style = "red" if delta > 0 else "green" if delta < 0 else ""
-        note = {"unpriced": "[yellow]UNPRICED[/]: " + clip("; ".join(r["notes"]), 80),
-                "usage_based": "usage-based, not priced"}.get(r.get("kind", ""), "")
-        table.add_row(r["address"], r["action"], r.get("before_monthly_usd") or "—",
-                      r.get("after_monthly_usd") or "—", f"[{style}]{delta}[/]" if style else str(delta), note)
-    if len(resources) > TOP_RESOURCES:
-        table.add_row(f"… {len(resources) - TOP_RESOURCES} more", "", "", "", "", "")
-    counts = pricing.get("counts") or {}
-    if counts.get("free"):
-        table.caption = f"{counts['free']} resource(s) without a cost not shown"
-    if resources:
-        out.print(table)

@@ -77,8 +77,3 @@ def bootstrap(settings: Settings) -> str | None:
     finally:
         engine.dispose()
 
-
-def register(app: typer.Typer) -> None:
-    """Add the server commands to the top-level app."""
-    app.command("serve")(serve)
-    app.command("migrate")(migrate)

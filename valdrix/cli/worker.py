@@ -16,8 +16,10 @@ console = Console(stderr=True)
 
 
 def worker() -> None:
-    """Run every periodic job on its schedule, send notifications and work HCP Terraform run tasks until stopped
-    (SIGTERM/SIGINT); safe to run on many replicas."""
+    """Run the periodic jobs, send notifications and work run tasks until stopped; safe on many replicas.
+
+    Stops on SIGTERM/SIGINT. Every replica may run it: database leases decide who does what.
+    """
     # Imported on use: the jobs create Prometheus metrics, and `valdrix serve` must not create any before it
     # has pointed PROMETHEUS_MULTIPROC_DIR at its shared directory.
     from valdrix.jobs import runner
@@ -48,8 +50,3 @@ def reconcile(once: bool = typer.Option(False, "--once", help="Run one sweep now
     if status == "failure":
         raise typer.Exit(1)
 
-
-def register(app: typer.Typer) -> None:
-    """Add the worker commands to the top-level app."""
-    app.command("worker")(worker)
-    app.command("reconcile")(reconcile)

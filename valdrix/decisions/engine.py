@@ -5,6 +5,7 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
   soft_mode_cost_context_escalation | hard_mode_cost_context_closed}, hard_deny_threshold_exceeded,
   {shadow_mode_override | soft_mode_escalation}, plan_limit_exceeded, budget_exceeded,
   enterprise_ceiling_exceeded, {shadow|soft}_mode_{plan_limit|budget|enterprise_ceiling}_{override|escalation},
+  unbudgeted_project [{shadow_mode_unbudgeted_project_override | soft_mode_unbudgeted_project_escalation}],
   unpriced_resources [{shadow_mode_unpriced_resources_override | soft_mode_unpriced_resources_escalation}],
   credit_waterfall_used, reserved_credit_waterfall_used, emergency_credit_waterfall_used,
   shadow_mode_approval_override, approval_required, dry_run; fail-safe: gate_lock_timeout | gate_timeout |
@@ -17,6 +18,11 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
 REQUIRE_APPROVAL with `soft_mode_unpriced_resources_escalation`, hard DENY); shadow allows and adds
 `shadow_mode_unpriced_resources_override`. An escalation keeps the reservation the waterfall made, like an
 approval required by policy.
+
+`unbudgeted_project`: the request increases cost, no budget governs its project, yet the tenant has budgets
+(a mistyped project id, or a project nobody budgeted). `entitlements.unbudgeted_projects` decides, exactly
+like `unpriced_resources`: `escalate` (default) → REQUIRE_APPROVAL, `deny` → the mode's violation decision,
+`allow` → unchanged; shadow only records it.
 """
 
 from __future__ import annotations
@@ -153,6 +159,8 @@ class Funding:
     emergency_credits: Decimal = ZERO
     tenant_reserved_total: Decimal = ZERO
     spend: Spend | None = None
+    # Whether the tenant has any active budget (read only when none governs the request's project).
+    tenant_has_budgets: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,6 +272,7 @@ def _context(inp: DecisionInput, policy: PolicyDocument, policy_version: int, mo
         "budget_basis": policy.budget_basis,
         "budget_scope": budget.scope_key if budget else None,
         "budget_limit_usd": _money(budget.limit) if budget else None,
+        "hard_deny_above_monthly_usd": _money(ceilings.hard_deny_above_monthly_usd),
         "scope_reserved_usd": _money(budget.reserved) if budget else None,
         "scope_headroom_usd": _money(budget.headroom) if budget else None,
         "scope_committed_usd": _money(budget.committed) if budget and budget.committed is not None else None,
@@ -355,18 +364,17 @@ def unpriced_count(metadata: dict[str, Any]) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
-def _unpriced(policy: PolicyDocument, mode: str, decision: str, reasons: list[str]) -> str:
-    """Return the decision after the unpriced-resources rule, appending its reasons."""
-    rule = policy.entitlements.unpriced_resources
-    if rule == "ignore" or decision not in ("ALLOW", "ALLOW_WITH_CREDITS"):
+def _escalation_rule(rule: str, reason: str, mode: str, decision: str, reasons: list[str]) -> str:
+    """Return the decision after a rule that can only raise an allowed decision (`escalate` or `deny`)."""
+    if rule in ("ignore", "allow") or decision not in ("ALLOW", "ALLOW_WITH_CREDITS"):
         return decision
-    reasons.append("unpriced_resources")
+    reasons.append(reason)
     if mode == "shadow":
-        reasons.append("shadow_mode_unpriced_resources_override")
+        reasons.append(f"shadow_mode_{reason}_override")
         return decision
     if rule == "deny":
         if mode == "soft":
-            reasons.append("soft_mode_unpriced_resources_escalation")
+            reasons.append(f"soft_mode_{reason}_escalation")
         return violation_decision(mode)
     return "REQUIRE_APPROVAL"
 
@@ -411,8 +419,12 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
                 reasons.append("reserved_credit_waterfall_used")
             if wf.emergency_credits > 0:
                 reasons.append("emergency_credit_waterfall_used")
+    if funding.budget is None and funding.tenant_has_budgets and requested > 0:
+        decision = _escalation_rule(policy.entitlements.unbudgeted_projects, "unbudgeted_project", mode, decision,
+                                    reasons)
     if unpriced_count(inp.metadata):
-        decision = _unpriced(policy, mode, decision, reasons)
+        decision = _escalation_rule(policy.entitlements.unpriced_resources, "unpriced_resources", mode, decision,
+                                    reasons)
     column = environment_class(inp.environment)
     approval_by_policy = (getattr(policy.approval.require_approval, column)
                           and requested >= policy.entitlements.auto_approve_below_monthly_usd)

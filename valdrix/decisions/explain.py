@@ -6,13 +6,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from valdrix.decisions.models import Decision
 from valdrix.money import monthly
+
+if TYPE_CHECKING:  # the client (`valdrix preflight`) uses the sentences without the server's libraries
+    from valdrix.decisions.models import Decision
 
 REASONS = {
     "no_budget_configured": "No budget governs this project (nor a `default` budget): nothing limits or reserves it.",
+    "unbudgeted_project": "The tenant has budgets, but none governs this project: is the project id right?",
     "computed_context_unavailable": "Actual spend data was required but unavailable or too old.",
     "hard_deny_threshold_exceeded": "The change is above the policy's hard-deny threshold for a single change.",
     "plan_limit_exceeded": "The tenant's plan ceiling would be exceeded.",
@@ -35,7 +38,8 @@ REASONS = {
     "soft_mode_escalation": "Soft mode turns the violation into an approval request.",
 }
 _SUBJECTS = {"plan_limit": "plan-ceiling", "budget": "budget", "enterprise_ceiling": "enterprise-ceiling",
-             "cost_context": "missing-cost-data", "unpriced_resources": "unpriced-resources"}
+             "cost_context": "missing-cost-data", "unpriced_resources": "unpriced-resources",
+             "unbudgeted_project": "unbudgeted-project"}
 _MODE_REASON = re.compile(r"^(shadow|soft|hard)_mode_([a-z_]+)_(override|escalation|closed)$")
 _HOW = {"override": "records the {s} violation but allows the change",
         "escalation": "turns the {s} violation into an approval request",

@@ -378,6 +378,8 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
         if budget is not None:
             committed = spend.committed if forecast and spend is not None and spend.usable else None
             state = engine.BudgetState(budget.scope_key, budget.monthly_limit_usd, budget.reserved_usd, committed)
+        has_budgets = (budget is None and entitlements.unbudgeted_projects != "allow" and inp.monthly_delta > 0
+                       and budgets.tenant_has_budgets(session, ctx.tenant_id))
         grants = None
         if not unavailable and engine.needs_credits(inp, state):
             grants = budgets.lock_grants(session, ctx.tenant_id, inp.project_id, ctx.now)
@@ -389,7 +391,7 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
     funding = engine.Funding(budget=state,
                              reserved_credits=grants.reserved_headroom if grants else ZERO,
                              emergency_credits=grants.emergency_headroom if grants else ZERO,
-                             tenant_reserved_total=tenant_total, spend=spend)
+                             tenant_reserved_total=tenant_total, spend=spend, tenant_has_budgets=has_budgets)
     return funding, grants, unavailable
 
 

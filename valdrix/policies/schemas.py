@@ -108,6 +108,10 @@ class Entitlements(_Closed):
     # becomes: `ignore` prices them at nothing; `escalate` asks a reviewer (shadow only records it);
     # `deny` treats them as a policy violation of the mode (shadow allows, soft escalates, hard denies).
     unpriced_resources: Literal["ignore", "escalate", "deny"] = "escalate"
+    # What a cost increase for a project no budget governs (neither its own nor `default`) becomes when the
+    # tenant has budgets: a mistyped project id would otherwise be unbounded. Same meanings as above, with
+    # `allow` in place of `ignore`; a tenant without any budget is not affected.
+    unbudgeted_projects: Literal["allow", "escalate", "deny"] = "escalate"
 
     @model_validator(mode="after")
     def _ordering(self) -> Entitlements:

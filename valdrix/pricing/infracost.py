@@ -4,16 +4,25 @@ Totals come from `diffTotalMonthlyCost` / `diffTotalHourlyCost`. Breakdown outpu
 those keys; then the delta is `totalMonthlyCost - pastTotalMonthlyCost` (a missing past total counts as 0,
 i.e. everything is new), and a missing hourly figure is derived as monthly / 730. Per resource, the delta is
 the resource's cost in `breakdown` minus its cost in `pastBreakdown`, matched by name within a project.
+
+A resource without a cost is classified as the built-in pricer would: usage-based when its type is usage-based
+in the packaged catalogue, when a component says `usageBased`, or when (older output, before that flag
+existed) a component carries a unit price but no quantity: its quantity would come from a usage file.
+Unchanged resources (no-op) are not part of the change, so an unpriced one does not make the change unpriced.
+
+Output in another currency is refused unless a rate converts it (`fx_rates`, USD per unit of that currency):
+budgets are in USD, and a EUR figure read as dollars would be silently wrong by the exchange rate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from valdrix.money import HOURS_PER_MONTH, hourly, monthly, parse_amount
-from valdrix.pricing.terraform import PlanEstimate, PricingError, ResourceCost
+from valdrix.pricing.terraform import PlanEstimate, PricingError, ResourceCost, load_catalogue
 
 __all__ = ["PricingError", "read_infracost"]
 
@@ -60,15 +69,26 @@ def _resources(breakdown: Any, where: str) -> dict[str, tuple[str, Decimal | Non
         rtype = resource.get("resourceType")
         cost = _amount(resource.get("monthlyCost"), f"{where}.resources[{i}].monthlyCost")
         components = _list(resource.get("costComponents"), f"{where}.resources[{i}].costComponents")
-        usage = any(isinstance(c, Mapping) and c.get("usageBased") is True for c in components)
+        rtype = rtype if isinstance(rtype, str) else name.split(".")[-2] if "." in name else name
+        usage = _usage_type(rtype) or any(isinstance(c, Mapping) and _usage_component(c) for c in components)
         has_prices = bool(components) or bool(_list(resource.get("subresources"), f"{where}.resources[{i}]"))
         # A null cost with nothing to price is how Infracost lists resources it knows to be free.
-        found[name] = (
-            rtype if isinstance(rtype, str) else name.split(".")[-2] if "." in name else name,
-            cost,
-            usage or not has_prices,
-        )
+        found[name] = (rtype, cost, usage or not has_prices)
     return found
+
+
+def _usage_type(resource_type: str) -> bool:
+    catalogue = load_catalogue()
+    provider = catalogue.provider_for(resource_type)
+    return provider is not None and resource_type in provider.usage_based
+
+
+def _usage_component(component: Mapping[str, Any]) -> bool:
+    if component.get("usageBased") is True:
+        return True
+    # Older output has no `usageBased`: a unit price with neither quantity is a usage-file quantity left unset.
+    return (component.get("price") not in (None, "", "0") and component.get("monthlyQuantity") is None
+            and component.get("hourlyQuantity") is None)
 
 
 def _project_costs(project: Mapping[str, Any], where: str) -> list[ResourceCost]:
@@ -115,6 +135,9 @@ def _project_costs(project: Mapping[str, Any], where: str) -> list[ResourceCost]
         else:
             action = "no-op" if before_cost == after_cost else "update"
         if before_cost is None and after_cost is None:
+            if action == "no-op":
+                # Not part of the change (the built-in pricer skips no-op changes too).
+                continue
             usage = any(side[2] for side in (before, after) if side is not None)
             kind, note = (
                 ("usage_based", "usage-based or free: Infracost reported no cost")
@@ -172,8 +195,23 @@ def _totals(doc: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
     return monthly(diff_monthly), hourly(diff_hourly)
 
 
-def read_infracost(doc: Mapping[str, Any]) -> PlanEstimate:
-    """Return the cost delta and per-resource breakdown of Infracost JSON; raise PricingError if invalid."""
+def _converted(resource: ResourceCost, rate: Decimal, note: str) -> ResourceCost:
+    if resource.kind != "priced":
+        return resource
+    return replace(resource,
+                   before_monthly_usd=None if resource.before_monthly_usd is None else
+                   monthly(resource.before_monthly_usd * rate),
+                   after_monthly_usd=None if resource.after_monthly_usd is None else
+                   monthly(resource.after_monthly_usd * rate),
+                   monthly_delta_usd=monthly(resource.monthly_delta_usd * rate),
+                   hourly_delta_usd=hourly(resource.hourly_delta_usd * rate), notes=(*resource.notes, note))
+
+
+def read_infracost(doc: Mapping[str, Any], fx_rates: Mapping[str, Decimal] | None = None) -> PlanEstimate:
+    """Return the cost delta and per-resource breakdown of Infracost JSON; raise PricingError if invalid.
+
+    `fx_rates` maps a currency code to its value in USD (`{"EUR": Decimal("1.08")}`: 1 EUR = 1.08 USD).
+    """
     doc = _mapping(doc, "Infracost output")
     version = doc.get("version")
     if version != SUPPORTED_VERSION:
@@ -181,13 +219,22 @@ def read_infracost(doc: Mapping[str, Any]) -> PlanEstimate:
             f"unsupported Infracost output version {version!r} (expected {SUPPORTED_VERSION!r})"
         )
     currency = doc.get("currency", "USD")
+    rate = Decimal(1)
     if currency != "USD":
-        raise PricingError(f"unsupported currency {currency!r} (expected USD)")
+        if not isinstance(currency, str) or currency.upper() not in (fx_rates or {}):
+            raise PricingError(
+                f"the Infracost output is priced in {currency!r}, budgets are in USD: re-run Infracost with "
+                f"INFRACOST_CURRENCY=USD, or give the rate with --fx-rate {currency}=<USD per {currency}>")
+        rate = (fx_rates or {})[currency.upper()]
     projects = _list(doc.get("projects"), "projects")
     resources: list[ResourceCost] = []
     for i, project in enumerate(projects):
         resources += _project_costs(_mapping(project, f"projects[{i}]"), f"projects[{i}]")
     monthly_delta, hourly_delta = _totals(doc)
+    if currency != "USD":
+        note = f"converted from {currency} at {rate} USD/{currency}"
+        resources = [_converted(r, rate, note) for r in resources]
+        monthly_delta, hourly_delta = monthly(monthly_delta * rate), hourly(hourly_delta * rate)
     return PlanEstimate(
         monthly_delta_usd=monthly_delta,
         hourly_delta_usd=hourly_delta,

@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import FIXTURES
 from valdrix.canonical import canonical_json
+from valdrix.cli import optional_values
 from valdrix.cli.continuation import Continuation, StateError, parse_duration, read_binding
-from valdrix.cli.preflight import ci_run_id, ci_run_url, idempotency_key, optional_values
+from valdrix.cli.preflight import ci_run_id, ci_run_url, idempotency_key
 from valdrix.pricing.summary import MAX_REFERENCE, change_digest, pricing_metadata, resource_reference
 from valdrix.pricing.terraform import PlanEstimate, ResourceCost, price_plan
 

@@ -70,8 +70,46 @@ def test_per_resource_diff_and_null_costs() -> None:
         Decimal("742.6400"),
         Decimal("-560.6400"),
     )
-    lambdas = [r for r in estimate.resources if r.resource_type == "aws_lambda_function"]
-    assert len(lambdas) == 5 and all(r.kind == "unpriced" and r.notes for r in lambdas)
+    # The five lambdas are unchanged (no-op) with older-format components: a unit price, no quantity. They are
+    # not part of the change, so the cost decrease is not "unpriced" and nothing escalates it.
+    assert not [r for r in estimate.resources if r.resource_type == "aws_lambda_function"]
+    assert not estimate.unpriced and estimate.monthly_delta_usd < 0
+
+
+def _one_resource(resource: dict[str, object], *, currency: str = "USD") -> dict[str, object]:
+    return {"version": "0.2", "currency": currency, "diffTotalMonthlyCost": "10", "projects": [
+        {"name": "p", "breakdown": {"resources": [resource]}, "pastBreakdown": {"resources": []}}]}
+
+
+def test_older_format_component_with_a_price_and_no_quantity_is_usage_based() -> None:
+    component = {"name": "Requests", "price": "0.2", "monthlyQuantity": None, "hourlyQuantity": None}
+    [created] = read_infracost(_one_resource({"name": "x_queue.q", "resourceType": "x_queue", "monthlyCost": None,
+                                              "costComponents": [component]})).resources
+    assert (created.action, created.kind) == ("create", "usage_based")
+
+
+def test_usage_based_types_are_classified_like_the_built_in_pricer() -> None:
+    # No components at all, yet the catalogue knows an S3 bucket's cost is usage-based, as price_plan says.
+    [bucket] = read_infracost(_one_resource({"name": "aws_s3_bucket.b", "resourceType": "aws_s3_bucket",
+                                             "monthlyCost": None, "costComponents": [
+                                                 {"name": "Storage", "price": None}]})).resources
+    assert bucket.kind == "usage_based"
+    plan = {"format_version": "1.2", "resource_changes": [
+        {"address": "aws_s3_bucket.b", "type": "aws_s3_bucket", "provider_name": "registry.terraform.io/hashicorp/aws",
+         "change": {"actions": ["create"], "before": None, "after": {"bucket": "b"}, "after_unknown": {}}}]}
+    [built_in] = price_plan(plan).resources
+    assert built_in.kind == bucket.kind
+
+
+def test_other_currencies_need_a_rate() -> None:
+    resource = {"name": "aws_instance.a", "resourceType": "aws_instance", "monthlyCost": "10",
+                "costComponents": [{"name": "Instance", "price": "1", "monthlyQuantity": "10"}]}
+    with pytest.raises(PricingError, match=r"priced in 'EUR'.*--fx-rate EUR="):
+        read_infracost(_one_resource(resource, currency="EUR"))
+    estimate = read_infracost(_one_resource(resource, currency="EUR"), {"EUR": Decimal("1.1")})
+    assert estimate.monthly_delta_usd == Decimal("11.0000")
+    [converted] = estimate.resources
+    assert converted.monthly_delta_usd == Decimal("11.0000") and "converted from EUR at 1.1" in converted.notes[-1]
 
 
 def test_nochange_resources_are_noop() -> None:
