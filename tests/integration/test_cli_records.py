@@ -59,7 +59,7 @@ def test_version_and_the_env_fallbacks_are_named_in_help(tenant: Tenant) -> None
     version = cli(tenant, "--version")
     assert version.returncode == 0 and version.stdout.startswith("valdrix ")
     for command in (("decisions", "list"), ("decisions", "explain"), ("approvals", "list"), ("approvals", "show"),
-                    ("approvals", "revoke")):
+                    ("approvals", "revoke"), ("preflight",), ("approve",), ("deny",), ("consume",)):
         shown = cli(tenant, *command, "--help")
         text = " ".join(shown.stdout.split())
         assert "VALDRIX_SERVER" in text and "VALDRIX_API_KEY" in text and "--api-key" in text, command

@@ -1,13 +1,12 @@
 """`valdrix approve|deny APPROVAL_ID` for reviewers and `valdrix consume` for pipelines and scripts.
 
-All three talk to a running gate (`--server` / VALDRIX_SERVER) with the key in VALDRIX_API_KEY. `consume`
+All three talk to a running gate (`--server` / VALDRIX_SERVER) with `--api-key` / VALDRIX_API_KEY. `consume`
 exits like `valdrix preflight`: 0 consumed, 1 usage/transport error, 3 approval not yet usable, 4 refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,16 +33,22 @@ JSON = typer.Option(False, "--json", help="Print the API answer as JSON.")
 RETRIES = typer.Option(3, "--retries", min=0, max=10, help="Retries when the request was not processed.")
 
 
-def _key() -> str:
-    key = os.environ.get("VALDRIX_API_KEY", "").strip()
+# Optional for click, checked by `_key`: a missing key exits 1 (usage), as the exit codes promise, not click's 2.
+API_KEY = typer.Option(None, "--api-key", envvar="VALDRIX_API_KEY", show_default=False,
+                       help="API key (env VALDRIX_API_KEY).")
+
+
+def _key(given: str | None) -> str:
+    key = (given or "").strip()
     if not key:
-        err.print("[red]error[/red]: set VALDRIX_API_KEY to your API key")
+        err.print("[red]error[/red]: give --api-key or set VALDRIX_API_KEY to your API key")
         raise typer.Exit(int(Exit.ERROR))
     return key
 
 
-def _review(verb: str, approval_id: str, notes: str | None, server: str, as_json: bool, retries: int) -> None:
-    with GateClient(server, _key(), retries=retries) as client:
+def _review(verb: str, approval_id: str, notes: str | None, server: str, key: str | None, as_json: bool,
+            retries: int) -> None:
+    with GateClient(server, _key(key), retries=retries) as client:
         try:
             body = client.approve(approval_id, notes) if verb == "approve" else client.deny(approval_id, notes)
         except ApiError as exc:
@@ -60,15 +65,15 @@ def _review(verb: str, approval_id: str, notes: str | None, server: str, as_json
 
 
 def approve(approval_id: str = typer.Argument(..., help="Approval request id."), notes: str | None = NOTES,
-            server: str = SERVER, as_json: bool = JSON, retries: int = RETRIES) -> None:
+            server: str = SERVER, key: str | None = API_KEY, as_json: bool = JSON, retries: int = RETRIES) -> None:
     """Approve a pending approval request (needs the approve:prod or approve:nonprod permission)."""
-    _review("approve", approval_id, notes, server, as_json, retries)
+    _review("approve", approval_id, notes, server, key, as_json, retries)
 
 
 def deny(approval_id: str = typer.Argument(..., help="Approval request id."), notes: str | None = NOTES,
-         server: str = SERVER, as_json: bool = JSON, retries: int = RETRIES) -> None:
+         server: str = SERVER, key: str | None = API_KEY, as_json: bool = JSON, retries: int = RETRIES) -> None:
     """Deny a pending approval request; the waiting pipeline exits 3."""
-    _review("deny", approval_id, notes, server, as_json, retries)
+    _review("deny", approval_id, notes, server, key, as_json, retries)
 
 
 def consume(
@@ -77,7 +82,7 @@ def consume(
                                      help="Approval token (env VALDRIX_APPROVAL_TOKEN); needs --binding-file."),
     binding_file: Path | None = typer.Option(None, "--binding-file", help="JSON with the binding: a state file, a "
                                              "preflight answer or the bare `continuation.binding` object."),
-    server: str = SERVER, as_json: bool = JSON, retries: int = RETRIES,
+    server: str = SERVER, key: str | None = API_KEY, as_json: bool = JSON, retries: int = RETRIES,
 ) -> None:
     """Consume an approval token against the persisted request binding; exit 0 only if the server accepts it."""
     try:
@@ -91,7 +96,7 @@ def consume(
         continuation = read_binding(binding_file) if binding_file is not None else None
     except StateError as exc:
         _exit(Result(Exit.ERROR, "usage_error", str(exc)), as_json)
-    with GateClient(server, _key(), retries=retries) as client:
+    with GateClient(server, _key(key), retries=retries) as client:
         if state is not None:
             _exit(consume_state(client, state, state_file, err), as_json)
         if token is not None and continuation is not None:

@@ -131,6 +131,8 @@ def preflight(
                                       help="USD per unit of a currency Infracost priced in, e.g. EUR=1.08 "
                                            "(repeatable); other currencies are refused."),
     server: str = typer.Option(..., "--server", envvar="VALDRIX_SERVER", help="Gate URL (env VALDRIX_SERVER)."),
+    key: str | None = typer.Option(None, "--api-key", envvar="VALDRIX_API_KEY", show_default=False,
+                                   help="The pipeline's API key (env VALDRIX_API_KEY)."),
     project: str = typer.Option("default", "--project", help="Project id (the budget scope)."),
     environment: str = typer.Option("nonprod", "--environment", help="Environment, e.g. prod or nonprod."),
     resource_ref: str | None = typer.Option(None, "--resource-ref", help="Resource reference (default: "
@@ -169,7 +171,7 @@ def preflight(
     from valdrix.money import ZERO, hourly
     from valdrix.pricing.terraform import PricingError
 
-    api_key = os.environ.get("VALDRIX_API_KEY", "").strip()
+    api_key = (key or "").strip()
     env = dict(os.environ)
     report: dict[str, Any] = {}
     fmt = "json" if as_json else output
@@ -178,7 +180,7 @@ def preflight(
         if fmt not in FORMATS:
             raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
         if not api_key:
-            raise typer.BadParameter("set VALDRIX_API_KEY to the pipeline's API key")
+            raise typer.BadParameter("give --api-key or set VALDRIX_API_KEY to the pipeline's API key")
         timeout = parse_duration(wait) if wait is not None else 0.0
         run = run_id or ci_run_id(env)
         if not run:
