@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from valdrix.canonical import sha256_hex
+from valdrix.canonical import SCHEME, Scheme, sha256_hex
 from valdrix.cli.continuation import (
     Continuation,
     Exit,
@@ -40,6 +41,8 @@ from valdrix.pricing.terraform import PlanEstimate, PricingError, price_plan
 
 DEFAULT_WAIT = "30m"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# The change digest of one pricing input, by the canonical-JSON scheme it is hashed with.
+Digest = Callable[[Scheme], str]
 
 out = Console()
 err = Console(stderr=True)
@@ -93,19 +96,21 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | None,
-              hourly_delta: str | None) -> tuple[PlanEstimate | None, str | None, Decimal, Decimal]:
-    """Return (estimate, change digest, monthly delta, hourly delta) from exactly one pricing input."""
+              hourly_delta: str | None) -> tuple[PlanEstimate | None, Digest | None, Decimal, Decimal]:
+    """Return (estimate, change digest by scheme, monthly delta, hourly delta) from exactly one pricing input."""
     given = [x for x in (plan, infracost, monthly_delta) if x is not None]
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of --plan, --infracost or --monthly-delta")
     if plan is not None:
         document = read_json(plan, "plan")
         estimate = price_plan(document)
-        return estimate, change_digest(document), estimate.monthly_delta_usd, estimate.hourly_delta_usd
+        return (estimate, lambda scheme: change_digest(document, scheme), estimate.monthly_delta_usd,
+                estimate.hourly_delta_usd)
     if infracost is not None:
         estimate = read_infracost(read_json(infracost, "Infracost output"))
-        digest = sha256_hex([[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources])
-        return estimate, digest, estimate.monthly_delta_usd, estimate.hourly_delta_usd
+        changes = [[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources]
+        return estimate, lambda scheme: sha256_hex(changes, scheme), estimate.monthly_delta_usd, \
+            estimate.hourly_delta_usd
     try:
         amount = monthly(parse_amount(monthly_delta))
         rate = hourly(parse_amount(hourly_delta)) if hourly_delta is not None else hourly(amount / HOURS_PER_MONTH)
@@ -158,7 +163,18 @@ def preflight(
         "source": "manual", "monthly_delta_usd": str(amount), "hourly_delta_usd": str(rate)}
     path = state_file or Path(".valdrix") / f"preflight-{_SAFE.sub('_', run)}-{_SAFE.sub('_', stage)}.json"
     report["state_file"] = str(path)
-    metadata = request_metadata(estimate, digest) if estimate is not None else {}
+    try:
+        previous = load_state(path)
+        if previous is not None and (previous.run_id, previous.stage, previous.server.rstrip("/")) != (
+                run, stage, server.rstrip("/")):
+            raise StateError(f"state file {path} belongs to run {previous.run_id!r} stage {previous.stage!r} on "
+                             f"{previous.server}; pass another --state-file")
+    except StateError as exc:
+        _finish(Result(Exit.ERROR, "state_file_unusable", str(exc)), as_json, report)
+        return
+    # A retry hashes its change digest as its first run did, so an unchanged plan sends the same request.
+    scheme = previous.canonicalization if previous else SCHEME
+    metadata = request_metadata(estimate, digest(scheme) if digest else None) if estimate is not None else {}
     body: dict[str, Any] = {
         "run_id": run, "stage": stage, "project_id": project, "environment": environment,
         "resource_reference": resource_ref or resource_reference(Path.cwd().name or "terraform", estimate),
@@ -169,15 +185,6 @@ def preflight(
     }
     if ci_run_url(env):
         body["run_url"] = ci_run_url(env)
-    try:
-        previous = load_state(path)
-        if previous is not None and (previous.run_id, previous.stage, previous.server.rstrip("/")) != (
-                run, stage, server.rstrip("/")):
-            raise StateError(f"state file {path} belongs to run {previous.run_id!r} stage {previous.stage!r} on "
-                             f"{previous.server}; pass another --state-file")
-    except StateError as exc:
-        _finish(Result(Exit.ERROR, "state_file_unusable", str(exc)), as_json, report)
-        return
     key = previous.idempotency_key if previous else idempotency_key(project, environment, run, stage)
     if previous:
         # Runbook §1.1: a retry reuses the key and states which request it expects to be continuing.
@@ -212,6 +219,7 @@ def _run(client: GateClient, body: dict[str, Any], key: str, previous: State | N
                       project_id=body["project_id"], environment=body["environment"], idempotency_key=key,
                       decision_id=response["decision_id"], decision=decision,
                       request_fingerprint=response["request_fingerprint"],
+                      canonicalization=previous.canonicalization if previous else SCHEME,
                       approval_required=bool(response.get("approval_required")),
                       approval_request_id=response.get("approval_request_id"),
                       continuation=Continuation.model_validate(response["continuation"]), saved_at=now_iso())

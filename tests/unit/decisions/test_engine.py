@@ -161,7 +161,9 @@ def test_waterfall_invariants(delta: Decimal, limit: Decimal, reserved: Decimal,
     assert ev.reservation_active == (held > 0)
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+# Integers within RFC 8785's range: the request schema refuses larger ones (tests/unit/test_canonical.py).
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+                           | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                                        max_size=3), max_leaves=8)
 
