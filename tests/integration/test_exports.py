@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import threading
@@ -15,13 +16,14 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from typer.testing import CliRunner
 
 from tests.integration.test_gate_flow import preflight, set_mode
 from tests.live import LiveServer, Tenant, post, thread_server
 from valdrix.audit import service
 from valdrix.audit.verify import Report, verify
+from valdrix.canonical import canonical_bytes
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine
 
@@ -70,7 +72,8 @@ def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tena
     with tenant.client() as c:
         populate(c)
         path = archive(c, tmp_path / "a.zip")
-        report = verify(path, jwks(c))
+        keys = jwks(c)
+        report = verify(path, keys)
         assert report.ok, problems(report)
         again = archive(c, tmp_path / "b.zip")
         assert again.read_bytes() == path.read_bytes()
@@ -91,17 +94,16 @@ def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tena
     assert parity["parity_ok"] is True
     assert parity["decision_count_db"] == parity["decision_count_exported"] == 4
     assert parity["approval_count_db"] == parity["approval_count_exported"] == 1
-    assert parity["manifest_sha256"] == manifest_sha(path)
-    assert parity["policy_lineage_sha256"] == manifest["policy_lineage_sha256"]
-    assert parity["computed_context_lineage"] == manifest["computed_context_lineage"]
+    assert manifest["canonicalization"] == parity["canonicalization"] == "rfc8785"
+    for name in ("policy_lineage", "policy_lineage_sha256", "computed_context_lineage",
+                 "computed_context_lineage_sha256"):
+        assert parity[name] == manifest[name], name
     assert parity["signature_algorithm"] == "Ed25519" and parity["signature_kid"] == manifest["signature"]["kid"]
-
-
-def manifest_sha(path: Path) -> str:
-    import hashlib
-
-    with zipfile.ZipFile(path) as z:
-        return hashlib.sha256(z.read("manifest.json")).hexdigest()
+    summary = {k: v for k, v in parity.items() if k not in ("signature", "summary_sha256")}
+    assert parity["summary_sha256"] == hashlib.sha256(canonical_bytes(summary)).hexdigest()
+    key = next(k for k in keys["keys"] if k["kid"] == parity["signature_kid"])
+    Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "==")).verify(
+        base64.b64decode(parity["signature"]), canonical_bytes(summary))
 
 
 def _flip_digit(data: bytes, marker: bytes) -> bytes:
@@ -267,7 +269,7 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
             with service.snapshot(engine) as conn:
                 counted = conn.execute(service.DECISIONS.count(), params).scalar_one()
                 assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
-                rows = conn.execute(service.DECISIONS.query, params).all()
+                rows = conn.execute(service.DECISIONS.query(conn.dialect.name)[0], params).all()
             with service.snapshot(engine) as conn:
                 after = conn.execute(service.DECISIONS.count(), params).scalar_one()
     finally:
