@@ -115,6 +115,36 @@ def canonical_json(value: Any, scheme: Scheme = SCHEME) -> str:
     return canonical_bytes(value, scheme).decode("utf-8")
 
 
+class _FloatSeen(Exception):
+    pass
+
+
+def _float_seen(_: str) -> Any:
+    raise _FloatSeen
+
+
+# Built once: json.loads with hooks would build a decoder per call.
+_NO_FLOAT_DECODER = json.JSONDecoder(parse_float=_float_seen, parse_constant=_float_seen)
+
+
+def canonical_json_of_text(document: str | bytes) -> str:
+    """Return the canonical JSON (RFC 8785) of the JSON text `document` (e.g. as a database stores it).
+
+    The same result as `canonical_json(json.loads(document))`; the standard parser's hooks tell that the
+    document holds no float or NaN/Infinity literal, which is what lets orjson serialise it without the walk
+    `_plain_json` does for a value of unknown origin. Raise ValueError for text that is not JSON.
+    """
+    try:
+        value = _NO_FLOAT_DECODER.decode(document if isinstance(document, str) else document.decode("utf-8"))
+    except _FloatSeen:
+        return canonical_json(json.loads(document))
+    try:
+        data = orjson.dumps(value, option=_FAST)
+    except orjson.JSONEncodeError:
+        return canonical_json(value)
+    return canonical_json(value) if _HIGH_PLANE.search(data) else data.decode("utf-8")
+
+
 def sha256_hex(value: Any, scheme: Scheme = SCHEME) -> str:
     """Return the lower-case hex SHA-256 of the canonical JSON of `value`."""
     return hashlib.sha256(canonical_bytes(value, scheme)).hexdigest()

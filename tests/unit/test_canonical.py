@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -17,6 +18,7 @@ from valdrix.canonical import (
     LEGACY_SCHEME,
     canonical_bytes,
     canonical_json,
+    canonical_json_of_text,
     digests,
     is_digest_of,
     sha256_hex,
@@ -81,3 +83,9 @@ def test_a_hash_stored_before_rfc8785_still_matches_its_value() -> None:
     assert digests(value) == (sha256_hex(value), legacy)
     assert is_digest_of(legacy, value) and is_digest_of(sha256_hex(value).upper(), value)
     assert not is_digest_of(sha256_hex({"other": 1}), value)
+
+
+@given(json_values)
+def test_canonical_json_of_text_is_canonical_json_of_the_parsed_text(value: Any) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+        assert canonical_json_of_text(text) == canonical_json(json.loads(text))

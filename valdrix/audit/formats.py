@@ -31,18 +31,16 @@ bytes for the same rows.
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import orjson
 from sqlalchemy import Numeric, String, Text, case, cast, func, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
-from valdrix.canonical import canonical_json
+from valdrix.canonical import canonical_json_of_text
 
 DIALECT = "valdrix.audit.csv.v2"
 LEGACY_DIALECT = "valdrix.audit.csv.v1"
@@ -50,6 +48,10 @@ Kind = Literal["text", "int", "decimal", "bool", "datetime", "uuid", "json"]
 Finish = Callable[[Any], str]
 _FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "'")
 _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
+# A field is quoted when it holds one of these (RFC 4180; Python's csv QUOTE_MINIMAL with CRLF records).
+_NEEDS_QUOTES = re.compile(r'[",\r\n]').search
+# Kinds whose cells may hold a comma, quote or line break; the others are digits, hex, dates and words.
+_QUOTABLE: tuple[Kind, ...] = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,6 @@ def unneutralise(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def json_cell(stored: str | bytes) -> str:
-    """Return the canonical JSON cell of a stored JSON document's text."""
-    return canonical_json(orjson.loads(stored))
-
-
 def _sqlite_uuid(stored: str) -> str:
     return f"{stored[:8]}-{stored[8:12]}-{stored[12:16]}-{stored[16:20]}-{stored[20:]}".lower()
 
@@ -93,20 +90,24 @@ def _sqlite_decimal(scale: int) -> Finish:
 
 
 def reader(expr: ColumnElement[Any], kind: Kind, dialect: str) -> tuple[ColumnElement[Any], Finish | None]:
-    """Return the SQL reading `expr` as a cell of `kind` on `dialect`, and the Python step finishing it (if any)."""
+    """Return the SQL reading `expr` as a cell of `kind` on `dialect`, and the Python step finishing it (if any).
+
+    Without a finishing step the SQL yields the cell itself, NULL as the empty string; a finishing step is
+    given the stored value (never NULL, which becomes the empty cell).
+    """
     if kind == "bool":
-        return case((expr.is_(None), None), (expr, "true"), else_="false"), None
+        return case((expr, "true"), (~expr, "false"), else_=""), None
     if kind == "int":
-        return expr, None
+        return func.coalesce(cast(expr, Text()), ""), None
     if kind == "text":
         return type_coerce(expr, String()), neutralise
     postgresql = dialect == "postgresql"
     if kind == "json":
-        return (cast(expr, Text()) if postgresql else type_coerce(expr, String())), json_cell
+        return (cast(expr, Text()) if postgresql else type_coerce(expr, String())), canonical_json_of_text
     if postgresql:
         if kind == "datetime":
-            return func.to_char(func.timezone("UTC", expr), _PG_TIMESTAMP), None
-        return cast(expr, Text()), None
+            return func.coalesce(func.to_char(func.timezone("UTC", expr), _PG_TIMESTAMP), ""), None
+        return func.coalesce(cast(expr, Text()), ""), None
     if kind == "decimal":
         scale = expr.type.scale if isinstance(expr.type, Numeric) and expr.type.scale is not None else 0
         return type_coerce(expr, String()), _sqlite_decimal(scale)
@@ -119,34 +120,31 @@ class CsvEncoder:
     def __init__(self, columns: Sequence[Column], finishers: Sequence[Finish | None]) -> None:
         self.columns = tuple(columns)
         self._finish = [(i, f) for i, f in enumerate(finishers) if f is not None]
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+        self._quotable = [i for i, c in enumerate(self.columns) if c.kind in _QUOTABLE]
 
     def header(self) -> bytes:
         """Return the header record."""
-        self._writer.writerow([c.header for c in self.columns])
-        return self._take()
+        return self.encode([[c.header for c in self.columns]])
 
-    def cells(self, rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
-        """Return the finished cells of `rows` (NULL stays None, which the writer prints as the empty cell)."""
+    def cells(self, rows: Iterable[Sequence[Any]]) -> list[list[str]]:
+        """Return the cells of `rows`: each finished from its stored value, NULL as the empty cell."""
         finish = self._finish
         out = []
         for row in rows:
             cells = list(row)
             for i, step in finish:
                 value = cells[i]
-                if value is not None:
-                    cells[i] = step(value)
+                cells[i] = "" if value is None else step(value)
             out.append(cells)
         return out
 
-    def encode(self, cells: Iterable[Sequence[Any]]) -> bytes:
-        """Return the records of finished `cells`."""
-        self._writer.writerows(cells)
-        return self._take()
-
-    def _take(self) -> bytes:
-        data = self._buffer.getvalue().encode("utf-8")
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        return data
+    def encode(self, rows: Iterable[list[str]]) -> bytes:
+        """Return the records of rows of cells (the lists are quoted in place)."""
+        quotable = self._quotable
+        lines = []
+        for cells in rows:
+            for i in quotable:
+                if _NEEDS_QUOTES(cells[i]):
+                    cells[i] = '"' + cells[i].replace('"', '""') + '"'
+            lines.append(",".join(cells))
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8") if lines else b""
