@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 from tests.conftest import FIXTURES
 from tests.live import Tenant
 from tests.pg import free_port
+from valdrix.canonical import LEGACY_SCHEME
 from valdrix.cli import app
-from valdrix.cli.preflight import optional_values
+from valdrix.cli import preflight as preflight_module
+from valdrix.cli.preflight import change_digest, optional_values
 
 PLANS = FIXTURES / "terraform-plans"
 SMALL_PLAN = PLANS / "infracost__small_terraform_plan_nat_ebs.json"  # $54.7170/month, all priced
@@ -224,3 +226,26 @@ def test_state_file_of_another_run_is_refused(pipeline: Pipeline) -> None:
     shutil.copy(state_path(pipeline), pipeline.workdir / "other.json")
     code, doc, _ = pipeline.preflight("--state-file", "other.json", run="run-9")
     assert code == 1 and doc["outcome"] == "state_file_unusable", doc
+
+
+def test_a_run_started_before_rfc8785_continues_after_the_upgrade(pipeline: Pipeline, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state file written by a CLI that hashed the change digest the legacy way: the retry hashes it the same
+    way, so it sends the same request and replays instead of meeting a changed-plan conflict."""
+    plan = json.loads(SMALL_PLAN.read_text())
+    change = next(rc["change"] for rc in plan["resource_changes"] if rc["change"]["actions"] not in (["no-op"],))
+    change["after"] = {**(change.get("after") or {}), "tags": {"équipe": "paiements", "ratio": 1.0}}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert change_digest(plan) != change_digest(plan, LEGACY_SCHEME)
+    with monkeypatch.context() as old_cli:
+        old_cli.setattr(preflight_module, "SCHEME", LEGACY_SCHEME)
+        code, first, _ = pipeline.preflight(plan=path)
+    assert code == 0, first
+    state = json.loads(state_path(pipeline).read_text())
+    del state["canonicalization"]  # what a CLI from before RFC 8785 wrote
+    state_path(pipeline).write_text(json.dumps(state))
+    code, again, _ = pipeline.preflight(plan=path)
+    assert code == 0 and again["preflight"]["replayed"] is True, again
+    assert again["preflight"]["decision_id"] == first["preflight"]["decision_id"]
+    assert json.loads(state_path(pipeline).read_text())["canonicalization"] == LEGACY_SCHEME

@@ -21,8 +21,8 @@ _LIMIT_CODES = {"export_window_too_large", "export_too_many_rows"}
 T = TypeVar("T")
 
 
-def _counted(artifact: str, build: Callable[[], T]) -> T:
-    """Return `build()`, counting its outcome under `artifact`."""
+def _counted(artifact: str, build: Callable[[], T], *, done: bool = True) -> T:
+    """Return `build()`, counting a refusal or error under `artifact`, and success too when `done`."""
     try:
         result = build()
     except InvalidInput as exc:
@@ -31,8 +31,19 @@ def _counted(artifact: str, build: Callable[[], T]) -> T:
     except Exception:
         EXPORT_EVENTS.labels(artifact, "error").inc()
         raise
-    EXPORT_EVENTS.labels(artifact, "success").inc()
+    if done:
+        EXPORT_EVENTS.labels(artifact, "success").inc()
     return result
+
+
+def _metered(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Stream `chunks`, counting the archive once its last byte is produced, or its failure mid-stream."""
+    try:
+        yield from chunks
+    except Exception:
+        EXPORT_EVENTS.labels("archive", "error").inc()
+        raise
+    EXPORT_EVENTS.labels("archive", "success").inc()
 
 
 @router.get("/parity")
@@ -61,7 +72,7 @@ def archive(request: Request, caller: Admin, clock: ClockDep, settings: Settings
                                  max_rows=settings.export_max_rows, signer=keyring)
         return chunks, win
 
-    chunks, win = _counted("archive", build)
+    chunks, win = _counted("archive", build, done=False)
     name = f"valdrix-export-{caller.tenant_id}-{win.start.isoformat()}-{win.end.isoformat()}.zip"
-    return StreamingResponse(chunks, media_type="application/zip",
+    return StreamingResponse(_metered(chunks), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})

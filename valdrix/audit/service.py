@@ -259,7 +259,7 @@ def _counts(conn: Connection, params: dict[str, Any], max_rows: int) -> dict[str
 
 def _lineage_add(lineage: manifests.Lineage, cells: list[Any], at: tuple[int, ...]) -> None:
     decision_id, version, schema, sha, context = (cells[i] for i in at)
-    lineage.add(decision_id, int(version), unneutralise(schema or ""), unneutralise(sha or ""), context or "null")
+    lineage.add(decision_id, int(version), unneutralise(schema), unneutralise(sha), context)
 
 
 def _sign(signer: KeyRing, data: bytes) -> bytes:
