@@ -116,13 +116,14 @@ def populate(url: str, tenant_id: uuid.UUID, count: int, start: datetime) -> Non
                         "entitlement_waterfall": [{"stage": "allocation", "amount_usd": str(monthly)}],
                         "reserved_credit_split_usd": {"reserved": "0.0000", "emergency": "0.0000"},
                         "fail_safe_trigger": None}
+            fingerprint = sha256_hex(request)
             decision_id = uuid.uuid4()
             approval_id = uuid.uuid4() if verdict == "REQUIRE_APPROVAL" else None
             decisions.append({
                 "id": decision_id, "tenant_id": tenant_id, "source": "terraform", "environment": "nonprod",
                 "project_id": project, "action": "terraform.apply", "resource_reference": resource,
                 "decision": verdict, "reason_codes": reasons, "mode": mode, "fail_safe": False, "dry_run": False,
-                "policy_version": version, "policy_sha256": sha, "request_fingerprint": sha256_hex(request),
+                "policy_version": version, "policy_sha256": sha, "request_fingerprint": fingerprint,
                 "idempotency_key": f"terraform:run-{i}:pre_apply", "estimated_monthly_delta_usd": monthly,
                 "estimated_hourly_delta_usd": (monthly / 730).quantize(Decimal("0.000001")),
                 "budget_scope": project, "reserved_allocation_usd": monthly if active else Decimal(0),
@@ -133,10 +134,10 @@ def populate(url: str, tenant_id: uuid.UUID, count: int, start: datetime) -> Non
                 "id": uuid.uuid4(), "tenant_id": tenant_id, "decision_id": decision_id, "event": "decision_created",
                 "source": "terraform", "environment": "nonprod", "project_id": project, "decision": verdict,
                 "reason_codes": reasons, "policy_version": version, "policy_sha256": sha,
-                "request_fingerprint": sha256_hex(request), "estimated_monthly_delta_usd": monthly,
+                "request_fingerprint": fingerprint, "estimated_monthly_delta_usd": monthly,
                 "estimated_hourly_delta_usd": (monthly / 730).quantize(Decimal("0.000001")),
                 "reserved_total_usd": monthly if active else Decimal(0), "reservation_active": active,
-                "approval_request_id": approval_id, "request_payload_sha256": sha256_hex(request),
+                "approval_request_id": approval_id, "request_payload_sha256": fingerprint,
                 "response_payload_sha256": sha256_hex(response), "details": {}, "actor": None, "recorded_at": now})
             if approval_id is not None:
                 approvals.append({
