@@ -43,7 +43,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from valdrix.canonical import canonical_json_of_text
 
 DIALECT = "valdrix.audit.csv.v2"
-LEGACY_DIALECT = "valdrix.audit.csv.v1"
 Kind = Literal["text", "int", "decimal", "bool", "datetime", "uuid", "json"]
 Finish = Callable[[Any], str]
 _FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "'")

@@ -33,7 +33,6 @@ import orjson
 from valdrix.canonical import LEGACY_SCHEME, SCHEME, Scheme, canonical_bytes, sha256_hex
 
 SCHEMA_VERSION = "valdrix.audit.export_manifest.v2"
-LEGACY_SCHEMA_VERSION = "valdrix.audit.export_manifest.v1"
 SIGNATURE_ALGORITHM = "Ed25519"
 CONTEXT_KEYS = ("context_version", "mode", "mode_scope", "budget_basis", "risk_class", "fail_safe_trigger")
 FILES = ("decisions.csv", "approvals.csv", "ledger.csv", "policies.json")
