@@ -21,6 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-postgres.sh
+	command -v unzip >/dev/null && command -v openssl >/dev/null || apt-get install -y -qq unzip openssl
 	scripts/fetch-helm.sh
 	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest

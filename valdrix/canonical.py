@@ -1,16 +1,50 @@
-"""Canonical JSON: the one serialisation every hash in Valdrix is computed over."""
+"""Canonical JSON: the one serialisation every hash and signature in Valdrix is computed over.
+
+Scheme `rfc8785` (current): RFC 8785, the JSON Canonicalization Scheme (JCS) — UTF-8, object members sorted by
+their UTF-16 code units, no insignificant whitespace, minimal string escapes, numbers as ECMAScript prints
+them, integers only within ±(2**53 - 1), no NaN or infinity. Any JCS implementation in any language
+reproduces these bytes. The `rfc8785` library is the definition; plain JSON data on which orjson's sorted
+output provably equals it (no floats, no characters from U+E000 up, integers in the JCS range, only
+dict/list/str/int/bool/None) takes orjson instead, because the library is pure Python and an audit export
+canonicalises several documents per row. `tests/unit/test_canonical.py` checks the two agree on generated data.
+
+Before JCS, values are converted: Decimal to its string, datetime to ISO-8601 in UTC, date to ISO-8601, UUID
+to its hyphenated string, a set to its sorted list.
+
+Scheme `valdrix.json.v1` (legacy, read-only): the form used before RFC 8785 — `json.dumps` with sorted keys,
+compact separators and ASCII escapes, floats as Python's repr. On strings of printable ASCII, integers,
+booleans, null and Decimal-as-string it is byte-identical to JCS; it differs on non-ASCII text, DEL and floats.
+It is kept only so that hashes stored or archived before the change still verify (`digests`, `is_digest_of`);
+nothing new is hashed with it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
+
+import orjson
+import rfc8785
+
+Scheme = Literal["rfc8785", "valdrix.json.v1"]
+SCHEME: Scheme = "rfc8785"
+LEGACY_SCHEME: Scheme = "valdrix.json.v1"
+SCHEMES: tuple[Scheme, ...] = (SCHEME, LEGACY_SCHEME)
+
+# OPT_STRICT_INTEGER refuses integers beyond JCS's ±(2**53 - 1); such a value then takes the library, which names
+# the error. Datetimes go through `_plain` like every other non-JSON type.
+_FAST = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
+# UTF-8 lead bytes of U+E000 and above: only there can sorting by code point (orjson) and by UTF-16 unit disagree.
+_HIGH_PLANE = re.compile(rb"[\xee-\xf4]")
+_JSON_SCALARS = (str, int, bool, type(None))
 
 
-def _default(value: Any) -> Any:
+def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
@@ -26,15 +60,106 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not canonically serialisable: {type(value).__name__}")
 
 
-def canonical_json(value: Any) -> str:
-    """Return `value` as canonical JSON: sorted keys, compact separators, Decimal as string, ISO datetimes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_default,
-                      allow_nan=False)
+def _tree(value: Any) -> Any:
+    """Return `value` with every non-JSON leaf converted by `_plain` (the input the rfc8785 library takes)."""
+    if isinstance(value, dict):
+        return {k: _tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tree(v) for v in value]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return _tree(_plain(value))
 
 
-def sha256_hex(value: Any) -> str:
+def _plain_json(value: Any) -> bool:
+    """True when `value` holds only dict (str keys), list, str, int, bool and None, by exact type."""
+    kind = type(value)
+    if kind is dict:
+        return all(type(k) is str and _plain_json(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain_json(v) for v in value)
+    return kind in _JSON_SCALARS
+
+
+def _jcs(value: Any) -> bytes:
+    if _plain_json(value):
+        try:
+            data = orjson.dumps(value, option=_FAST)
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            if not _HIGH_PLANE.search(data):
+                return data
+    try:
+        return rfc8785.dumps(_tree(value))
+    except rfc8785.CanonicalizationError as exc:
+        raise ValueError(f"not canonically serialisable: {exc}") from exc
+
+
+def _legacy(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_plain,
+                      allow_nan=False).encode("ascii")
+
+
+def canonical_bytes(value: Any, scheme: Scheme = SCHEME) -> bytes:
+    """Return `value` as canonical JSON bytes under `scheme` (RFC 8785 unless verifying a legacy hash).
+
+    Raise TypeError for a value of no JSON form, ValueError for one outside the scheme's domain (NaN,
+    infinity, an integer beyond ±(2**53 - 1) under RFC 8785).
+    """
+    return _jcs(value) if scheme == SCHEME else _legacy(value)
+
+
+def canonical_json(value: Any, scheme: Scheme = SCHEME) -> str:
+    """Return `value` as canonical JSON text (`canonical_bytes` decoded from UTF-8)."""
+    return canonical_bytes(value, scheme).decode("utf-8")
+
+
+class _FloatSeen(Exception):
+    pass
+
+
+def _float_seen(_: str) -> Any:
+    raise _FloatSeen
+
+
+# Built once: json.loads with hooks would build a decoder per call.
+_NO_FLOAT_DECODER = json.JSONDecoder(parse_float=_float_seen, parse_constant=_float_seen)
+
+
+def canonical_json_of_text(document: str | bytes) -> str:
+    """Return the canonical JSON (RFC 8785) of the JSON text `document` (e.g. as a database stores it).
+
+    The same result as `canonical_json(json.loads(document))`; the standard parser's hooks tell that the
+    document holds no float or NaN/Infinity literal, which is what lets orjson serialise it without the walk
+    `_plain_json` does for a value of unknown origin. Raise ValueError for text that is not JSON.
+    """
+    try:
+        value = _NO_FLOAT_DECODER.decode(document if isinstance(document, str) else document.decode("utf-8"))
+    except _FloatSeen:
+        return canonical_json(json.loads(document))
+    try:
+        data = orjson.dumps(value, option=_FAST)
+    except orjson.JSONEncodeError:
+        return canonical_json(value)
+    return canonical_json(value) if _HIGH_PLANE.search(data) else data.decode("utf-8")
+
+
+def sha256_hex(value: Any, scheme: Scheme = SCHEME) -> str:
     """Return the lower-case hex SHA-256 of the canonical JSON of `value`."""
-    return hashlib.sha256(canonical_json(value).encode("ascii")).hexdigest()
+    return hashlib.sha256(canonical_bytes(value, scheme)).hexdigest()
+
+
+def digests(value: Any) -> tuple[str, ...]:
+    """Return every hash a record of `value` may carry: the current one, then the legacy one when it differs."""
+    current, legacy = sha256_hex(value), sha256_hex(value, LEGACY_SCHEME)
+    return (current,) if legacy == current else (current, legacy)
+
+
+def is_digest_of(digest: str, value: Any) -> bool:
+    """True when `digest` is the hash of `value` under either scheme (a hash stored before RFC 8785 stays valid)."""
+    digest = digest.lower()
+    return digest == sha256_hex(value) or digest == sha256_hex(value, LEGACY_SCHEME)
 
 
 def sha256_bytes(data: bytes) -> str:

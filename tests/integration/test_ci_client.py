@@ -15,8 +15,11 @@ from typer.testing import CliRunner
 from tests.conftest import FIXTURES
 from tests.live import Tenant
 from tests.pg import free_port
+from valdrix.canonical import LEGACY_SCHEME
 from valdrix.cli import app, optional_values
+from valdrix.cli import preflight as preflight_module
 from valdrix.pricing.infracost import read_infracost
+from valdrix.pricing.summary import change_digest
 
 PLANS = FIXTURES / "terraform-plans"
 SMALL_PLAN = PLANS / "infracost__small_terraform_plan_nat_ebs.json"  # $54.7170/month, all priced
@@ -297,3 +300,26 @@ def test_table_shows_notes_limits_and_reasons_in_words(pipeline: Pipeline) -> No
     assert "available credits cannot fund the change" in " ".join(denied.stdout.split())
     assert "exit 2 (denied): DENY: do not apply (reasons: budget_exceeded); Budget payments: limit $1000.0000/month, " \
            "headroom $945.2830" in " ".join(denied.stdout.split())  # the first run holds $54.7170
+
+
+def test_a_run_started_before_rfc8785_continues_after_the_upgrade(pipeline: Pipeline, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state file written by a CLI that hashed the change digest the legacy way: the retry hashes it the same
+    way, so it sends the same request and replays instead of meeting a changed-plan conflict."""
+    plan = json.loads(SMALL_PLAN.read_text())
+    change = next(rc["change"] for rc in plan["resource_changes"] if rc["change"]["actions"] not in (["no-op"],))
+    change["after"] = {**(change.get("after") or {}), "tags": {"équipe": "paiements", "ratio": 1.0}}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert change_digest(plan) != change_digest(plan, LEGACY_SCHEME)
+    with monkeypatch.context() as old_cli:
+        old_cli.setattr(preflight_module, "current_scheme", lambda: LEGACY_SCHEME)
+        code, first, _ = pipeline.preflight(plan=path)
+    assert code == 0, first
+    state = json.loads(state_path(pipeline).read_text())
+    del state["canonicalization"]  # what a CLI from before RFC 8785 wrote
+    state_path(pipeline).write_text(json.dumps(state))
+    code, again, _ = pipeline.preflight(plan=path)
+    assert code == 0 and again["preflight"]["replayed"] is True, again
+    assert again["preflight"]["decision_id"] == first["preflight"]["decision_id"]
+    assert json.loads(state_path(pipeline).read_text())["canonicalization"] == LEGACY_SCHEME

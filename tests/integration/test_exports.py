@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import shutil
+import subprocess
 import threading
+import uuid
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import insert
 from typer.testing import CliRunner
 
 from tests.integration.test_gate_flow import preflight, set_mode
 from tests.live import LiveServer, Tenant, post, thread_server
+from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import service
 from valdrix.audit.verify import Report, verify
+from valdrix.canonical import canonical_bytes
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine
+from valdrix.decisions.models import Decision
 
 EXPORTS = "/api/v1/enforcement/exports"
 
@@ -70,7 +79,8 @@ def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tena
     with tenant.client() as c:
         populate(c)
         path = archive(c, tmp_path / "a.zip")
-        report = verify(path, jwks(c))
+        keys = jwks(c)
+        report = verify(path, keys)
         assert report.ok, problems(report)
         again = archive(c, tmp_path / "b.zip")
         assert again.read_bytes() == path.read_bytes()
@@ -91,17 +101,16 @@ def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tena
     assert parity["parity_ok"] is True
     assert parity["decision_count_db"] == parity["decision_count_exported"] == 4
     assert parity["approval_count_db"] == parity["approval_count_exported"] == 1
-    assert parity["manifest_sha256"] == manifest_sha(path)
-    assert parity["policy_lineage_sha256"] == manifest["policy_lineage_sha256"]
-    assert parity["computed_context_lineage"] == manifest["computed_context_lineage"]
+    assert manifest["canonicalization"] == parity["canonicalization"] == "rfc8785"
+    for name in ("policy_lineage", "policy_lineage_sha256", "computed_context_lineage",
+                 "computed_context_lineage_sha256"):
+        assert parity[name] == manifest[name], name
     assert parity["signature_algorithm"] == "Ed25519" and parity["signature_kid"] == manifest["signature"]["kid"]
-
-
-def manifest_sha(path: Path) -> str:
-    import hashlib
-
-    with zipfile.ZipFile(path) as z:
-        return hashlib.sha256(z.read("manifest.json")).hexdigest()
+    summary = {k: v for k, v in parity.items() if k not in ("signature", "summary_sha256")}
+    assert parity["summary_sha256"] == hashlib.sha256(canonical_bytes(summary)).hexdigest()
+    key = next(k for k in keys["keys"] if k["kid"] == parity["signature_kid"])
+    Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "==")).verify(
+        base64.b64decode(parity["signature"]), canonical_bytes(summary))
 
 
 def _flip_digit(data: bytes, marker: bytes) -> bytes:
@@ -267,10 +276,115 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
             with service.snapshot(engine) as conn:
                 counted = conn.execute(service.DECISIONS.count(), params).scalar_one()
                 assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
-                rows = conn.execute(service.DECISIONS.query, params).all()
+                rows = conn.execute(service.DECISIONS.query(conn.dialect.name)[0], params).all()
             with service.snapshot(engine) as conn:
                 after = conn.execute(service.DECISIONS.count(), params).scalar_one()
     finally:
         engine.dispose()
     assert counted == len(rows) == 4
     assert after == 5
+
+
+def test_the_archive_streams_from_one_snapshot_while_the_gate_writes(server: LiveServer, tenant: Tenant,
+                                                                     tmp_path: Path) -> None:
+    """Decisions committed after the first bytes left are in neither the rows nor the counts; cut short, the
+    download cannot verify."""
+    engine = make_engine(server.settings)
+    win = service.window(None, None, datetime.now(UTC).date())
+    try:
+        with tenant.client() as c:
+            populate(c)
+            chunks = service.archive(engine, tenant.id, win, max_rows=1000,
+                                     signer=KeyRing.from_settings(server.settings))
+            first = next(chunks)
+            assert first.startswith(b"PK\x03\x04") and b"decisions.csv" in first
+            for run in ("late-1", "late-2"):
+                assert post(c, "/gate/terraform/preflight", preflight("1", run=run)).status_code == 200
+            data = first + b"".join(chunks)
+            keys = jwks(c)
+            assert c.get(EXPORTS + "/parity").json()["decision_count_db"] == 6
+    finally:
+        engine.dispose()
+    path = tmp_path / "a.zip"
+    path.write_bytes(data)
+    report = verify(path, keys)
+    assert report.ok, problems(report)
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    assert manifest["counts"]["decisions"] == {"database": 4, "exported": 4}
+    for cut in (len(data) - 1, len(data) // 2, len(first)):
+        path.write_bytes(data[:cut])
+        report = verify(path, keys)
+        assert not report.ok and "cannot open" in problems(report)
+
+
+def test_cells_are_the_same_bytes_on_both_backends(tenant: Tenant, tmp_path: Path) -> None:
+    """One stored decision with awkward values gives this exact decisions.csv record on SQLite and PostgreSQL."""
+    decision_id, creator = uuid.UUID(int=0xABCDEF), uuid.UUID(int=0x1234)
+    at = datetime(2021, 3, 4, 5, 6, 7, 89, tzinfo=UTC)
+    with tenant.client() as c:
+        policy = c.get("/api/v1/enforcement/policies").json()
+    engine = make_engine(tenant.settings)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Decision), [{
+                "id": decision_id, "tenant_id": tenant.id, "source": "terraform", "environment": "prod",
+                "project_id": "-p,1", "action": "terraform.apply", "resource_reference": 'mod "é"\nx',
+                "decision": "ALLOW", "reason_codes": [], "mode": "soft", "fail_safe": False, "dry_run": True,
+                "policy_version": policy["version"], "policy_sha256": policy["sha256"], "request_fingerprint": "f" * 64,
+                "idempotency_key": "k1", "estimated_monthly_delta_usd": Decimal("12345.6789"),
+                "estimated_hourly_delta_usd": Decimal("0.000001"), "budget_scope": None,
+                "reserved_allocation_usd": Decimal("0.5"), "reserved_credit_usd": Decimal(0),
+                "reservation_active": True, "approval_request_id": None, "created_by": creator,
+                "request_payload": {"z": 1, "a": ["é", 1.0, 1e-7]}, "response_payload": {},
+                "computed_context": {"mode": "soft", "n": 2**53 - 1}, "created_at": at, "updated_at": at}])
+    finally:
+        engine.dispose()
+    with tenant.client() as c:
+        path = archive(c, tmp_path / "a.zip", start="2021-03-04", end="2021-03-04")
+    record = zipfile.ZipFile(path).read("decisions.csv").decode("utf-8").split("\r\n", 1)[1]
+    assert record == (
+        f"00000000-0000-0000-0000-000000abcdef,2021-03-04T05:06:07.000089+00:00,2021-03-04T05:06:07.000089+00:00,"
+        f"terraform,prod,\"'-p,1\",terraform.apply,\"mod \"\"é\"\"\nx\",ALLOW,[],soft,false,true,{policy['version']},"
+        f"valdrix.enforcement.policy.v1,{policy['sha256']},{'f' * 64},k1,12345.6789,0.000001,,0.5000,0.0000,true,,"
+        f"00000000-0000-0000-0000-000000001234,\"{{\"\"mode\"\":\"\"soft\"\",\"\"n\"\":9007199254740991}}\","
+        f"\"{{\"\"a\"\":[\"\"é\"\",1,1e-7],\"\"z\"\":1}}\",{{}}\r\n")
+
+
+def standard_tools_script() -> str:
+    """The shell block of docs/exports.md that verifies an archive with standard tools only."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "exports.md").read_text(encoding="utf-8")
+    block = text.split("<!-- standard-tools-verification -->", 1)[1]
+    return block.split("```bash\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+def test_the_documented_standard_tools_verify_a_real_archive_and_reject_tampering(tenant: Tenant,
+                                                                                  tmp_path: Path) -> None:
+    for tool in ("unzip", "openssl", "sha256sum", "base64", "python3"):
+        assert shutil.which(tool), f"{tool} is needed (make test installs unzip and openssl)"
+    with tenant.client() as c:
+        populate(c)
+        original = archive(c, tmp_path / "a.zip")
+        keys = jwks(c)
+    cases = {
+        "original": (original, 0),
+        "member": (rewrite(original, tmp_path / "m.zip", "ledger.csv",
+                           lambda d: d.replace(b"decision_created", b"decision_cReated", 1)), 1),
+        "manifest": (rewrite(original, tmp_path / "s.zip", "manifest.json",
+                             lambda d: _flip_digit(d, b'"decision_count":')), 1),
+    }
+    (tmp_path / "cut.zip").write_bytes(original.read_bytes()[:-100])
+    cases["cut"] = (tmp_path / "cut.zip", 9)
+    outputs = {}
+    for name, (source, expected) in cases.items():
+        work = tmp_path / name
+        work.mkdir()
+        shutil.copy(source, work / "export.zip")
+        (work / "jwks.json").write_text(json.dumps(keys))
+        (work / "verify.sh").write_text(standard_tools_script())
+        done = subprocess.run(["bash", "verify.sh"], cwd=work, capture_output=True, text=True, timeout=60)
+        outputs[name] = done.stdout + done.stderr
+        assert (done.returncode == 0) == (expected == 0), f"{name}: {outputs[name]}"
+    assert "Signature Verified Successfully" in outputs["original"]
+    assert "ledger.csv: OK" in outputs["original"] and "lineage hashes: OK" in outputs["original"]
+    assert "ledger.csv: FAILED" in outputs["member"]
+    assert "Signature Verification Failure" in outputs["manifest"]

@@ -1,23 +1,44 @@
-"""Canonical JSON: one serialisation for every hash."""
+"""Canonical JSON: RFC 8785 for every hash, the legacy form still accepted for stored hashes."""
 
 from __future__ import annotations
 
+import json
+import string
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
+import rfc8785
+from hypothesis import given
+from hypothesis import strategies as st
 
-from valdrix.canonical import canonical_json, sha256_hex
+from valdrix.canonical import (
+    LEGACY_SCHEME,
+    canonical_bytes,
+    canonical_json,
+    canonical_json_of_text,
+    digests,
+    is_digest_of,
+    sha256_hex,
+)
 
 
-def test_sorted_compact_decimal_and_datetime() -> None:
+def test_sorted_compact_decimal_and_datetime_utf8() -> None:
     value = {"b": Decimal("1.2300"), "a": [datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))],
              "c": uuid.UUID(int=1), "é": "ü"}
     assert canonical_json(value) == (
-        '{"a":["2026-01-02T01:04:05+00:00"],"b":"1.2300","c":"00000000-0000-0000-0000-000000000001",'
-        '"\\u00e9":"\\u00fc"}')
+        '{"a":["2026-01-02T01:04:05+00:00"],"b":"1.2300","c":"00000000-0000-0000-0000-000000000001","é":"ü"}')
+    assert canonical_json(value, LEGACY_SCHEME).endswith('"\\u00e9":"\\u00fc"}')
     assert sha256_hex({"x": 1, "y": 2}) == sha256_hex({"y": 2, "x": 1})
+
+
+def test_rfc8785_numbers_and_utf16_key_order() -> None:
+    # RFC 8785 §3.2.2.3 number forms and §3.2.3 ordering by UTF-16 code units (U+1F600 sorts before U+E000).
+    assert canonical_bytes([1.0, 1e16, 1e-7, 1e21, -0.0, 0.1]) == b"[1,10000000000000000,1e-7,1e+21,0,0.1]"
+    assert canonical_bytes({"\ue000": 1, "\U0001f600": 2}) == '{"\U0001f600":2,"\ue000":1}'.encode()
+    assert canonical_bytes({"\x7f": "\x00\u2028"}) == b'{"\x7f":"\\u0000\xe2\x80\xa8"}'
 
 
 def test_rejects_non_json_values() -> None:
@@ -25,3 +46,46 @@ def test_rejects_non_json_values() -> None:
         canonical_json({"x": object()})
     with pytest.raises(ValueError):
         canonical_json({"x": float("nan")})
+    with pytest.raises(ValueError):
+        canonical_json({"x": 2**53})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@given(json_values)
+def test_every_json_value_is_what_the_rfc8785_library_prints(value: Any) -> None:
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+
+
+ascii_text = st.text(alphabet=string.printable)
+stored_domain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | ascii_text
+    | st.decimals(allow_nan=False, allow_infinity=False, places=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ascii_text, inner, max_size=4), max_leaves=20)
+
+
+@given(stored_domain)
+def test_legacy_form_is_byte_identical_on_ascii_text_integers_and_decimal_strings(value: Any) -> None:
+    # The domain of the hashes stored before RFC 8785 (policy documents, request fingerprints of ASCII
+    # requests): their stored hashes are unchanged, so nothing needs rehashing.
+    assert canonical_bytes(value) == canonical_bytes(value, LEGACY_SCHEME)
+    assert digests(value) == (sha256_hex(value),)
+
+
+def test_a_hash_stored_before_rfc8785_still_matches_its_value() -> None:
+    value = {"resource_reference": "module.café", "metadata": {"ratio": 1.0}}
+    legacy = sha256_hex(value, LEGACY_SCHEME)
+    assert legacy != sha256_hex(value)
+    assert digests(value) == (sha256_hex(value), legacy)
+    assert is_digest_of(legacy, value) and is_digest_of(sha256_hex(value).upper(), value)
+    assert not is_digest_of(sha256_hex({"other": 1}), value)
+
+
+@given(json_values)
+def test_canonical_json_of_text_is_canonical_json_of_the_parsed_text(value: Any) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+        assert canonical_json_of_text(text) == canonical_json(json.loads(text))

@@ -182,8 +182,11 @@ class AdmissionGate:
                                budget_alert_thresholds=tuple(self.settings.budget_alert_thresholds))
         # An approved identical request is admitted once (also when the API server retries the uid that was
         # rejected for approval); otherwise the gate decides, replaying a known uid.
-        redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
-                                    fingerprint=inp.fingerprint, actor=caller.principal_id, now=ctx.now)
+        # An approval of a request recorded before RFC 8785 carries its legacy fingerprint.
+        redeemed = next(filter(None, (approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
+                                                       fingerprint=fingerprint, actor=caller.principal_id,
+                                                       now=ctx.now)
+                                      for fingerprint in inp.fingerprints)), None)
         if redeemed is not None:
             return self.approved(*redeemed), None
         outcome = gate.decide(session, ctx, inp, req.uid)

@@ -8,13 +8,16 @@ engine's branch — `mode` (what a violation becomes), `mode_scope` (which matri
 (how headroom is measured), `risk_class` (drives approval routing), `fail_safe_trigger` (evaluation replaced
 by the fail-safe answer) and `budget_configured` (a budget scope applied, else `no_budget_configured`).
 Amounts and timestamps are not grouping keys, as they differ for nearly every decision; instead each group
-carries `contexts_sha256`, the SHA-256 over the lines `<decision_id> <sha256_hex(computed_context)>\\n` of its
-decisions in decisions.csv order, so every byte of every decision's full context is bound by the lineage.
+carries `contexts_sha256`, the SHA-256 over the lines `<decision_id> <sha256 of the computed_context cell>\\n`
+of its decisions in decisions.csv order (the cell is the context's canonical JSON, so its hash is
+`sha256_hex(computed_context)`), so every byte of every decision's full context is bound by the lineage.
 Missing fields are grouped as "". Entries are sorted by their key fields.
 
-Both lineage hashes are `valdrix.canonical.sha256_hex(list)`. The manifest is canonical JSON; its bytes are
-what the Ed25519 signature covers, and it holds no wall-clock time, so the same window over the same data
-gives a byte-identical manifest and (Ed25519 being deterministic) signature.
+Both lineage hashes are `valdrix.canonical.sha256_hex(list)` under the manifest's `canonicalization` scheme.
+The manifest is canonical JSON under that scheme; its bytes are what the Ed25519 signature covers, and it holds
+no wall-clock time, so the same window over the same data gives a byte-identical manifest and (Ed25519 being
+deterministic) signature. Manifests of `valdrix.audit.export_manifest.v1` (before RFC 8785) have no
+`canonicalization` field: they are in the legacy scheme, which the verifier still accepts.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from valdrix.canonical import canonical_json, sha256_hex
+import orjson
 
-SCHEMA_VERSION = "valdrix.audit.export_manifest.v1"
+from valdrix.canonical import LEGACY_SCHEME, SCHEME, Scheme, canonical_bytes, sha256_hex
+
+SCHEMA_VERSION = "valdrix.audit.export_manifest.v2"
 SIGNATURE_ALGORITHM = "Ed25519"
 CONTEXT_KEYS = ("context_version", "mode", "mode_scope", "budget_basis", "risk_class", "fail_safe_trigger")
 FILES = ("decisions.csv", "approvals.csv", "ledger.csv", "policies.json")
@@ -42,15 +47,21 @@ class Lineage:
         self._policies: Counter[tuple[int, str, str]] = Counter()
         self._contexts: dict[tuple[str, ...], tuple[int, Any]] = {}
 
-    def add(self, decision_id: uuid.UUID, policy_version: int, policy_schema_version: str, policy_sha256: str,
-            computed_context: Any) -> None:
-        """Count one decision into both lineages."""
+    def add(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
+            context_cell: str) -> None:
+        """Count one decision into both lineages; `context_cell` is its canonical computed_context JSON.
+
+        Raise ValueError when the cell is not JSON.
+        """
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
-        context = computed_context if isinstance(computed_context, dict) else {}
+        data = context_cell.encode("utf-8")
+        context = orjson.loads(data)
+        if not isinstance(context, dict):
+            context = {}
         key = (*(_text(context.get(k)) for k in CONTEXT_KEYS),
                "true" if context.get("budget_scope") is not None else "false")
         count, digest = self._contexts.get(key) or (0, hashlib.sha256())
-        digest.update(f"{decision_id} {sha256_hex(computed_context)}\n".encode("ascii"))
+        digest.update(f"{decision_id} {hashlib.sha256(data).hexdigest()}\n".encode("ascii"))
         self._contexts[key] = (count + 1, digest)
 
     def referenced_policies(self) -> list[tuple[int, str]]:
@@ -98,6 +109,7 @@ def build(*, tenant_id: uuid.UUID, window: dict[str, str], files: list[FileDiges
     context_lineage = lineage.context_lineage()
     return {
         "schema_version": SCHEMA_VERSION,
+        "canonicalization": SCHEME,
         "tenant_id": str(tenant_id),
         "window": window,
         "csv_dialect": csv_dialect,
@@ -112,6 +124,11 @@ def build(*, tenant_id: uuid.UUID, window: dict[str, str], files: list[FileDiges
     }
 
 
+def scheme_of(manifest: dict[str, Any]) -> Scheme:
+    """Return the canonical-JSON scheme a manifest is written in (legacy when it names none)."""
+    return SCHEME if manifest.get("canonicalization") == SCHEME else LEGACY_SCHEME
+
+
 def encode(manifest: dict[str, Any]) -> bytes:
-    """Return the signed byte form of a manifest (its canonical JSON)."""
-    return canonical_json(manifest).encode("ascii")
+    """Return the signed byte form of a manifest (its canonical JSON under its own scheme)."""
+    return canonical_bytes(manifest, scheme_of(manifest))

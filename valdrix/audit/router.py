@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import date
-from typing import IO, Any, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -17,15 +17,12 @@ from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/exports", tags=["exports"])
 
-CHUNK_BYTES = 64 * 1024
 _LIMIT_CODES = {"export_window_too_large", "export_too_many_rows"}
 T = TypeVar("T")
-# Manifest count keys (archive member stems) → the parity response's field prefixes.
-_NOUNS = {"decisions": "decision", "approvals": "approval", "ledger": "ledger"}
 
 
-def _counted(artifact: str, build: Callable[[], T]) -> T:
-    """Return `build()`, counting its outcome under `artifact`."""
+def _counted(artifact: str, build: Callable[[], T], *, done: bool = True) -> T:
+    """Return `build()`, counting a refusal or error under `artifact`, and success too when `done`."""
     try:
         result = build()
     except InvalidInput as exc:
@@ -34,60 +31,48 @@ def _counted(artifact: str, build: Callable[[], T]) -> T:
     except Exception:
         EXPORT_EVENTS.labels(artifact, "error").inc()
         raise
-    EXPORT_EVENTS.labels(artifact, "success").inc()
+    if done:
+        EXPORT_EVENTS.labels(artifact, "success").inc()
     return result
+
+
+def _metered(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Stream `chunks`, counting the archive once its last byte is produced, or its failure mid-stream."""
+    try:
+        yield from chunks
+    except Exception:
+        EXPORT_EVENTS.labels("archive", "error").inc()
+        raise
+    EXPORT_EVENTS.labels("archive", "success").inc()
 
 
 @router.get("/parity")
 def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
            start: date | None = None, end: date | None = None) -> JSONResponse:
-    """Return counts (database vs exported), file hashes, both lineages and the signed manifest's digest."""
+    """Return counts (database vs exported) and both lineages of the window, from one snapshot, signed."""
 
-    def build() -> service.Export:
+    def build() -> service.Parity:
         win = service.window(start, end, clock.now().date())
         return service.parity(request.app.state.engine, caller.tenant_id, win, max_rows=settings.export_max_rows,
                               signer=keyring)
 
     result = _counted("parity", build)
-    manifest = result.manifest
-    body: dict[str, Any] = {"tenant_id": manifest["tenant_id"], "window": manifest["window"]}
-    for stream, noun in _NOUNS.items():
-        count = manifest["counts"].get(stream)
-        if count is not None:
-            body[f"{noun}_count_db"] = count["database"]
-            body[f"{noun}_count_exported"] = count["exported"]
-    for file, digest in manifest["files"].items():
-        body[file.split(".")[0] + "_sha256"] = digest["sha256"]
-    for field in ("policy_lineage", "policy_lineage_sha256", "computed_context_lineage",
-                  "computed_context_lineage_sha256", "parity_ok"):
-        body[field] = manifest[field]
-    body.update(manifest_sha256=result.manifest_sha256, signature=result.signature_b64,
-                signature_algorithm=manifest["signature"]["algorithm"], signature_kid=manifest["signature"]["kid"])
-    return JSONResponse(body)
+    return JSONResponse({**result.summary, "summary_sha256": result.summary_sha256,
+                         "signature": result.signature_b64})
 
 
 @router.get("/archive")
 def archive(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
             start: date | None = None, end: date | None = None) -> StreamingResponse:
-    """Return the ZIP of decisions.csv, approvals.csv, ledger.csv, policies.json, manifest.json, manifest.sig."""
+    """Stream the ZIP of decisions.csv, approvals.csv, ledger.csv, policies.json, manifest.json, manifest.sig."""
 
-    def build() -> tuple[service.Export, IO[bytes], service.Window]:
+    def build() -> tuple[Iterator[bytes], service.Window]:
         win = service.window(start, end, clock.now().date())
-        result, spool = service.archive(request.app.state.engine, caller.tenant_id, win,
-                                        max_rows=settings.export_max_rows,
-                                        signer=keyring)
-        return result, spool, win
+        chunks = service.archive(request.app.state.engine, caller.tenant_id, win,
+                                 max_rows=settings.export_max_rows, signer=keyring)
+        return chunks, win
 
-    result, spool, win = _counted("archive", build)
+    chunks, win = _counted("archive", build, done=False)
     name = f"valdrix-export-{caller.tenant_id}-{win.start.isoformat()}-{win.end.isoformat()}.zip"
-    return StreamingResponse(_chunks(spool), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"',
-                                      "X-Valdrix-Manifest-Sha256": result.manifest_sha256})
-
-
-def _chunks(spool: IO[bytes]) -> Iterator[bytes]:
-    try:
-        while chunk := spool.read(CHUNK_BYTES):
-            yield chunk
-    finally:
-        spool.close()
+    return StreamingResponse(_metered(chunks), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -5,6 +5,11 @@ both lineages are rebuilt from the rows of decisions.csv, every policy document 
 and every decision's cited policy hash must match one of them, the signature over the exact manifest bytes is
 checked with the JWKS key named by the manifest, and approval and ledger rows must belong to exported
 decisions. Each discrepancy is reported naming the member, field, row or policy version concerned.
+
+Each member is read once: its bytes are hashed and sized while the CSV reader parses them. The manifest names
+its canonical-JSON scheme (`canonicalization`); a manifest without one predates RFC 8785 and is checked in the
+legacy scheme, so archives made before the change still verify. Policy hashes are the ones stored when each
+policy version was created, so a policy document may hash to its recorded sha256 under either scheme.
 """
 
 from __future__ import annotations
@@ -17,21 +22,22 @@ import io
 import json
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from valdrix.audit.formats import unneutralise
-from valdrix.audit.manifest import FILES, LINEAGE_FIELDS, SIGNATURE_ALGORITHM, Lineage, encode
-from valdrix.canonical import canonical_json, sha256_hex
+from valdrix.audit.manifest import FILES, LINEAGE_FIELDS, SIGNATURE_ALGORITHM, Lineage, encode, scheme_of
+from valdrix.canonical import Scheme, canonical_json, is_digest_of, sha256_hex
 
 MEMBERS = (*FILES, "manifest.json", "manifest.sig")
 # Row-level discrepancies listed per check before the rest are summarised as a count.
 MAX_LISTED = 20
+_LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "policy_sha256", "computed_context")
 
 
 @dataclass
@@ -44,7 +50,7 @@ class Check:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.hidden
 
     def fail(self, problem: str) -> None:
         """Record a discrepancy (beyond MAX_LISTED only counted)."""
@@ -84,7 +90,8 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
     try:
         zipped = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        members.fail(f"cannot open {path} as a ZIP archive: {exc}")
+        members.fail(f"cannot open {path} as a ZIP archive (an interrupted download has no central directory): "
+                     f"{exc}")
         return report
     with zipped:
         names = set(zipped.namelist())
@@ -102,12 +109,22 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
         if manifest is None:
             return report
         report.manifest = manifest
-        _files(report, zipped, names, manifest)
+        scheme = scheme_of(manifest)
+        recorded = manifest.get("files")
+        files = recorded if isinstance(recorded, dict) else {}
+        rows = _Rows(report.check("approval and ledger references"))
+        readers: dict[str, Callable[[Check, Iterator[list[str]]], int]] = {
+            "decisions.csv": lambda check, records: rows.decisions(check, records, scheme),
+            "approvals.csv": lambda _, records: rows.references(records, "approvals.csv"),
+            "ledger.csv": lambda _, records: rows.references(records, "ledger.csv"),
+        }
+        for name, read in readers.items():
+            _csv_member(report, zipped, names, name, files.get(name), read)
+        _policies(report, zipped, names, files.get("policies.json"), rows.cited)
         if "decisions.csv" in names:
-            decisions = _decisions(report, zipped, manifest)
-            if "policies.json" in names:
-                _policies(report, zipped, decisions.cited)
-            _references(report, zipped, names, decisions.ids)
+            _lineage(report, "policy_lineage", rows.lineage.policy_lineage(), manifest, scheme)
+            _lineage(report, "computed_context_lineage", rows.lineage.context_lineage(), manifest, scheme)
+            _references(rows, "ledger.csv" in names)
         _parity(report, manifest)
     return report
 
@@ -122,8 +139,13 @@ def _manifest(report: Report, raw: bytes) -> dict[str, Any] | None:
     if not isinstance(manifest, dict):
         check.fail("is not a JSON object")
         return None
-    if encode(manifest) != raw:
-        check.fail("is not in canonical form (the signed bytes must be the canonical JSON)")
+    try:
+        canonical = encode(manifest) == raw
+    except (TypeError, ValueError):
+        canonical = False
+    if not canonical:
+        check.fail(f"is not in canonical form under {scheme_of(manifest)} (the signed bytes must be the canonical "
+                   "JSON)")
     fields = report.check("lineage fields (runbook checklist 6-7)")
     for name in LINEAGE_FIELDS:
         if name not in manifest:
@@ -175,100 +197,130 @@ def _jwk(jwks: dict[str, Any], kid: str) -> Ed25519PublicKey | None:
     return None
 
 
-def _files(report: Report, zipped: zipfile.ZipFile, names: set[str], manifest: dict[str, Any]) -> None:
-    recorded = manifest.get("files")
-    if not isinstance(recorded, dict):
-        recorded = {}
-    for name in FILES:
-        check = report.check(f"{name} digest")
-        entry = recorded.get(name)
-        if not isinstance(entry, dict):
-            check.fail("the manifest records no digest for it")
-            continue
-        if name not in names:
-            check.fail("member missing")
-            continue
-        digest, size = hashlib.sha256(), 0
-        with zipped.open(name) as member:
-            while chunk := member.read(1 << 16):
-                digest.update(chunk)
-                size += len(chunk)
-        if digest.hexdigest() != entry.get("sha256"):
-            check.fail(f"sha256 is {digest.hexdigest()}, the manifest records {entry.get('sha256')}")
-        if size != entry.get("bytes"):
-            check.fail(f"size is {size} bytes, the manifest records {entry.get('bytes')}")
-        rows = _row_count(zipped, name)
-        if rows is None:
-            check.fail("cannot be parsed")
-        elif rows != entry.get("rows"):
-            check.fail(f"holds {rows} rows, the manifest records {entry.get('rows')}")
+class _Hashed(io.RawIOBase):
+    """A member's bytes as they are read, hashed and counted on the way (so it is read once)."""
+
+    def __init__(self, member: IO[bytes]) -> None:
+        self._member = member
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._member.read(len(buffer))
+        buffer[:len(data)] = data
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def drain(self) -> None:
+        """Read what a failed parse left, so the digest covers the whole member."""
+        buffer = bytearray(1 << 16)
+        while self.readinto(buffer):
+            pass
 
 
-def _row_count(zipped: zipfile.ZipFile, name: str) -> int | None:
-    try:
-        if name.endswith(".json"):
-            data = json.loads(zipped.read(name))
-            return len(data) if isinstance(data, list) else None
-        return sum(1 for _ in _csv_rows(zipped, name))
-    except (ValueError, UnicodeDecodeError, csv.Error):
-        return None
-
-
-def _csv_rows(zipped: zipfile.ZipFile, name: str) -> Iterator[dict[str, str]]:
+def _csv_member(report: Report, zipped: zipfile.ZipFile, names: set[str], name: str, entry: Any,
+                read: Callable[[Check, Iterator[list[str]]], int]) -> None:
+    digest_check = report.check(f"{name} digest")
+    rows_check = report.check(f"{name} rows")
+    if not isinstance(entry, dict):
+        digest_check.fail("the manifest records no digest for it")
+    if name not in names:
+        digest_check.fail("member missing")
+        return
     with zipped.open(name) as member:
-        reader = csv.reader(io.TextIOWrapper(member, encoding="utf-8", newline=""))
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{name} has no header row")
-        for row in reader:
-            if len(row) != len(header):
-                raise ValueError(f"{name} row {reader.line_num} has {len(row)} cells, the header {len(header)}")
-            yield dict(zip(header, row, strict=True))
+        hashed = _Hashed(member)
+        count: int | None = None
+        try:
+            reader = csv.reader(io.TextIOWrapper(io.BufferedReader(hashed, 1 << 16), encoding="utf-8", newline=""))
+            count = read(rows_check, reader)
+        except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+            rows_check.fail(f"cannot be parsed: {exc}")
+        hashed.drain()
+    if not isinstance(entry, dict):
+        return
+    if hashed.digest.hexdigest() != entry.get("sha256"):
+        digest_check.fail(f"sha256 is {hashed.digest.hexdigest()}, the manifest records {entry.get('sha256')}")
+    if hashed.size != entry.get("bytes"):
+        digest_check.fail(f"size is {hashed.size} bytes, the manifest records {entry.get('bytes')}")
+    if count is None:
+        digest_check.fail("cannot be parsed")
+    elif count != entry.get("rows"):
+        digest_check.fail(f"holds {count} rows, the manifest records {entry.get('rows')}")
+
+
+def _positions(records: Iterator[list[str]], name: str, wanted: tuple[str, ...]) -> tuple[int, list[int]]:
+    header = next(records, None)
+    if header is None:
+        raise ValueError(f"{name} has no header row")
+    missing = [w for w in wanted if w not in header]
+    if missing:
+        raise ValueError(f"{name} lacks the columns {', '.join(missing)}")
+    return len(header), [header.index(w) for w in wanted]
 
 
 @dataclass
-class _Decisions:
+class _Rows:
+    """What the CSV members tell about each other, gathered while each is read once."""
+
+    refs: Check
+    lineage: Lineage = field(default_factory=Lineage)
     ids: set[str] = field(default_factory=set)
+    logged: set[str] = field(default_factory=set)
     # (policy_version, policy_sha256) -> first decision citing it
     cited: dict[tuple[int, str], str] = field(default_factory=dict)
 
-
-def _decisions(report: Report, zipped: zipfile.ZipFile, manifest: dict[str, Any]) -> _Decisions:
-    check = report.check("decisions.csv rows")
-    found = _Decisions()
-    lineage = Lineage()
-    try:
-        for number, row in enumerate(_csv_rows(zipped, "decisions.csv"), start=2):
+    def decisions(self, check: Check, records: Iterator[list[str]], scheme: Scheme) -> int:
+        width, at = _positions(records, "decisions.csv", _LINEAGE_COLUMNS)
+        i_id, i_version, i_schema, i_sha, i_context = at
+        count = 0
+        for count, row in enumerate(records, start=1):
+            if len(row) != width:
+                raise ValueError(f"record {count + 1} has {len(row)} cells, the header {width}")
             try:
-                decision_id = uuid.UUID(row["decision_id"])
-                version = int(row["policy_version"])
-                sha = unneutralise(row["policy_sha256"])
-                context = json.loads(row["computed_context"])
-            except (KeyError, ValueError) as exc:
-                check.fail(f"record {number}: malformed decision_id, policy_version or computed_context ({exc})")
+                decision_id = str(uuid.UUID(row[i_id]))
+                version = int(row[i_version])
+                sha = unneutralise(row[i_sha])
+                self.lineage.add(decision_id, version, unneutralise(row[i_schema]), sha, row[i_context])
+            except ValueError as exc:
+                check.fail(f"record {count + 1}: malformed decision_id, policy_version or computed_context ({exc})")
                 continue
-            found.ids.add(str(decision_id))
-            found.cited.setdefault((version, sha), str(decision_id))
-            lineage.add(decision_id, version, unneutralise(row.get("policy_schema_version", "")), sha, context)
-    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-        check.fail(f"cannot be parsed: {exc}")
-        return found
-    _lineage(report, "policy_lineage", lineage.policy_lineage(), manifest)
-    _lineage(report, "computed_context_lineage", lineage.context_lineage(), manifest)
-    return found
+            self.ids.add(decision_id)
+            self.cited.setdefault((version, sha), decision_id)
+        return count
+
+    def references(self, records: Iterator[list[str]], name: str) -> int:
+        width, (i_decision,) = _positions(records, name, ("decision_id",))
+        count = 0
+        ledger = name == "ledger.csv"
+        for count, row in enumerate(records, start=1):
+            if len(row) != width:
+                raise ValueError(f"record {count + 1} has {len(row)} cells, the header {width}")
+            decision_id = row[i_decision]
+            if ledger:
+                self.logged.add(decision_id)
+            if decision_id not in self.ids:
+                self.refs.fail(f"{name} record {count + 1} references decision {decision_id!r}, not in "
+                               "decisions.csv")
+        return count
 
 
-def _lineage(report: Report, name: str, rebuilt: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
+def _lineage(report: Report, name: str, rebuilt: list[dict[str, Any]], manifest: dict[str, Any],
+             scheme: Scheme) -> None:
     check = report.check(name)
     recorded = manifest.get(name)
     recorded_sha = manifest.get(f"{name}_sha256")
     if recorded is None or recorded_sha is None:
         check.fail(f"the manifest lacks {name} or {name}_sha256")
         return
-    if sha256_hex(recorded) != recorded_sha:
-        check.fail(f"{name}_sha256 {recorded_sha} is not the hash of the recorded {name} ({sha256_hex(recorded)})")
-    if sha256_hex(rebuilt) != recorded_sha:
-        check.fail(f"rebuilt from decisions.csv it hashes to {sha256_hex(rebuilt)}, the manifest records "
+    if sha256_hex(recorded, scheme) != recorded_sha:
+        check.fail(f"{name}_sha256 {recorded_sha} is not the hash of the recorded {name} "
+                   f"({sha256_hex(recorded, scheme)})")
+    if sha256_hex(rebuilt, scheme) != recorded_sha:
+        check.fail(f"rebuilt from decisions.csv it hashes to {sha256_hex(rebuilt, scheme)}, the manifest records "
                    f"{recorded_sha}")
     mine = {canonical_json(e) for e in rebuilt}
     theirs = {canonical_json(e) for e in recorded} if isinstance(recorded, list) else set()
@@ -278,52 +330,55 @@ def _lineage(report: Report, name: str, rebuilt: list[dict[str, Any]], manifest:
         check.fail(f"entry in the manifest but not rebuilt from decisions.csv: {entry}")
 
 
-def _policies(report: Report, zipped: zipfile.ZipFile, cited: dict[tuple[int, str], str]) -> None:
+def _policies(report: Report, zipped: zipfile.ZipFile, names: set[str], entry: Any,
+              cited: dict[tuple[int, str], str]) -> None:
+    digest = report.check("policies.json digest")
     documents = report.check("policies.json documents")
     citations = report.check("policy citations")
+    if not isinstance(entry, dict):
+        digest.fail("the manifest records no digest for it")
+    if "policies.json" not in names:
+        digest.fail("member missing")
+        return
+    raw = zipped.read("policies.json")
+    if isinstance(entry, dict):
+        if hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
+            digest.fail(f"sha256 is {hashlib.sha256(raw).hexdigest()}, the manifest records {entry.get('sha256')}")
+        if len(raw) != entry.get("bytes"):
+            digest.fail(f"size is {len(raw)} bytes, the manifest records {entry.get('bytes')}")
     try:
-        entries = json.loads(zipped.read("policies.json"))
+        entries = json.loads(raw)
         if not isinstance(entries, list):
             raise ValueError("not a list")
     except (ValueError, UnicodeDecodeError) as exc:
         documents.fail(f"cannot be parsed: {exc}")
         return
-    rehashed: dict[int, str] = {}
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("version"), int) or "document" not in entry:
-            documents.fail(f"malformed entry {canonical_json(entry)[:120]}")
+    if isinstance(entry, dict) and len(entries) != entry.get("rows"):
+        digest.fail(f"holds {len(entries)} rows, the manifest records {entry.get('rows')}")
+    verified: dict[int, str] = {}
+    for item in entries:
+        if not isinstance(item, dict) or not isinstance(item.get("version"), int) or "document" not in item:
+            documents.fail(f"malformed entry {canonical_json(item)[:120]}")
             continue
-        version = entry["version"]
-        rehashed[version] = sha256_hex(entry["document"])
-        if rehashed[version] != entry.get("sha256"):
-            documents.fail(f"policy version {version}: document hashes to {rehashed[version]}, recorded as "
-                           f"{entry.get('sha256')}")
+        version, recorded = item["version"], str(item.get("sha256"))
+        if is_digest_of(recorded, item["document"]):
+            verified[version] = recorded
+        else:
+            documents.fail(f"policy version {version}: document hashes to {sha256_hex(item['document'])}, recorded "
+                           f"as {recorded}")
     for (version, sha), decision_id in sorted(cited.items()):
-        if version not in rehashed:
-            citations.fail(f"decision {decision_id} cites policy version {version}, absent from policies.json")
-        elif rehashed[version] != sha:
+        if version not in verified:
+            citations.fail(f"decision {decision_id} cites policy version {version}, absent from policies.json or "
+                           "whose document does not hash to its recorded sha256")
+        elif verified[version] != sha:
             citations.fail(f"decision {decision_id} cites policy version {version} with sha256 {sha}, but that "
-                           f"version's document in policies.json hashes to {rehashed[version]}")
+                           f"version's document in policies.json hashes to {verified[version]}")
 
 
-def _references(report: Report, zipped: zipfile.ZipFile, names: set[str], decisions: set[str]) -> None:
-    check = report.check("approval and ledger references")
-    logged: set[str] = set()
-    for name in ("approvals.csv", "ledger.csv"):
-        if name not in names:
-            continue
-        try:
-            for number, row in enumerate(_csv_rows(zipped, name), start=2):
-                decision_id = row.get("decision_id", "")
-                if name == "ledger.csv":
-                    logged.add(decision_id)
-                if decision_id not in decisions:
-                    check.fail(f"{name} record {number} references decision {decision_id!r}, not in decisions.csv")
-        except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-            check.fail(f"{name} cannot be parsed: {exc}")
-    if "ledger.csv" in names:
-        for decision_id in sorted(decisions - logged):
-            check.fail(f"decision {decision_id} has no ledger.csv record")
+def _references(rows: _Rows, ledger: bool) -> None:
+    if ledger:
+        for decision_id in sorted(rows.ids - rows.logged):
+            rows.refs.fail(f"decision {decision_id} has no ledger.csv record")
 
 
 def _parity(report: Report, manifest: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
+from valdrix.canonical import LEGACY_SCHEME, Scheme
 from valdrix.client import CONSUME_ENDPOINT, ApiError, GateClient, TransportFailure
 
 
@@ -63,6 +64,9 @@ class State(BaseModel):
     decision_id: str
     decision: str
     request_fingerprint: str
+    # The canonical JSON the change digest in the request was hashed with; a state file written before
+    # RFC 8785 has none, and its retries keep hashing the legacy way so they send the same request.
+    canonicalization: Scheme = LEGACY_SCHEME
     approval_required: bool
     approval_request_id: str | None = None
     continuation: Continuation

@@ -81,13 +81,21 @@ def archive_command(
     """Download the signed audit archive of a window."""
     base = (server or get_settings().public_url).rstrip("/")
     params = {k: date.fromisoformat(v).isoformat() for k, v in (("start", start), ("end", end)) if v}
-    with httpx.stream("GET", base + "/api/v1/enforcement/exports/archive", params=params, timeout=None,
-                      headers={"Authorization": f"Bearer {api_key}"}) as response:
-        if response.status_code != 200:
-            response.read()
-            console.print(f"[red]error[/red] {response.status_code}: {response.text}")
-            raise typer.Exit(1)
-        with out.open("wb") as handle:
-            for chunk in response.iter_bytes():
-                handle.write(chunk)
-    console.print(f"archive written to {out} (manifest sha256 {response.headers.get('x-valdrix-manifest-sha256')})")
+    # Written beside the target and renamed at the end, so an interrupted download never sits at --out.
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with httpx.stream("GET", base + "/api/v1/enforcement/exports/archive", params=params, timeout=None,
+                          headers={"Authorization": f"Bearer {api_key}"}) as response:
+            if response.status_code != 200:
+                response.read()
+                console.print(f"[red]error[/red] {response.status_code}: {response.text}")
+                raise typer.Exit(1)
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        console.print(f"[red]error[/red] the download was interrupted ({exc}); nothing was written to {out}")
+        raise typer.Exit(1) from exc
+    partial.replace(out)
+    console.print(f"archive written to {out} ({out.stat().st_size} bytes); verify it with `valdrix export verify`")

@@ -16,11 +16,16 @@ import typer
 from valdrix.cli import DEFAULT_WAIT
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from decimal import Decimal
 
+    from valdrix.canonical import Scheme
     from valdrix.cli.continuation import Result, State
     from valdrix.client import ApiError, GateClient
     from valdrix.pricing.terraform import PlanEstimate
+
+    # The change digest of one pricing input, by the canonical-JSON scheme it is hashed with.
+    Digest = Callable[[Scheme], str]
 
 # The heavy modules (pydantic models, httpx, the price catalogue, rich, even hashlib and decimal) are imported
 # where they are used, so `valdrix preflight --help` answers without loading them.
@@ -71,6 +76,13 @@ def read_json(path: Path, what: str) -> Any:
         raise PricingError(f"{what} {path} is not JSON: {exc}") from exc
 
 
+def current_scheme() -> Scheme:
+    """Return the canonical-JSON scheme a new run hashes its change digest with (a retry keeps its run's)."""
+    from valdrix.canonical import SCHEME
+
+    return SCHEME
+
+
 def fx_rates(raw: list[str]) -> dict[str, Decimal]:
     """Return {currency: USD per unit} from `CUR=RATE` arguments; raise ValueError on a malformed one."""
     from valdrix.money import parse_amount
@@ -88,8 +100,8 @@ def fx_rates(raw: list[str]) -> dict[str, Decimal]:
 
 
 def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | None, hourly_delta: str | None,
-              rates: dict[str, Decimal]) -> tuple[PlanEstimate | None, str | None, Decimal, Decimal]:
-    """Return (estimate, change digest, monthly delta, hourly delta) from exactly one pricing input."""
+              rates: dict[str, Decimal]) -> tuple[PlanEstimate | None, Digest | None, Decimal, Decimal]:
+    """Return (estimate, change digest by scheme, monthly delta, hourly delta) from exactly one pricing input."""
     from valdrix.money import HOURS_PER_MONTH, hourly, monthly, parse_amount
 
     given = [x for x in (plan, infracost, monthly_delta) if x is not None]
@@ -101,14 +113,16 @@ def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | No
 
         document = read_json(plan, "plan")
         estimate = price_plan(document)
-        return estimate, change_digest(document), estimate.monthly_delta_usd, estimate.hourly_delta_usd
+        return (estimate, lambda scheme: change_digest(document, scheme), estimate.monthly_delta_usd,
+                estimate.hourly_delta_usd)
     if infracost is not None:
         from valdrix.canonical import sha256_hex
         from valdrix.pricing.infracost import read_infracost
 
         estimate = read_infracost(read_json(infracost, "Infracost output"), rates)
-        digest = sha256_hex([[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources])
-        return estimate, digest, estimate.monthly_delta_usd, estimate.hourly_delta_usd
+        changes = [[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources]
+        return (estimate, lambda scheme: sha256_hex(changes, scheme), estimate.monthly_delta_usd,
+                estimate.hourly_delta_usd)
     try:
         amount = monthly(parse_amount(monthly_delta))
         rate = hourly(parse_amount(hourly_delta)) if hourly_delta is not None else hourly(amount / HOURS_PER_MONTH)
@@ -196,7 +210,18 @@ def preflight(
     report["state_file"] = str(path)
     from valdrix.pricing.summary import request_metadata, resource_reference
 
-    metadata = request_metadata(estimate, digest) if estimate is not None else {}
+    try:
+        previous = load_state(path)
+        if previous is not None and (previous.run_id, previous.stage, previous.server.rstrip("/")) != (
+                run, stage, server.rstrip("/")):
+            raise StateError(f"state file {path} belongs to run {previous.run_id!r} stage {previous.stage!r} on "
+                             f"{previous.server}; pass another --state-file")
+    except StateError as exc:
+        _finish(Result(Exit.ERROR, "state_file_unusable", str(exc)), fmt, report, server, scope)
+        return
+    # A retry hashes its change digest as its first run did, so an unchanged plan sends the same request.
+    scheme = previous.canonicalization if previous else current_scheme()
+    metadata = request_metadata(estimate, digest(scheme) if digest else None) if estimate is not None else {}
     body: dict[str, Any] = {
         "run_id": run, "stage": stage, "project_id": project, "environment": environment,
         "resource_reference": resource_ref or resource_reference(Path.cwd().name or "terraform", estimate),
@@ -207,15 +232,6 @@ def preflight(
     }
     if ci_run_url(env):
         body["run_url"] = ci_run_url(env)
-    try:
-        previous = load_state(path)
-        if previous is not None and (previous.run_id, previous.stage, previous.server.rstrip("/")) != (
-                run, stage, server.rstrip("/")):
-            raise StateError(f"state file {path} belongs to run {previous.run_id!r} stage {previous.stage!r} on "
-                             f"{previous.server}; pass another --state-file")
-    except StateError as exc:
-        _finish(Result(Exit.ERROR, "state_file_unusable", str(exc)), fmt, report, server, scope)
-        return
     key = previous.idempotency_key if previous else idempotency_key(project, environment, run, stage)
     if previous:
         # Runbook §1.1: a retry reuses the key and states which request it expects to be continuing.
@@ -265,6 +281,7 @@ def _run(client: GateClient, body: dict[str, Any], key: str, previous: State | N
                       project_id=body["project_id"], environment=body["environment"], idempotency_key=key,
                       decision_id=response["decision_id"], decision=decision,
                       request_fingerprint=response["request_fingerprint"],
+                      canonicalization=previous.canonicalization if previous else current_scheme(),
                       approval_required=bool(response.get("approval_required")),
                       approval_request_id=response.get("approval_request_id"),
                       continuation=Continuation.model_validate(response["continuation"]), saved_at=now_iso())

@@ -35,7 +35,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
 
-from valdrix.canonical import sha256_hex
+from valdrix.canonical import digests, is_digest_of, sha256_hex
 from valdrix.costs.engine import Spend
 from valdrix.money import ZERO, hourly, monthly
 from valdrix.policies.schemas import PolicyDocument
@@ -115,6 +115,16 @@ class DecisionInput:
         The input is frozen and its metadata is never mutated after construction (the gate copies it).
         """
         return sha256_hex(self.fingerprint_fields())
+
+    def has_fingerprint(self, stored: str) -> bool:
+        """True when `stored` is this input's fingerprint, also as hashed before RFC 8785 (a decision recorded
+        before the upgrade still replays and still matches a pipeline's persisted expected fingerprint)."""
+        return stored.lower() == self.fingerprint or is_digest_of(stored, self.fingerprint_fields())
+
+    @cached_property
+    def fingerprints(self) -> tuple[str, ...]:
+        """Every fingerprint a stored decision of this input may carry (current first, then the legacy one)."""
+        return digests(self.fingerprint_fields())
 
 
 def make_input(*, source: str, project_id: str | None, environment: str | None, action: str,

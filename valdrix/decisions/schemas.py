@@ -6,8 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from valdrix.canonical import canonical_bytes
 from valdrix.client import CONSUME_ENDPOINT
 from valdrix.decisions.engine import DecisionInput, Unrecorded
 from valdrix.decisions.models import Decision
@@ -15,6 +16,19 @@ from valdrix.money import MAX_AMOUNT
 
 Amount = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+def _canonical(value: Any) -> Any:
+    # Request metadata and event data are hashed (request fingerprint) as RFC 8785 JSON, whose domain excludes
+    # integers beyond ±(2**53 - 1) and unpaired surrogates: such input is refused here with 422, not at hashing.
+    try:
+        canonical_bytes(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not representable as RFC 8785 JSON ({exc}); send large integers as strings") from exc
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_canonical)]
 
 
 class Closed(BaseModel):
@@ -28,7 +42,7 @@ class GateRequest(Closed):
     resource_reference: str = Field(min_length=1, max_length=512)
     estimated_monthly_delta_usd: Amount
     estimated_hourly_delta_usd: Amount = Decimal(0)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=4, max_length=128)
     expected_request_fingerprint: Fingerprint | None = None
     dry_run: bool = False
@@ -47,7 +61,7 @@ class CloudEvent(BaseModel):
     time: datetime | None = None
     datacontenttype: str | None = Field(default=None, max_length=256)
     dataschema: str | None = Field(default=None, max_length=2048)
-    data: Any = None
+    data: Annotated[Any, AfterValidator(_canonical)] = None
 
 
 class CloudEventGateRequest(Closed):
@@ -58,7 +72,7 @@ class CloudEventGateRequest(Closed):
     resource_reference: str | None = Field(default=None, min_length=1, max_length=512)
     estimated_monthly_delta_usd: Amount = Decimal(0)
     estimated_hourly_delta_usd: Amount = Decimal(0)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=4, max_length=128)
     expected_request_fingerprint: Fingerprint | None = None
     dry_run: bool = False

@@ -189,7 +189,7 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     """
     started = time.monotonic()
     fingerprint = inp.fingerprint
-    if expected_fingerprint is not None and expected_fingerprint.lower() != fingerprint:
+    if expected_fingerprint is not None and not inp.has_fingerprint(expected_fingerprint):
         raise Conflict("request fingerprint differs from expected_request_fingerprint: the planned change is not "
                        "the one previously evaluated", code="request_fingerprint_mismatch",
                        request_fingerprint=fingerprint, expected_request_fingerprint=expected_fingerprint.lower())
@@ -221,7 +221,7 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
         raise Unauthenticated("unknown or revoked API key", code="invalid_credentials")
     policy = policies.active(session, ctx.tenant_id, row)
     if row is not None and row.stored_id is not None:
-        return _replayed(session.get_one(Decision, row.stored_id), fingerprint, started)
+        return _replayed(session.get_one(Decision, row.stored_id), inp, started)
     if failed is not None:
         if isinstance(failed, DBAPIError):
             _observe_lock(inp.source, "timeout", budget_wait)
@@ -235,7 +235,7 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
                                          budget_wait)
     except IntegrityError:
         session.rollback()
-        return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
+        return _after_race(session, ctx, inp, stored_key, started)
     except (SQLAlchemyError, _Deadline, ArithmeticError, ValueError, TypeError, LookupError) as exc:
         return _fail_safe(session, ctx, inp, policy, fingerprint, stored_key, started, exc)
     return Outcome(decision=decision, replayed=False, started=started)
@@ -255,7 +255,7 @@ def _fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput, po
         decision = _persist_fail_safe(session, ctx, inp, policy, fingerprint, key, trigger)
     except IntegrityError:
         session.rollback()
-        return _after_race(session, ctx, inp.source, key, fingerprint, started)
+        return _after_race(session, ctx, inp, key, started)
     except SQLAlchemyError as second:
         raise Unavailable("the gate could not evaluate or record a fail-safe decision",
                           code="gate_unavailable") from second
@@ -299,21 +299,21 @@ def _find(session: Session, tenant_id: uuid.UUID, source: str, key: str) -> Deci
                                                   Decision.idempotency_key == key)).first()
 
 
-def _replayed(existing: Decision, fingerprint: str, started: float) -> Outcome:
-    if existing.request_fingerprint != fingerprint:
+def _replayed(existing: Decision, inp: engine.DecisionInput, started: float) -> Outcome:
+    if not inp.has_fingerprint(existing.request_fingerprint):
         raise Conflict("idempotency key was already used for a different request",
                        code="idempotency_key_reused", stored_request_fingerprint=existing.request_fingerprint,
-                       request_fingerprint=fingerprint)
+                       request_fingerprint=inp.fingerprint)
     return Outcome(decision=existing, replayed=True, started=started)
 
 
-def _after_race(session: Session, ctx: GateContext, source: str, key: str, fingerprint: str,
+def _after_race(session: Session, ctx: GateContext, inp: engine.DecisionInput, key: str,
                 started: float) -> Outcome:
     # A concurrent request with the same key committed first; its decision is the answer.
-    winner = _find(session, ctx.tenant_id, source, key)
+    winner = _find(session, ctx.tenant_id, inp.source, key)
     if winner is None:
         raise Unavailable("idempotency race could not be resolved", code="gate_unavailable")
-    return _replayed(winner, fingerprint, started)
+    return _replayed(winner, inp, started)
 
 
 def trigger_of(exc: BaseException) -> str:

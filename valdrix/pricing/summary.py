@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from valdrix.canonical import sha256_hex
+from valdrix.canonical import SCHEME, Scheme, sha256_hex
 from valdrix.pricing.terraform import PlanEstimate, ResourceCost
 
 # Bounds on what the request carries about the plan: the gate needs a summary, not the plan.
@@ -18,7 +18,7 @@ MAX_TEXT = 200
 MAX_REFERENCE = 512
 
 
-def change_digest(plan: Any) -> str:
+def change_digest(plan: Any, scheme: Scheme = SCHEME) -> str:
     """Return a hash of what the plan changes (addresses, actions, planned values), not of when it was made.
 
     A retry that re-plans gets a new plan file (new timestamp, refreshed prior state) but, when nothing
@@ -30,7 +30,7 @@ def change_digest(plan: Any) -> str:
         if change.get("actions") in (["no-op"], ["read"]):
             continue
         changes.append([rc.get("address"), change.get("actions"), change.get("after"), change.get("after_unknown")])
-    return sha256_hex(sorted(changes, key=lambda c: str(c[0])))
+    return sha256_hex(sorted(changes, key=lambda c: str(c[0])), scheme)
 
 
 def clip(text: str, limit: int = MAX_TEXT) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from valdrix.budgets import service as budgets
-from valdrix.canonical import sha256_hex
+from valdrix.canonical import is_digest_of, sha256_hex
 from valdrix.decisions import service as decisions
 from valdrix.decisions.models import Decision
 from valdrix.errors import Conflict, InvalidInput
@@ -74,17 +74,18 @@ def reconcile(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID, *,
     """
     decision = decisions.get(session, tenant_id, decision_id)
     actual = monthly(actual)
-    request = sha256_hex({"actual_monthly_delta_usd": str(actual), "notes": notes})
+    payload = {"actual_monthly_delta_usd": str(actual), "notes": notes}
+    request = sha256_hex(payload)
     existing = _find(session, tenant_id, decision_id)
     if existing is not None:
-        return _replay(existing, idempotency_key, request)
+        return _replay(existing, idempotency_key, payload)
     try:
         settlement = budgets.settle(session, decision, actual_monthly=actual, now=now)
     except Conflict:
         # Another replica may have settled it a moment ago: its committed outcome is now visible.
         existing = _find(session, tenant_id, decision_id)
         if existing is not None:
-            return _replay(existing, idempotency_key, request)
+            return _replay(existing, idempotency_key, payload)
         raise
     reserved = settlement.reserved_total
     drift = monthly(actual - reserved)
@@ -113,11 +114,12 @@ def _find(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Rec
                                                         Reconciliation.decision_id == decision_id)).first()
 
 
-def _replay(existing: Reconciliation, key: str | None, request: str) -> Reconciled:
+def _replay(existing: Reconciliation, key: str | None, payload: dict[str, str | None]) -> Reconciled:
     if key is None or existing.idempotency_key != key:
         raise Conflict(f"reservation is not active (already {existing.status.replace('_', ' ')})",
                        code="reservation_not_active", status=existing.status)
-    if existing.request_sha256 != request:
+    # A settlement recorded before RFC 8785 carries the legacy hash of its payload.
+    if existing.request_sha256 is None or not is_digest_of(existing.request_sha256, payload):
         raise Conflict("Idempotency-Key was already used with a different payload for this reservation",
                        code="idempotency_key_reused")
     RECONCILIATIONS.labels("manual_replay", existing.status).inc()

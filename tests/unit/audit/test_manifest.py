@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from typing import Any
 
 from valdrix.audit.manifest import FileDigest, Lineage, build, encode
-from valdrix.canonical import sha256_hex
+from valdrix.canonical import canonical_json, sha256_hex
 
 
-def context(**extra: Any) -> dict[str, Any]:
-    return {"context_version": "v1", "mode": "soft", "mode_scope": "terraform:prod", "budget_basis": "reservations",
-            "risk_class": "low", "budget_scope": "payments", "scope_headroom_usd": "10.0000", **extra}
+def context(**extra: Any) -> str:
+    """A computed_context cell: the context's canonical JSON."""
+    return canonical_json({"context_version": "v1", "mode": "soft", "mode_scope": "terraform:prod",
+                           "budget_basis": "reservations", "risk_class": "low", "budget_scope": "payments",
+                           "scope_headroom_usd": "10.0000", **extra})
 
 
 def test_policy_lineage_counts_and_sorts() -> None:
     lineage = Lineage()
     for version, sha in ((2, "b" * 64), (1, "a" * 64), (2, "b" * 64), (3, "a" * 64)):
-        lineage.add(uuid.uuid4(), version, "schema.v1", sha, context())
+        lineage.add(str(uuid.uuid4()), version, "schema.v1", sha, context())
     assert lineage.policy_lineage() == [
         {"policy_version": 1, "policy_schema_version": "schema.v1", "policy_sha256": "a" * 64, "decision_count": 1},
         {"policy_version": 2, "policy_schema_version": "schema.v1", "policy_sha256": "b" * 64, "decision_count": 2},
@@ -27,7 +31,7 @@ def test_policy_lineage_counts_and_sorts() -> None:
 
 
 def test_context_lineage_groups_by_deciding_fields_and_digests_every_context() -> None:
-    ids = [uuid.UUID(int=i) for i in range(4)]
+    ids = [str(uuid.UUID(int=i)) for i in range(4)]
     lineage = Lineage()
     lineage.add(ids[0], 1, "s", "a" * 64, context())
     lineage.add(ids[1], 1, "s", "a" * 64, context(scope_headroom_usd="5.0000"))
@@ -49,7 +53,7 @@ def test_empty_lineage_hash_matches_the_reference_vector() -> None:
 def test_manifest_is_canonical_and_deterministic() -> None:
     def make() -> bytes:
         lineage = Lineage()
-        lineage.add(uuid.UUID(int=7), 1, "s", "a" * 64, context())
+        lineage.add(str(uuid.UUID(int=7)), 1, "s", "a" * 64, context())
         manifest = build(tenant_id=uuid.UUID(int=1), window={"start": "2026-01-01", "end": "2026-01-31"},
                          files=[FileDigest("decisions.csv", "c" * 64, 10, 1)],
                          counts={"decisions": {"database": 1, "exported": 1}}, lineage=lineage, kid="k1",
@@ -60,3 +64,11 @@ def test_manifest_is_canonical_and_deterministic() -> None:
 
     assert make() == make()
     assert b"generated_at" not in make()
+    assert b'"canonicalization":"rfc8785"' in make()
+
+
+def test_context_digest_is_the_sha256_of_the_canonical_context() -> None:
+    lineage = Lineage()
+    lineage.add("d1", 1, "s", "a" * 64, context())
+    expected = hashlib.sha256(f"d1 {sha256_hex(json.loads(context()))}\n".encode()).hexdigest()
+    assert lineage.context_lineage()[0]["contexts_sha256"] == expected

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from valdrix.canonical import LEGACY_SCHEME, sha256_hex
 from valdrix.decisions import engine
 from valdrix.decisions.engine import BudgetState, Funding, make_input
 from valdrix.money import monthly
@@ -161,7 +162,9 @@ def test_waterfall_invariants(delta: Decimal, limit: Decimal, reserved: Decimal,
     assert ev.reservation_active == (held > 0)
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+# Integers within RFC 8785's range: the request schema refuses larger ones (tests/unit/test_canonical.py).
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+                           | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                                        max_size=3), max_leaves=8)
 
@@ -184,3 +187,16 @@ def test_fingerprint_deterministic_and_sensitive(meta: dict[str, object], amount
     assert fp != build(action=action + "x").fingerprint
     assert fp != build(metadata={**meta, "extra-key": 1}).fingerprint
     assert fp != build(resource_reference="r2").fingerprint
+
+
+def test_a_fingerprint_stored_before_rfc8785_still_matches_its_request() -> None:
+    inp = make_input(source="terraform", project_id="p", environment="prod", action="terraform.apply",
+                     resource_reference="module.café", monthly_delta=D("1"), hourly_delta=D(0),
+                     metadata={"ratio": 1.0})
+    legacy = sha256_hex(inp.fingerprint_fields(), LEGACY_SCHEME)
+    assert legacy != inp.fingerprint and inp.fingerprints == (inp.fingerprint, legacy)
+    assert inp.has_fingerprint(legacy) and inp.has_fingerprint(inp.fingerprint.upper())
+    assert not inp.has_fingerprint("0" * 64)
+    ascii_only = make_input(source="terraform", project_id="p", environment="prod", action="terraform.apply",
+                            resource_reference="r", monthly_delta=D("1"), hourly_delta=D(0), metadata={"n": 3})
+    assert ascii_only.fingerprints == (ascii_only.fingerprint,)
