@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from valdrix import __version__
@@ -34,10 +36,10 @@ from valdrix.console.router import router as console_router
 from valdrix.costs.router import router as costs_router
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
-from valdrix.errors import ValdrixError
+from valdrix.errors import ValdrixError, problem_body
 from valdrix.gatepool import GatePool
 from valdrix.integrations.router import router as integrations_router
-from valdrix.jsonio import JSONResponse
+from valdrix.jsonio import MAX_JSON_DEPTH, JSONResponse, json_depth_exceeds
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
 from valdrix.notifications.metrics import QueueAgeCollector
@@ -59,15 +61,17 @@ ROUTERS = (preflight_router, admission_router, decisions_router, approvals_route
 SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 
 
-def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(status: int, code: str, detail: str, *, headers: Mapping[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
     """Return a problem-document response."""
-    body = {"type": f"https://valdrix.io/problems/{code}", "title": detail.split(":")[0], "status": status,
-            "code": code, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(problem_body(status, code, detail.split(":")[0], detail, **extra), status_code=status,
+                        media_type=PROBLEM, headers=headers)
 
 
 class RequestGuard:
-    """Refuses bodies over the size limit (413) and non-JSON bodies (415) before any handler runs."""
+    """Refuses bodies over the size limit (413), non-JSON bodies (415) and JSON nested deeper than
+    MAX_JSON_DEPTH (400) before any handler runs: a parser or validator recursing into such a body
+    would fail with RecursionError, far from the input that caused it."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -90,27 +94,37 @@ class RequestGuard:
             await self._reject(scope, receive, send, 415, "unsupported_media_type",
                                "request body must be application/json")
             return
+        # The body is bounded by max_body_bytes, so reading it whole here costs no more than the handler would.
+        chunks: list[bytes] = []
         received = 0
-        rejected = False
-
-        async def limited() -> Message:
-            nonlocal received, rejected
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes and not rejected:
-                # Answer 413 ourselves and tell the app the client left: the framework would turn an
-                # exception raised while reading the body into a generic 400.
-                rejected = True
-                await problem(413, "payload_too_large",
-                              f"request body exceeds {self.max_body_bytes} bytes")(scope, receive, send)
-                return {"type": "http.disconnect"}
-            return message
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_body_bytes:
+                await self._reject(scope, receive, send, 413, "payload_too_large",
+                                   f"request body exceeds {self.max_body_bytes} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if json_depth_exceeds(body, MAX_JSON_DEPTH):
+            await self._reject(scope, receive, send, 400, "json_too_deep",
+                               f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+            return
+        delivered = False
 
-        async def guarded_send(message: Message) -> None:
-            if not rejected:
-                await send(message)
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, limited, guarded_send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, detail: str) -> None:
         await problem(status, code, detail)(scope, receive, send)
@@ -123,6 +137,15 @@ def _validation_problem(exc: RequestValidationError) -> JSONResponse:
         return problem(400, "malformed_json", "request body is not valid JSON", errors=errors)
     fields = ", ".join(".".join(e["loc"][1:] if e["loc"][:1] == ["body"] else e["loc"]) or "body" for e in errors)
     return problem(422, "invalid_request", f"invalid request: {fields}", errors=errors)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Return the methods the API documents for `path` (routes sharing a path are not visible one by one)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            methods |= {m.upper() for m in operations}
+    return methods
 
 
 def _metrics(scrape: CollectorRegistry) -> Response:
@@ -176,9 +199,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         return _validation_problem(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return problem(exc.status_code, code, str(exc.detail))
+        headers = exc.headers
+        if exc.status_code == 405:
+            # The router names only the first route matching the path; several routes can share it.
+            methods = _allowed_methods(request.app, request.url.path)
+            headers = {"Allow": ", ".join(sorted(methods))} if methods else exc.headers
+        return problem(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """Return an RFC 9457 problem document; `extra` members never replace the standard ones or `code`."""
+    return {**extra, "type": f"https://valdrix.io/problems/{code}", "title": title, "status": status, "code": code,
+            "detail": detail}
+
+
 class ValdrixError(Exception):
     """Base error: `status` is the HTTP status, `code` the stable machine-readable code.
 
@@ -26,10 +32,7 @@ class ValdrixError(Exception):
 
     def problem(self) -> dict[str, Any]:
         """Return the problem-document body for this error."""
-        body: dict[str, Any] = {"type": f"https://valdrix.io/problems/{self.code}", "title": self.title,
-                                "status": self.status, "code": self.code, "detail": self.message}
-        body.update(self.extra)
-        return body
+        return problem_body(self.status, self.code, self.title, self.message, **self.extra)
 
 
 class InvalidInput(ValdrixError):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
 
 MONTHLY_QUANTUM = Decimal("0.0001")
 HOURLY_QUANTUM = Decimal("0.000001")
@@ -23,7 +28,11 @@ def hourly(value: Decimal | int | str) -> Decimal:
 
 
 def parse_amount(raw: object) -> Decimal:
-    """Return a finite Decimal parsed from `raw`; raise ValueError if it is not a finite number in range."""
+    """Return a finite Decimal parsed from `raw`; raise ValueError if it is not a finite number in range.
+
+    For third-party documents (price books, billing exports, Terraform plans), which write numbers their own
+    way (exponents, floats); amounts in our own API follow the strict grammar of `Amount` below.
+    """
     if isinstance(raw, bool) or raw is None:
         raise ValueError("not a number")
     if isinstance(raw, float):
@@ -37,3 +46,57 @@ def parse_amount(raw: object) -> Decimal:
     if abs(value) > MAX_AMOUNT:
         raise ValueError(f"amount exceeds {MAX_AMOUNT}")
     return value
+
+
+# The one grammar for amounts in API requests and CLI options: ASCII digits, an optional minus sign where the
+# field may be negative, an optional fraction of at most 6 digits (the hourly quantum), no leading zeros, no
+# exponent, no whitespace or digit separators, at most MAX_AMOUNT. JSON integers in range are accepted too;
+# JSON fractions are not, because a binary float no longer says which decimal the client wrote.
+_INTEGER = r"(?:0|[1-9][0-9]{0,11})"
+_FRACTION = r"(?:\.[0-9]{1,6})"
+_MAX = r"1000000000000(?:\.0{1,6})?"
+_POSITIVE_FRACTION = "|".join(f"0{{{n}}}[1-9][0-9]{{0,{5 - n}}}" for n in range(6))
+_NON_NEGATIVE = rf"{_INTEGER}{_FRACTION}?|{_MAX}"
+_POSITIVE = rf"[1-9][0-9]{{0,11}}{_FRACTION}?|0\.(?:{_POSITIVE_FRACTION})|{_MAX}"
+AMOUNT_PATTERN = rf"^(?:{_NON_NEGATIVE})$"
+POSITIVE_AMOUNT_PATTERN = rf"^(?:{_POSITIVE})$"
+SIGNED_AMOUNT_PATTERN = rf"^-?(?:{_NON_NEGATIVE})$"
+_LIMIT = int(MAX_AMOUNT)
+
+
+def _amount_parser(pattern: str, minimum: int) -> Callable[[object], Decimal]:
+    compiled = re.compile(pattern, re.ASCII)
+
+    def parse(raw: object) -> Decimal:
+        if isinstance(raw, Decimal | int) and not isinstance(raw, bool):
+            # JSON integers, and Decimals built in Python (never from JSON, which yields no Decimal).
+            if not (isinstance(raw, int) or raw.is_finite()) or not minimum <= raw <= _LIMIT:
+                raise ValueError(f"amount must be between {minimum} and {MAX_AMOUNT}")
+            return Decimal(raw)
+        if not isinstance(raw, str) or not compiled.fullmatch(raw):
+            raise ValueError("amount must be a decimal string such as \"12.50\" (ASCII digits, optional fraction "
+                             "of up to 6 digits, no exponent or spaces) or an integer, within range")
+        value = Decimal(raw)
+        return value.copy_abs() if value.is_zero() else value  # "-0" is zero, never echoed as -0.0000
+
+    return parse
+
+
+def _amount_schema(pattern: str, minimum: int, exclusive: bool) -> dict[str, Any]:
+    bound = {"exclusiveMinimum": minimum} if exclusive else {"minimum": minimum}
+    return {"anyOf": [{"type": "string", "pattern": pattern},
+                      {"type": "integer", **bound, "maximum": _LIMIT}]}
+
+
+# An amount of money in a request: ≥ 0, > 0, or signed.
+Amount = Annotated[Decimal, BeforeValidator(_amount_parser(AMOUNT_PATTERN, 0)),
+                   WithJsonSchema(_amount_schema(AMOUNT_PATTERN, 0, False))]
+PositiveAmount = Annotated[Decimal, BeforeValidator(_amount_parser(POSITIVE_AMOUNT_PATTERN, 1)),
+                           WithJsonSchema(_amount_schema(POSITIVE_AMOUNT_PATTERN, 0, True))]
+SignedAmount = Annotated[Decimal, BeforeValidator(_amount_parser(SIGNED_AMOUNT_PATTERN, -_LIMIT)),
+                         WithJsonSchema(_amount_schema(SIGNED_AMOUNT_PATTERN, -_LIMIT, False))]
+
+
+def parse_money(raw: str) -> Decimal:
+    """Return the signed amount `raw` written in the request grammar; raise ValueError otherwise."""
+    return _amount_parser(SIGNED_AMOUNT_PATTERN, -_LIMIT)(raw)

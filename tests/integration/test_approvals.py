@@ -79,7 +79,9 @@ def test_second_review_and_unknown_approval(tenant: Tenant) -> None:
         twice = approve(c, approval_id)
         assert twice.status_code == 409 and twice.json()["code"] == "approval_already_reviewed"
         late_deny = deny(c, approval_id)
-        assert late_deny.status_code == 409 and late_deny.json()["status"] == "approved"
+        # RFC 9457: `status` is the HTTP status; the approval's state travels as `approval_status`.
+        assert late_deny.status_code == 409
+        assert late_deny.json()["status"] == 409 and late_deny.json()["approval_status"] == "approved"
         missing = c.get(f"{APPROVALS}/{uuid.uuid4()}")
         assert missing.status_code == 404 and missing.json()["code"] == "approval_not_found"
         assert c.get(f"{APPROVALS}/not-a-uuid").status_code == 422
@@ -196,7 +198,8 @@ def test_deny_releases_allocation_and_refunds_credit(tenant: Tenant) -> None:
                   if e["decision_id"] == gate["decision_id"]]
         assert ledger[-1]["event"] == "approval_denied" and ledger[-1]["reservation_active"] is False
         picked = c.post(f"{APPROVALS}/{gate['approval_request_id']}/token")
-        assert picked.status_code == 409 and picked.json()["status"] == "denied"
+        assert picked.status_code == 409
+        assert picked.json()["status"] == 409 and picked.json()["approval_status"] == "denied"
 
 
 def test_create_or_get(tenant: Tenant) -> None:

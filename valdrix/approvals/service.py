@@ -301,7 +301,8 @@ def pickup(session: Session, caller: Caller, approval_id: uuid.UUID, *, now: dat
     if approval.status == "revoked":
         raise Conflict("the approval was revoked", code="approval_revoked")
     if approval.status != "approved":
-        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved", status=approval.status)
+        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved",
+                       approval_status=approval.status)
     if approval.token_consumed_at is not None:
         raise Conflict("approval token was already consumed", code="token_already_consumed")
     if approval.token_picked_up_at is not None or approval.token_sealed is None:
@@ -421,7 +422,8 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
     if approval.status == "revoked":
         raise Conflict("the approval was revoked", code="approval_revoked")
     if approval.status != "approved":
-        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved", status=approval.status)
+        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved",
+                       approval_status=approval.status)
     if approval.token_consumed_at is not None:
         raise Conflict("approval token was already used", code="token_replayed")
     _check_binding(claims, approval, decision)
@@ -524,9 +526,9 @@ def _reviewable(session: Session, caller: Caller, approval_id: uuid.UUID, now: d
 
 def _already_reviewed(approval: ApprovalRequest) -> Conflict:
     if approval.status == "expired":
-        return Conflict("approval request has expired", code="approval_expired", status="expired")
+        return Conflict("approval request has expired", code="approval_expired", approval_status="expired")
     return Conflict(f"approval request is already {approval.status}", code="approval_already_reviewed",
-                    status=approval.status)
+                    approval_status=approval.status)
 
 
 def _transition(session: Session, approval: ApprovalRequest, now: datetime, *, status: str, **values: Any) -> bool:

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from valdrix.decisions.schemas import Amount, Closed
+from valdrix.decisions.schemas import Closed
+from valdrix.money import Amount, PositiveAmount
 
 
 class BudgetIn(Closed):
@@ -23,6 +24,6 @@ class BudgetsPut(Closed):
 class CreditGrantIn(Closed):
     pool: Literal["reserved", "emergency"] = "reserved"
     scope_key: str = Field(default="default", min_length=1, max_length=128)
-    amount_usd: Amount = Field(gt=0)
+    amount_usd: PositiveAmount
     expires_at: datetime | None = None
     reason: str | None = Field(default=None, max_length=500)

@@ -33,7 +33,7 @@ from valdrix.cli.continuation import (
     wait_for_approval,
 )
 from valdrix.client import ApiError, GateClient, TransportFailure
-from valdrix.money import HOURS_PER_MONTH, ZERO, hourly, monthly, parse_amount
+from valdrix.money import HOURS_PER_MONTH, ZERO, hourly, monthly, parse_money
 from valdrix.pricing.infracost import read_infracost
 from valdrix.pricing.summary import TOP_RESOURCES, change_digest, clip, request_metadata, resource_reference
 from valdrix.pricing.terraform import PlanEstimate, PricingError, price_plan
@@ -106,9 +106,10 @@ def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | No
         estimate = read_infracost(read_json(infracost, "Infracost output"))
         digest = sha256_hex([[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources])
         return estimate, digest, estimate.monthly_delta_usd, estimate.hourly_delta_usd
+    assert monthly_delta is not None  # exactly one input was given, and it was neither file
     try:
-        amount = monthly(parse_amount(monthly_delta))
-        rate = hourly(parse_amount(hourly_delta)) if hourly_delta is not None else hourly(amount / HOURS_PER_MONTH)
+        amount = monthly(parse_money(monthly_delta))
+        rate = hourly(parse_money(hourly_delta)) if hourly_delta is not None else hourly(amount / HOURS_PER_MONTH)
     except ValueError as exc:
         raise typer.BadParameter(f"--monthly-delta/--hourly-delta: {exc}") from exc
     if amount < 0 or rate < 0:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
-from typing import Annotated
 
 from pydantic import Field
 
 from valdrix.decisions.schemas import Closed
-from valdrix.money import MAX_AMOUNT
-
-# Daily cost may be negative: credits and refunds appear as negative charges in billing exports.
-SignedAmount = Annotated[Decimal, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False)]
+from valdrix.money import SignedAmount
 
 
 class CostRecordIn(Closed):
     scope_key: str = Field(min_length=1, max_length=128)
     date: date
+    # Daily cost may be negative: credits and refunds appear as negative charges in billing exports.
     amount_usd: SignedAmount
     currency: str = Field(default="USD", min_length=3, max_length=3)
 

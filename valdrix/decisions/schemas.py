@@ -9,9 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from valdrix.decisions.models import Decision
-from valdrix.money import MAX_AMOUNT
+from valdrix.money import Amount
 
-Amount = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 CONSUME_ENDPOINT = "/api/v1/enforcement/approvals/consume"
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from valdrix.deps import DB, Admin, ClockDep, Member
 from valdrix.jsonio import JSONResponse
 from valdrix.policies import service
 from valdrix.policies.models import PolicyVersion
 from valdrix.policies.schemas import PolicyDocument
+
+# Versions are INTEGER columns: a larger path value is a request for a version that cannot exist.
+MAX_VERSION = 2**31 - 1
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["policies"])
 
@@ -42,6 +45,6 @@ def list_versions(db: DB, caller: Member) -> JSONResponse:
 
 
 @router.get("/policies/versions/{version}")
-def get_version(version: int, db: DB, caller: Member) -> JSONResponse:
+def get_version(version: Annotated[int, Path(ge=1, le=MAX_VERSION)], db: DB, caller: Member) -> JSONResponse:
     """Return one policy version."""
     return JSONResponse(_version(service.get_version(db, caller.tenant_id, version)))

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from valdrix.canonical import sha256_hex
-from valdrix.money import MAX_AMOUNT, monthly
+from valdrix.money import Amount, monthly
 
 SCHEMA_VERSION = "valdrix.enforcement.policy.v1"
 
@@ -17,8 +17,7 @@ Permission = Literal["approve:prod", "approve:nonprod"]
 Role = Literal["owner", "admin", "member"]
 RiskLevel = Literal["low", "medium", "high"]
 # Money in a policy is a 4-dp Decimal, serialised as a string so the document hash is exact.
-PolicyMoney = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
-                        PlainSerializer(lambda v: str(monthly(v)), return_type=str)]
+PolicyMoney = Annotated[Amount, PlainSerializer(lambda v: str(monthly(v)), return_type=str)]
 
 
 class _Closed(BaseModel):
@@ -119,7 +118,7 @@ class Entitlements(_Closed):
 
 
 class Execution(_Closed):
-    default_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+    default_ttl_seconds: int = Field(default=900, ge=60, le=86400, strict=True)
 
 
 class PolicyDocument(_Closed):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from valdrix.decisions.schemas import Amount, Closed
+from valdrix.decisions.schemas import Closed
+from valdrix.money import Amount
 
 
 class ReconcileIn(Closed):
@@ -13,5 +14,5 @@ class ReconcileIn(Closed):
 
 
 class OverdueIn(Closed):
-    older_than_seconds: int | None = Field(default=None, ge=60, le=604800)
-    limit: int = Field(default=200, ge=1, le=1000)
+    older_than_seconds: int | None = Field(default=None, ge=60, le=604800, strict=True)
+    limit: int = Field(default=200, ge=1, le=1000, strict=True)
