@@ -15,12 +15,12 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from valdrix.admission import translate
-from valdrix.admission.schemas import parse_review, review_response
+from valdrix.admission.schemas import AdmissionRequest, parse_review, review_response
 from valdrix.admission.service import AdmissionGate, Answer, Credential
 from valdrix.config import Settings
 from valdrix.decisions.metrics import observe_decision
 from valdrix.deps import bearer_token
-from valdrix.errors import Unauthenticated
+from valdrix.errors import Unauthenticated, ValdrixError
 from valdrix.jsonio import JSONResponse
 from valdrix.serving import client_common_name
 
@@ -54,10 +54,21 @@ async def admission_review(request: Request) -> JSONResponse:
     """Return the AdmissionReview answer for one API-server call (HTTP 200 for every evaluated request)."""
     started = time.monotonic()
     gate: AdmissionGate = request.app.state.admission
-    review = parse_review(await request.body())
-    credential = credential_for(request, gate.settings)
-    req = review.request
+    req = parse_review(await request.body()).request
     outcome = translate.translate(req, gate.book, gate.where)
+    credential: Credential | None = None
+    try:
+        credential = credential_for(request, gate.settings)
+        return await _decide(request, gate, req, outcome, credential, started)
+    except ValdrixError as exc:
+        # The uid is known from here on: every answer is an AdmissionReview.
+        caller = gate.cached_caller(credential) if credential is not None else None
+        environment = outcome.inp.environment if isinstance(outcome, translate.Priced) else None
+        return _timed(_review(req.uid, gate.refused(caller, environment, exc, started)), started)
+
+
+async def _decide(request: Request, gate: AdmissionGate, req: AdmissionRequest, outcome: translate.Outcome,
+                  credential: Credential, started: float) -> JSONResponse:
     if isinstance(outcome, translate.Fast):
         await _verify_fast(gate, credential)
         delta = outcome.delta.monthly_delta_usd if outcome.delta is not None else None
@@ -87,7 +98,7 @@ async def admission_review(request: Request) -> JSONResponse:
 
 def _review(uid: str, answer: Answer) -> dict[str, object]:
     return review_response(uid, allowed=answer.allowed, message=answer.message, warnings=list(answer.warnings),
-                           audit=dict(answer.audit))
+                           audit=dict(answer.audit), code=answer.code)
 
 
 def _timed(body: dict[str, object], started: float) -> JSONResponse:

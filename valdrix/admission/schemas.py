@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,11 +76,13 @@ def parse_review(body: bytes) -> AdmissionReview:
 
 
 def review_response(uid: str, *, allowed: bool, message: str | None = None, warnings: list[str] | None = None,
-                    audit: dict[str, str] | None = None) -> dict[str, Any]:
-    """Return the AdmissionReview answer; a rejection carries status 403 with `message`."""
+                    audit: dict[str, str] | None = None, code: int = 403) -> dict[str, Any]:
+    """Return the AdmissionReview answer; a rejection, or an answer that explains an error, carries a status
+    with `code` (403 for a denial) and `message`."""
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
-    if not allowed:
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": message or "denied by Valdrix Gate"}
+    if not allowed or code != 403:
+        response["status"] = {"code": code, "reason": HTTPStatus(code).phrase,
+                              "message": message or "denied by Valdrix Gate"}
     if warnings:
         response["warnings"] = warnings
     if audit:
