@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,10 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from valdrix import __version__
+from valdrix import __version__, openapi
 from valdrix.admission.router import router as admission_router
 from valdrix.admission.service import AdmissionGate
 from valdrix.approvals.metrics import QueueBacklogCollector
@@ -36,7 +36,7 @@ from valdrix.console.router import router as console_router
 from valdrix.costs.router import router as costs_router
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
-from valdrix.errors import ValdrixError, problem_body
+from valdrix.errors import PROBLEM_MEDIA_TYPE, ValdrixError, problem_body
 from valdrix.gatepool import GatePool
 from valdrix.integrations.router import router as integrations_router
 from valdrix.jsonio import MAX_JSON_DEPTH, JSONResponse, json_depth_exceeds
@@ -51,8 +51,10 @@ from valdrix.reservations.router import router as reservations_router
 
 log = logging.getLogger("valdrix")
 
-PROBLEM = "application/problem+json"
+PROBLEM = PROBLEM_MEDIA_TYPE
 FORM = "application/x-www-form-urlencoded"
+# `\u0000` in JSON text: the escape itself, not an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
            ledger_router, jwks_router, audit_router, reservations_router, costs_router, notifications_router,
@@ -69,16 +71,23 @@ def problem(status: int, code: str, detail: str, *, headers: Mapping[str, str] |
 
 
 class RequestGuard:
-    """Refuses bodies over the size limit (413), non-JSON bodies (415) and JSON nested deeper than
-    MAX_JSON_DEPTH (400) before any handler runs: a parser or validator recursing into such a body
-    would fail with RecursionError, far from the input that caused it."""
+    """Refuses, before any handler runs: bodies over the size limit (413), non-JSON bodies (415), JSON nested
+    deeper than MAX_JSON_DEPTH (400: a parser or validator recursing into it would fail with RecursionError,
+    far from the input that caused it), and NUL characters in the path, query or body (400: PostgreSQL text
+    cannot hold them, so they would fail at the database on one backend and not the other)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await self._reject(scope, receive, send, 400, "nul_character", "the request contains a NUL character")
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -111,6 +120,9 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if _JSON_NUL.search(body):
+            await self._reject(scope, receive, send, 400, "nul_character", "the request contains a NUL character")
+            return
         if json_depth_exceeds(body, MAX_JSON_DEPTH):
             await self._reject(scope, receive, send, 400, "json_too_deep",
                                f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
@@ -139,13 +151,10 @@ def _validation_problem(exc: RequestValidationError) -> JSONResponse:
     return problem(422, "invalid_request", f"invalid request: {fields}", errors=errors)
 
 
-def _allowed_methods(app: FastAPI, path: str) -> set[str]:
-    """Return the methods the API documents for `path` (routes sharing a path are not visible one by one)."""
-    methods: set[str] = set()
-    for template, operations in app.openapi()["paths"].items():
-        if compile_path(template)[0].match(path):
-            methods |= {m.upper() for m in operations}
-    return methods
+def _allowed_methods(request: Request) -> set[str]:
+    """Return the methods the API documents for the route whose path matched (several routes can share it)."""
+    template = getattr(request.scope.get("route"), "path_format", None)
+    return {m.upper() for m in request.app.openapi()["paths"].get(template, {})}
 
 
 def _metrics(scrape: CollectorRegistry) -> Response:
@@ -165,7 +174,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     # Metrics are Prometheus (below); FastAPI's OpenTelemetry hooks would only add a check to every request.
     # The API explorer is served from vendored assets (docs below), never from a CDN: it works air-gapped.
     app = FastAPI(title="Valdrix Gate", version=__version__, default_response_class=JSONResponse,
-                  telemetry={"tracing": False, "metrics": False, "logs": False}, docs_url=None, redoc_url=None)
+                  telemetry={"tracing": False, "metrics": False, "logs": False}, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=lambda route: route.name)
     engine = make_engine(settings)
     app.state.settings = settings
     app.state.engine = engine
@@ -204,7 +214,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         headers = exc.headers
         if exc.status_code == 405:
             # The router names only the first route matching the path; several routes can share it.
-            methods = _allowed_methods(request.app, request.url.path)
+            methods = _allowed_methods(request)
             headers = {"Allow": ", ".join(sorted(methods))} if methods else exc.headers
         return problem(exc.status_code, code, str(exc.detail), headers=headers)
 
@@ -258,6 +268,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     def metrics() -> Response:
         return _metrics(scrape)
 
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def problems(codes: Mapping[int, Sequence[str]]) -> dict[int | str, dict[str, Any]]:
+    """Return OpenAPI responses for the problem documents a route answers: status → the codes it may carry."""
+    return {str(status): {
+        "description": f"Problem document; code one of: {', '.join(sorted(set(names)))}",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "x-problem-codes": sorted(set(names)),
+    } for status, names in sorted(codes.items())}
 
 
 def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:

@@ -91,3 +91,19 @@ def test_method_not_allowed_names_every_allowed_method(tenant: Tenant) -> None:
         assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "PUT"}
         r = c.delete(E + "/decisions")
         assert r.status_code == 405 and r.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/decisions?source=%00", None), ("GET", "/costs/summary?scope_key=a%00b", None),
+    ("POST", "/gate/terraform/preflight", '{"run_id": "r\\u0000", "resource_reference": "x", '
+                                          '"estimated_monthly_delta_usd": "1"}'),
+    ("PUT", "/budgets", '{"budgets": [{"scope_key": "\\u0000", "monthly_limit_usd": "1"}]}'),
+])
+def test_nul_characters_are_refused_on_both_backends(tenant: Tenant, method: str, path: str,
+                                                     body: str | None) -> None:
+    # PostgreSQL text cannot hold NUL: before the guard these were 503 database_error there, 200 on SQLite.
+    with tenant.client() as c:
+        r = c.request(method, E + path, content=body, headers={"content-type": "application/json"})
+        assert (r.status_code, r.json()["code"]) == (400, "nul_character"), r.text
+        escaped = c.put(E + "/budgets", json={"budgets": [{"scope_key": "a\\u0000", "monthly_limit_usd": "1"}]})
+        assert escaped.status_code == 200, escaped.text  # a backslash then "u0000" is ordinary text

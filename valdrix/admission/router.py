@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from valdrix.admission import translate
-from valdrix.admission.schemas import AdmissionRequest, parse_review, review_response
+from valdrix.admission.schemas import AdmissionRequest, AdmissionReviewOut, parse_review, review_response
 from valdrix.admission.service import AdmissionGate, Answer, Credential
 from valdrix.config import Settings
 from valdrix.decisions.metrics import observe_decision
@@ -49,7 +49,7 @@ async def _verify_fast(gate: AdmissionGate, credential: Credential) -> None:
         await run_in_threadpool(gate.check_fast, credential)
 
 
-@router.post("/gate/k8s/admission/review")
+@router.post("/gate/k8s/admission/review", response_model=AdmissionReviewOut)
 async def admission_review(request: Request) -> JSONResponse:
     """Return the AdmissionReview answer for one API-server call (HTTP 200 for every evaluated request)."""
     started = time.monotonic()

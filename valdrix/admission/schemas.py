@@ -16,7 +16,8 @@ Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
 
 class Open(BaseModel):
     # Newer API servers add fields; ignoring the unknown ones keeps old webhooks working (peers.md §4).
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    # Strict: the API server sends exact JSON types; a "0" where a boolean belongs is not an AdmissionReview.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True, strict=True)
 
 
 class GroupVersionKind(Open):
@@ -88,3 +89,27 @@ def review_response(uid: str, *, allowed: bool, message: str | None = None, warn
     if audit:
         response["auditAnnotations"] = audit
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+class ReviewStatus(BaseModel):
+    code: int
+    reason: str
+    message: str
+
+
+class ReviewAnswer(BaseModel):
+    uid: str
+    allowed: bool
+    status: ReviewStatus | None = None
+    warnings: list[str] | None = None
+    audit_annotations: dict[str, str] | None = Field(default=None, alias="auditAnnotations")
+
+
+class AdmissionReviewOut(BaseModel):
+    """The answer to the API server (runbook §2): always HTTP 200 once the review's uid could be read."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    api_version: Literal["admission.k8s.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["AdmissionReview"]
+    response: ReviewAnswer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import date
 from typing import IO, Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -11,8 +10,10 @@ from fastapi.responses import StreamingResponse
 
 from valdrix.audit import service
 from valdrix.audit.metrics import EXPORT_EVENTS
+from valdrix.audit.schemas import ParityOut
+from valdrix.clock import Day
 from valdrix.deps import Admin, ClockDep, KeyRingDep, SettingsDep
-from valdrix.errors import InvalidInput
+from valdrix.errors import InvalidInput, problems
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/exports", tags=["exports"])
@@ -22,6 +23,8 @@ _LIMIT_CODES = {"export_window_too_large", "export_too_many_rows"}
 T = TypeVar("T")
 # Manifest count keys (archive member stems) → the parity response's field prefixes.
 _NOUNS = {"decisions": "decision", "approvals": "approval", "ledger": "ledger"}
+_EXPORT_PROBLEMS = problems({422: ("invalid_export_window", "export_window_too_large", "export_too_many_rows"),
+                             503: ("signing_keys_unavailable",)})
 
 
 def _counted(artifact: str, build: Callable[[], T]) -> T:
@@ -38,9 +41,9 @@ def _counted(artifact: str, build: Callable[[], T]) -> T:
     return result
 
 
-@router.get("/parity")
+@router.get("/parity", response_model=ParityOut, responses=_EXPORT_PROBLEMS)
 def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
-           start: date | None = None, end: date | None = None) -> JSONResponse:
+           start: Day | None = None, end: Day | None = None) -> JSONResponse:
     """Return counts (database vs exported), file hashes, both lineages and the signed manifest's digest."""
 
     def build() -> service.Export:
@@ -66,9 +69,12 @@ def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsD
     return JSONResponse(body)
 
 
-@router.get("/archive")
+@router.get("/archive", response_class=StreamingResponse, responses={
+    200: {"description": "The signed export archive",
+          "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+    **_EXPORT_PROBLEMS})
 def archive(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
-            start: date | None = None, end: date | None = None) -> StreamingResponse:
+            start: Day | None = None, end: Day | None = None) -> StreamingResponse:
     """Return the ZIP of decisions.csv, approvals.csv, ledger.csv, policies.json, manifest.json, manifest.sig."""
 
     def build() -> tuple[service.Export, IO[bytes], service.Window]:

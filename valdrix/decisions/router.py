@@ -15,16 +15,28 @@ from sqlalchemy.orm import Session
 
 from valdrix.auth.service import Caller
 from valdrix.canonical import canonical_json
-from valdrix.clock import Clock, IdFactory
+from valdrix.clock import Clock, IdFactory, Instant
 from valdrix.config import Settings
 from valdrix.decisions import engine, service
 from valdrix.decisions.explain import explain
-from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
+from valdrix.decisions.schemas import (
+    CloudEventGateRequest,
+    DecisionDetailOut,
+    DecisionOut,
+    DecisionPage,
+    GateRequest,
+    decision_body,
+    decision_detail,
+)
 from valdrix.deps import DB, Member, in_gate_transaction
-from valdrix.errors import InvalidInput
+from valdrix.errors import InvalidInput, problems
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"])
+# What every gate route may refuse before deciding (a decision, even a fail-safe one, is a 200).
+GATE_CODES: dict[int, tuple[str, ...]] = {
+    409: ("idempotency_key_reused", "request_fingerprint_mismatch"), 503: ("gate_unavailable",)}
+GATE_PROBLEMS = problems(GATE_CODES)
 
 
 def gate_context(request: Request, caller: Caller) -> service.GateContext:
@@ -58,21 +70,22 @@ def _generic(source: str, body: GateRequest, request: Request, header_key: str |
     return in_gate_transaction(request, work)
 
 
-@router.post("/gate/terraform")
+@router.post("/gate/terraform", response_model=DecisionOut, responses=GATE_PROBLEMS)
 async def gate_terraform(body: GateRequest, request: Request,
                          idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Terraform change described by the generic gate body."""
     return JSONResponse(await _generic("terraform", body, request, idempotency_key))
 
 
-@router.post("/gate/k8s/admission")
+@router.post("/gate/k8s/admission", response_model=DecisionOut, responses=GATE_PROBLEMS)
 async def gate_k8s_generic(body: GateRequest, request: Request,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Kubernetes change described by the generic gate body (the webhook uses /review)."""
     return JSONResponse(await _generic("k8s_admission", body, request, idempotency_key))
 
 
-@router.post("/gate/cloud-event")
+@router.post("/gate/cloud-event", response_model=DecisionOut, responses=problems({
+    **GATE_CODES, 422: ("resource_reference_missing",)}))
 async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a change announced by a CloudEvents 1.0 event."""
@@ -108,7 +121,8 @@ async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
     return JSONResponse(await in_gate_transaction(request, work))
 
 
-@router.get("/decisions/{decision_id}")
+@router.get("/decisions/{decision_id:uuid}", response_model=DecisionDetailOut,
+            responses=problems({404: ("decision_not_found",)}))
 def get_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
     """Return one decision with its stored request and response."""
     return JSONResponse(decision_detail(service.get(db, caller.tenant_id, decision_id)))
@@ -136,10 +150,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidInput("malformed cursor", code="invalid_cursor") from exc
 
 
-@router.get("/decisions")
+@router.get("/decisions", response_model=DecisionPage, responses=problems({422: ("invalid_cursor",)}))
 def list_decisions(db: DB, caller: Member, source: str | None = None, decision: str | None = None,
                    project_id: str | None = None, environment: str | None = None,
-                   since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
+                   since: Instant | None = None, until: Instant | None = None, cursor: str | None = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
     """Return a page of decisions, newest first, with `next_cursor` when more remain."""
     rows, position = service.search(db, caller.tenant_id, source=source, decision=decision, project_id=project_id,

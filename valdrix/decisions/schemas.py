@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
+from valdrix.clock import Instant
 from valdrix.decisions.models import Decision
 from valdrix.money import Amount
 
@@ -29,7 +31,7 @@ class GateRequest(Closed):
     metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=4, max_length=128)
     expected_request_fingerprint: Fingerprint | None = None
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class CloudEvent(BaseModel):
@@ -42,7 +44,7 @@ class CloudEvent(BaseModel):
     source: str = Field(min_length=1, max_length=1024)
     type: str = Field(min_length=1, max_length=512)
     subject: str | None = Field(default=None, max_length=1024)
-    time: datetime | None = None
+    time: Instant | None = None
     datacontenttype: str | None = Field(default=None, max_length=256)
     dataschema: str | None = Field(default=None, max_length=2048)
     data: Any = None
@@ -59,7 +61,7 @@ class CloudEventGateRequest(Closed):
     metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=4, max_length=128)
     expected_request_fingerprint: Fingerprint | None = None
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 def decision_body(decision: Decision) -> dict[str, Any]:
@@ -116,3 +118,61 @@ def decision_detail(decision: Decision) -> dict[str, Any]:
         "created_at": decision.created_at.isoformat(),
         "updated_at": decision.updated_at.isoformat(),
     }
+
+
+# ---- responses (documented as response models; the routes render the dicts below directly) ----------------
+
+Money = Annotated[str, Field(description="A decimal amount in USD, as a string")]
+
+
+class DecisionOut(Closed):
+    decision_id: uuid.UUID
+    decision: str
+    reason_codes: list[str]
+    request_fingerprint: str
+    approval_required: bool
+    approval_request_id: uuid.UUID | None
+    policy_version: int
+    policy_sha256: str
+    mode: str
+    dry_run: bool
+    ttl_seconds: int | None
+    reservation_active: bool
+    reserved_allocation_usd: Money
+    reserved_credit_usd: Money
+    computed_context: dict[str, Any]
+
+
+class DecisionDetailOut(DecisionOut):
+    source: str
+    project_id: str
+    environment: str
+    action: str
+    resource_reference: str
+    estimated_monthly_delta_usd: Money
+    estimated_hourly_delta_usd: Money
+    budget_scope: str | None
+    fail_safe: bool
+    idempotency_key: str
+    request_payload: dict[str, Any]
+    response_payload: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class DecisionPage(Closed):
+    items: list[DecisionDetailOut]
+    next_cursor: str | None
+
+
+class Binding(Closed):
+    expected_source: str
+    expected_project_id: str
+    expected_environment: str
+    expected_request_fingerprint: str
+    expected_resource_reference: str
+
+
+class Continuation(Closed):
+    approval_consume_endpoint: str
+    binding: Binding

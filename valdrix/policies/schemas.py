@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, field_validator, model_validator
 
 from valdrix.canonical import sha256_hex
 from valdrix.money import Amount, monthly
@@ -37,14 +39,14 @@ class ModeMatrix(_Closed):
 
 
 class EnvironmentFlags(_Closed):
-    default: bool
-    prod: bool
-    nonprod: bool
+    default: StrictBool
+    prod: StrictBool
+    nonprod: StrictBool
 
 
 class RoutingRule(_Closed):
     rule_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    enabled: bool = True
+    enabled: StrictBool = True
     environments: tuple[str, ...] = ()
     action_prefixes: tuple[str, ...] = ()
     min_monthly_delta_usd: PolicyMoney | None = None
@@ -52,7 +54,7 @@ class RoutingRule(_Closed):
     risk_levels: tuple[RiskLevel, ...] = ()
     required_permission: Permission
     allowed_reviewer_roles: tuple[Role, ...] = ("owner", "admin")
-    require_requester_reviewer_separation: bool | None = None
+    require_requester_reviewer_separation: StrictBool | None = None
 
     @field_validator("environments")
     @classmethod
@@ -137,3 +139,20 @@ class PolicyDocument(_Closed):
     def sha256(self) -> str:
         """Return the SHA-256 of the canonical document."""
         return sha256_hex(self.canonical())
+
+
+class PolicyVersionOut(_Closed):
+    version: int
+    schema_version: str
+    sha256: str
+    created_at: datetime
+    created_by: uuid.UUID | None
+    document: dict[str, Any]
+
+
+class PolicyPutOut(PolicyVersionOut):
+    changed: bool
+
+
+class PolicyVersionList(_Closed):
+    items: list[PolicyVersionOut]

@@ -9,17 +9,17 @@ from sqlalchemy.orm import Session
 
 from valdrix.auth.service import Caller
 from valdrix.decisions import service
-from valdrix.decisions.router import gate_context
+from valdrix.decisions.router import GATE_PROBLEMS, gate_context
 from valdrix.decisions.schemas import continuation, decision_body
 from valdrix.deps import in_gate_transaction
 from valdrix.jsonio import JSONResponse
 from valdrix.preflight import translate
-from valdrix.preflight.schemas import TerraformPreflightRequest
+from valdrix.preflight.schemas import PreflightOut, TerraformPreflightRequest
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["preflight"])
 
 
-@router.post("/gate/terraform/preflight")
+@router.post("/gate/terraform/preflight", response_model=PreflightOut, responses=GATE_PROBLEMS)
 async def preflight(body: TerraformPreflightRequest, request: Request,
                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Return the decision for a planned Terraform change with the continuation a pipeline must persist."""
