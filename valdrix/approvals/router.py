@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 
 from valdrix.approvals import service
 from valdrix.approvals.schemas import (
@@ -28,6 +28,8 @@ from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/approvals", tags=["approvals"])
 jwks_router = APIRouter(tags=["keys"])
+# Visible ASCII, as the reconcile route takes it.
+IDEMPOTENCY_KEY = r"^[!-~]{4,128}$"
 _REVIEW_PROBLEMS = problems({
     403: ("approval_permission_missing", "reviewer_role_not_allowed", "requester_reviewer_separation"),
     404: ("approval_not_found",),
@@ -131,15 +133,21 @@ def pick_up_token(approval_id: uuid.UUID, db: DB, caller: Member, clock: ClockDe
           "expected_environment_mismatch", "expected_request_fingerprint_mismatch",
           "expected_resource_reference_mismatch", "binding_mismatch_jti", "binding_mismatch_decision_id"),
     503: ("signing_keys_unavailable",)}))
-def consume(body: ConsumeRequest, db: DB, caller: Member, clock: ClockDep, keyring: KeyRingDep) -> JSONResponse:
-    """Verify the token against the persisted decision and the expected binding, and burn it."""
+def consume(body: ConsumeRequest, db: DB, caller: Member, clock: ClockDep, keyring: KeyRingDep,
+            idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY)] = None) -> JSONResponse:
+    """Verify the token against the persisted decision and the expected binding, and burn it.
+
+    With an `Idempotency-Key`, repeating the consume with the same key, token and binding answers the first
+    consume again (`replayed: true`): a pipeline that lost the answer retries safely. Without it, or with
+    another key, a second consume is 409 `token_replayed`.
+    """
     expected = service.Expected(source=body.expected_source, project_id=body.expected_project_id,
                                 environment=body.expected_environment,
                                 request_fingerprint=body.expected_request_fingerprint,
                                 resource_reference=body.expected_resource_reference)
-    approval, decision = service.consume(db, caller, body.approval_token.strip(), expected, now=clock.now(),
-                                         keyring=keyring)
-    return JSONResponse(consumed_body(approval, decision))
+    result = service.consume(db, caller, body.approval_token.strip(), expected, now=clock.now(), keyring=keyring,
+                             idempotency_key=idempotency_key)
+    return JSONResponse({**consumed_body(result.approval, result.decision), "replayed": result.replayed})
 
 
 @jwks_router.get("/.well-known/jwks.json", response_model=JwksOut)

@@ -163,6 +163,8 @@ class ConsumedOut(Closed):
     policy_sha256: str
     token_expires_at: datetime | None
     consumed_at: datetime | None
+    replayed: bool = Field(description="True when this answers again an earlier consume with the same "
+                                       "Idempotency-Key, token and binding")
 
 
 class JsonWebKey(Closed):

@@ -121,7 +121,7 @@ async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
     return JSONResponse(await in_gate_transaction(request, work))
 
 
-@router.get("/decisions/{decision_id:uuid}", response_model=DecisionDetailOut,
+@router.get("/decisions/{decision_id}", response_model=DecisionDetailOut,
             responses=problems({404: ("decision_not_found",)}))
 def get_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
     """Return one decision with its stored request and response."""

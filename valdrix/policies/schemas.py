@@ -87,6 +87,9 @@ class Approval(_Closed):
     require_approval: EnvironmentFlags = EnvironmentFlags(default=False, prod=True, nonprod=False)
     requester_reviewer_separation: EnvironmentFlags = EnvironmentFlags(default=False, prod=True, nonprod=False)
     routing_rules: tuple[RoutingRule, ...] = Field(default=(), max_length=64)
+    # How long a pending approval holds its decision's reservation while it waits for a reviewer; then it
+    # expires and the reservation is released. None: execution.default_ttl_seconds (the token's lifetime).
+    pending_ttl_seconds: int | None = Field(default=None, ge=60, le=604800, strict=True)
 
     @field_validator("routing_rules")
     @classmethod
@@ -131,6 +134,10 @@ class PolicyDocument(_Closed):
     execution: Execution = Execution()
     # How budget headroom is measured: active reservations only, or forecast spend plus reservations.
     budget_basis: Literal["reservations", "forecast"] = "reservations"
+
+    def pending_ttl_seconds(self) -> int:
+        """Return how long a pending approval holds its reservation before it expires."""
+        return self.approval.pending_ttl_seconds or self.execution.default_ttl_seconds
 
     def canonical(self) -> dict[str, object]:
         """Return the document as canonical plain JSON data (money as 4-dp strings)."""

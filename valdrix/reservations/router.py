@@ -99,7 +99,7 @@ def reconciliation_exceptions(db: DB, caller: Admin, cursor: str | None = None,
                          "next_cursor": encode_cursor(last.created_at, last.id) if more and last else None})
 
 
-@router.post("/{decision_id:uuid}/reconcile", response_model=ReconciledOut, responses=problems({
+@router.post("/{decision_id}/reconcile", response_model=ReconciledOut, responses=problems({
     404: ("decision_not_found",), 409: ("reservation_not_active", "idempotency_key_reused"),
     422: ("invalid_idempotency_key",)}))
 def reconcile(decision_id: uuid.UUID, body: ReconcileIn, db: DB, caller: Admin, clock: ClockDep,
