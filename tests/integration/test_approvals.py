@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +13,7 @@ from tests.integration.pipeline import APPROVALS, approve, consume, deny, prefli
 from tests.live import LiveServer, Tenant, post
 from valdrix.approvals import service as approvals
 from valdrix.db import make_engine, make_sessionmaker, transaction
+from valdrix.jobs import runner as worker
 
 
 def _budget(c: httpx.Client, scope: str = "payments") -> dict[str, Any]:
@@ -269,3 +270,49 @@ def test_expire_due_sweep(tenant: Tenant, server: LiveServer) -> None:
             engine.dispose()
         assert {c.get(f"{APPROVALS}/{g['approval_request_id']}").json()["status"] for g in gates} == {"expired"}
         assert Decimal(_budget(c)["reserved_usd"]) == Decimal(0)
+
+
+def test_an_approved_token_that_lapses_unconsumed_is_expired_by_the_sweep(tenant: Tenant, server: LiveServer) -> None:
+    """Issue 18 defect 9: the reservation is released when the token's exp passes, not 24 h later."""
+    reviewer = tenant.key("reviewer-lapse", role="owner")
+    with tenant.client() as c, tenant.client(reviewer) as rv:
+        set_budget(c)
+        server.clock.offset = timedelta(seconds=-1000)  # requested and approved in the past: exp is now behind us
+        gate = preflight(c, run="lapse")
+        server.clock.offset = timedelta(seconds=-990)
+        approved = approve(rv, gate["approval_request_id"])
+        assert approved.status_code == 200, approved.text
+        token = approved.json()["approval_token"]
+        server.clock.offset = timedelta(0)
+        assert Decimal(_budget(c)["reserved_usd"]) == Decimal(100)
+        settings = server.settings
+        engine = make_engine(settings)
+        try:
+            job = next(j for j in worker.jobs(settings) if j.name == worker.EXPIRE_APPROVALS)
+            assert worker.run_job(make_sessionmaker(engine), settings, job, "test-sweep",
+                                  respect_schedule=False) == "success"
+        finally:
+            engine.dispose()
+        body = c.get(f"{APPROVALS}/{gate['approval_request_id']}").json()
+        assert body["status"] == "expired" and body["decision"]["reservation_active"] is False
+        assert Decimal(_budget(c)["reserved_usd"]) == Decimal(0)
+        assert _ledger_events(c, gate["decision_id"])[-1] == "approval_expired"
+        r = consume(c, token, gate)
+        assert (r.status_code, r.json()["code"]) == (409, "token_expired")
+
+
+def test_how_long_a_pending_approval_holds_its_reservation_is_a_policy_setting(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        set_budget(c)
+        doc = c.get("/api/v1/enforcement/policies").json()["document"]
+        assert doc["approval"]["pending_ttl_seconds"] is None  # default: execution.default_ttl_seconds
+        for bad in (59, 604801, True, "120"):
+            doc["approval"]["pending_ttl_seconds"] = bad
+            r = c.put("/api/v1/enforcement/policies", json=doc)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), (bad, r.text)
+        doc["approval"]["pending_ttl_seconds"] = 120
+        assert c.put("/api/v1/enforcement/policies", json=doc).status_code == 200
+        gate = preflight(c, run="short-hold")
+        body = c.get(f"{APPROVALS}/{gate['approval_request_id']}").json()
+        held = datetime.fromisoformat(body["expires_at"]) - datetime.fromisoformat(body["created_at"])
+        assert held == timedelta(seconds=120)
