@@ -144,6 +144,20 @@ def _review_answer(c: httpx.Client, obj: dict[str, Any], uid: str) -> dict[str, 
     return res
 
 
+def test_a_malformed_review_with_a_readable_uid_is_answered_as_an_admission_review(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        review = envelope(request_for(CONFIG_MAP, uid="bad-op"))
+        review["request"]["operation"] = "PATCH"
+        r = c.post(PATH, json=review)
+        assert r.status_code == 200 and r.json()["response"]["uid"] == "bad-op", r.text
+        res = r.json()["response"]
+        assert res["allowed"] is False and res["status"]["code"] == 400
+        assert res["auditAnnotations"]["refused"] == "malformed_admission_review"
+        unreadable = c.post(PATH, json={"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                        "request": {"uid": 7}})
+        assert (unreadable.status_code, unreadable.json()["code"]) == (400, "malformed_admission_review")
+
+
 def test_a_uid_reused_for_another_object_is_answered_as_an_admission_review_per_mode(tenant: Tenant) -> None:
     with tenant.client() as c:
         budget(c, "default", "100000")

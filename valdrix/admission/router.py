@@ -15,7 +15,13 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from valdrix.admission import translate
-from valdrix.admission.schemas import AdmissionRequest, AdmissionReviewOut, parse_review, review_response
+from valdrix.admission.schemas import (
+    AdmissionRequest,
+    AdmissionReviewOut,
+    MalformedReview,
+    parse_review,
+    review_response,
+)
 from valdrix.admission.service import AdmissionGate, Answer, Credential
 from valdrix.config import Settings
 from valdrix.decisions.metrics import observe_decision
@@ -54,17 +60,29 @@ async def admission_review(request: Request) -> JSONResponse:
     """Return the AdmissionReview answer for one API-server call (HTTP 200 for every evaluated request)."""
     started = time.monotonic()
     gate: AdmissionGate = request.app.state.admission
-    req = parse_review(await request.body()).request
-    outcome = translate.translate(req, gate.book, gate.where)
-    credential: Credential | None = None
     try:
-        credential = credential_for(request, gate.settings)
-        return await _decide(request, gate, req, outcome, credential, started)
+        req = parse_review(await request.body()).request
+    except MalformedReview as exc:
+        if exc.uid is None:
+            raise  # nothing to answer inside a review: a 400 problem document
+        return _refused(request, gate, exc.uid, None, exc, started)
+    outcome = translate.translate(req, gate.book, gate.where)
+    try:
+        return await _decide(request, gate, req, outcome, credential_for(request, gate.settings), started)
     except ValdrixError as exc:
-        # The uid is known from here on: every answer is an AdmissionReview.
-        caller = gate.cached_caller(credential) if credential is not None else None
         environment = outcome.inp.environment if isinstance(outcome, translate.Priced) else None
-        return _timed(_review(req.uid, gate.refused(caller, environment, exc, started)), started)
+        return _refused(request, gate, req.uid, environment, exc, started)
+
+
+def _refused(request: Request, gate: AdmissionGate, uid: str, environment: str | None, error: ValdrixError,
+             started: float) -> JSONResponse:
+    """Answer a review the gate will not decide inside an AdmissionReview: once the uid is readable, the API
+    server must get one, so the tenant's mode (not the webhook's failurePolicy) settles the outcome."""
+    try:
+        caller = gate.cached_caller(credential_for(request, gate.settings))
+    except ValdrixError:
+        caller = None
+    return _timed(_review(uid, gate.refused(caller, environment, error, started)), started)
 
 
 async def _decide(request: Request, gate: AdmissionGate, req: AdmissionRequest, outcome: translate.Outcome,

@@ -12,6 +12,7 @@ from valdrix.errors import BadRequest
 
 API_VERSION = "admission.k8s.io/v1"
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+MAX_UID_CHARS = 256
 
 
 class Open(BaseModel):
@@ -39,7 +40,7 @@ class UserInfo(Open):
 
 
 class AdmissionRequest(Open):
-    uid: str = Field(min_length=1, max_length=256)
+    uid: str = Field(min_length=1, max_length=MAX_UID_CHARS)
     kind: GroupVersionKind
     resource: GroupVersionResource
     sub_resource: str | None = Field(default=None, alias="subResource", max_length=128)
@@ -61,19 +62,32 @@ class AdmissionReview(Open):
     request: AdmissionRequest
 
 
+class MalformedReview(BadRequest):
+    """The body is not a valid AdmissionReview; `uid` is its `request.uid` when that much could be read."""
+
+    code = "malformed_admission_review"
+
+    def __init__(self, message: str, uid: str | None = None) -> None:
+        super().__init__(message)
+        self.uid = uid
+
+
 def parse_review(body: bytes) -> AdmissionReview:
-    """Return the AdmissionReview in `body`; raise BadRequest `malformed_admission_review` for anything else."""
+    """Return the AdmissionReview in `body`; raise MalformedReview for anything else."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}", code="malformed_admission_review") from None
+        raise MalformedReview(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadRequest("body must be an AdmissionReview object", code="malformed_admission_review")
+        raise MalformedReview("body must be an AdmissionReview object")
     try:
         return AdmissionReview.model_validate(data)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise BadRequest(f"malformed AdmissionReview: {fields}", code="malformed_admission_review") from None
+        request = data.get("request")
+        uid = request.get("uid") if isinstance(request, dict) else None
+        readable = isinstance(uid, str) and 0 < len(uid) <= MAX_UID_CHARS
+        raise MalformedReview(f"malformed AdmissionReview: {fields}", uid if readable else None) from None
 
 
 def review_response(uid: str, *, allowed: bool, message: str | None = None, warnings: list[str] | None = None,
