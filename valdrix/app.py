@@ -66,7 +66,7 @@ SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 def problem(status: int, code: str, detail: str, *, headers: Mapping[str, str] | None = None,
             **extra: Any) -> JSONResponse:
     """Return a problem-document response."""
-    return JSONResponse(problem_body(status, code, detail.split(":")[0], detail, **extra), status_code=status,
+    return JSONResponse(problem_body(status, code, detail.split(":")[0], detail, extra), status_code=status,
                         media_type=PROBLEM, headers=headers)
 
 

@@ -17,7 +17,7 @@ def problems(codes: Mapping[int, Sequence[str]]) -> dict[int | str, dict[str, An
     } for status, names in sorted(codes.items())}
 
 
-def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+def problem_body(status: int, code: str, title: str, detail: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     """Return an RFC 9457 problem document; `extra` members never replace the standard ones or `code`."""
     return {**extra, "type": f"https://valdrix.io/problems/{code}", "title": title, "status": status, "code": code,
             "detail": detail}
@@ -44,7 +44,7 @@ class ValdrixError(Exception):
 
     def problem(self) -> dict[str, Any]:
         """Return the problem-document body for this error."""
-        return problem_body(self.status, self.code, self.title, self.message, **self.extra)
+        return problem_body(self.status, self.code, self.title, self.message, self.extra)
 
 
 class InvalidInput(ValdrixError):

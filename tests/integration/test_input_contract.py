@@ -6,6 +6,7 @@ import pytest
 
 from tests.integration.test_gate_flow import preflight
 from tests.live import Tenant, post
+from valdrix.errors import Conflict
 
 E = "/api/v1/enforcement"
 DEEP = "[" * 1000 + "]" * 1000
@@ -107,3 +108,10 @@ def test_nul_characters_are_refused_on_both_backends(tenant: Tenant, method: str
         assert (r.status_code, r.json()["code"]) == (400, "nul_character"), r.text
         escaped = c.put(E + "/budgets", json={"budgets": [{"scope_key": "a\\u0000", "monthly_limit_usd": "1"}]})
         assert escaped.status_code == 200, escaped.text  # a backslash then "u0000" is ordinary text
+
+
+def test_extra_problem_members_never_replace_the_standard_ones() -> None:
+    body = Conflict("x", code="some_conflict", status="approved", type="t", title="t", code_hint=1).problem()
+    assert (body["status"], body["code"], body["type"]) == (409, "some_conflict",
+                                                           "https://valdrix.io/problems/some_conflict")
+    assert body["title"] == "Conflict" and body["code_hint"] == 1

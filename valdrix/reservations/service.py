@@ -116,7 +116,8 @@ def _find(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Rec
 def _replay(existing: Reconciliation, key: str | None, request: str) -> Reconciled:
     if key is None or existing.idempotency_key != key:
         raise Conflict(f"reservation is not active (already {existing.status.replace('_', ' ')})",
-                       code="reservation_not_active", status=existing.status)
+                       code="reservation_not_active",
+                       reconciliation_status=existing.status)
     if existing.request_sha256 != request:
         raise Conflict("Idempotency-Key was already used with a different payload for this reservation",
                        code="idempotency_key_reused")
