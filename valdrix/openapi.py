@@ -17,6 +17,8 @@ from valdrix.admission.schemas import AdmissionReview
 from valdrix.errors import PROBLEM_MEDIA_TYPE, problems
 
 PUBLIC_PATHS = frozenset({"/.well-known/jwks.json"})
+# Authenticated by an HMAC signature over the body (a documented header), not by an API key.
+SIGNED_PATHS = frozenset({"/api/v1/enforcement/integrations/terraform-cloud/run-task"})
 # The webhook authenticates inside its answer (an AdmissionReview, also for a bad credential) and may also
 # be called with a client certificate instead of a key.
 REVIEW_PATH = "/api/v1/enforcement/gate/k8s/admission/review"
@@ -49,6 +51,8 @@ def _shared(path: str, method: str, operation: dict[str, Any]) -> dict[int | str
             shared[422] = ("invalid_request",)
     if path == REVIEW_PATH:
         shared[400] = (*shared[400], "malformed_admission_review")
+    elif path in SIGNED_PATHS:
+        shared[401] = ("run_task_signature_missing", "run_task_signature_invalid")
     elif path not in PUBLIC_PATHS:
         shared |= {401: ("missing_credentials", "invalid_credentials"), 403: ("insufficient_role",)}
     else:
@@ -97,7 +101,7 @@ def document(app: FastAPI) -> dict[str, Any]:
             _merge(operation, _shared(path, method, operation))
             if path == REVIEW_PATH:
                 operation["security"] = [{"bearer": []}, {}]
-            elif path not in PUBLIC_PATHS:
+            elif path not in PUBLIC_PATHS | SIGNED_PATHS:
                 operation["security"] = [{"bearer": []}]
     app.openapi_schema = spec
     return spec

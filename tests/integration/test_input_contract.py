@@ -48,7 +48,7 @@ def test_extreme_export_dates_answer_without_overflow(tenant: Tenant, query: str
 
 @pytest.mark.parametrize("amount", ["1_000", "\u0661\u0660", " 10 ", "10 ", "\t10", "-0", "1e3", "+10", "010", "0x10",
                                     "10.", ".5", "1.0000001", "1000000000000.5", True, False, 10.5, None, "",
-                                    "1,000", "\u0663", "\uff11\uff10"])
+                                    "1,000", "\u0663", "\uff11\uff10", "1000000000000", 1000000000000])
 def test_amounts_follow_the_strict_grammar(tenant: Tenant, amount: object) -> None:
     with tenant.client() as c:
         r = post(c, "/gate/terraform/preflight", {**preflight("10"), "estimated_monthly_delta_usd": amount})
@@ -58,7 +58,7 @@ def test_amounts_follow_the_strict_grammar(tenant: Tenant, amount: object) -> No
 
 
 @pytest.mark.parametrize(("amount", "echo"), [("10", "10.0000"), ("0", "0.0000"), ("12.345678", "12.3457"),
-                                              (7, "7.0000"), ("1000000000000", "1000000000000.0000")])
+                                              (7, "7.0000"), ("999999999999.9999", "999999999999.9999")])
 def test_amounts_in_the_grammar_are_accepted(tenant: Tenant, amount: object, echo: str) -> None:
     with tenant.client() as c:
         r = c.put(E + "/budgets", json={"budgets": [{"scope_key": "x", "monthly_limit_usd": amount}]})
@@ -115,3 +115,16 @@ def test_extra_problem_members_never_replace_the_standard_ones() -> None:
     assert (body["status"], body["code"], body["type"]) == (409, "some_conflict",
                                                            "https://valdrix.io/problems/some_conflict")
     assert body["title"] == "Conflict" and body["code_hint"] == 1
+
+
+def test_the_largest_amounts_and_odd_metadata_are_decided_on_both_backends(tenant: Tenant) -> None:
+    # Found by schemathesis on PostgreSQL: an hourly delta of 1e12 overflowed NUMERIC(18, 6) and the gate
+    # answered 503 gate_unavailable; the grammar now stops at 12 integer digits.
+    with tenant.client() as c:
+        body = {**preflight("999999999999.999999"), "estimated_hourly_delta_usd": "999999999999.999999",
+                "metadata": {"big": -3.794923185777364e+189, "text": "\U0001f600\u00a0\u0002"},
+                "environment": "\U0001f600t"}
+        r = post(c, "/gate/terraform/preflight", body)
+        assert r.status_code == 200, r.text
+        r = post(c, "/gate/terraform/preflight", {**body, "estimated_hourly_delta_usd": "1000000000000.0"})
+        assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), r.text

@@ -113,7 +113,7 @@ class DecisionSummary(Closed):
 class ApprovalOut(Closed):
     approval_id: uuid.UUID
     decision_id: uuid.UUID
-    status: Literal["pending", "approved", "denied", "expired"]
+    status: Literal["pending", "approved", "denied", "expired", "revoked"]
     requested_by: uuid.UUID | None
     reviewed_by: uuid.UUID | None
     review_notes: str | None
@@ -124,6 +124,7 @@ class ApprovalOut(Closed):
     approved_at: datetime | None
     denied_at: datetime | None
     expired_at: datetime | None
+    revoked_at: datetime | None
     token_expires_at: datetime | None
     token_picked_up_at: datetime | None
     token_consumed_at: datetime | None

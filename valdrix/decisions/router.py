@@ -24,6 +24,7 @@ from valdrix.decisions.schemas import (
     DecisionDetailOut,
     DecisionOut,
     DecisionPage,
+    ExplanationOut,
     GateRequest,
     decision_body,
     decision_detail,
@@ -128,7 +129,8 @@ def get_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse
     return JSONResponse(decision_detail(service.get(db, caller.tenant_id, decision_id)))
 
 
-@router.get("/decisions/{decision_id}/explanation")
+@router.get("/decisions/{decision_id}/explanation", response_model=ExplanationOut,
+            responses=problems({404: ("decision_not_found",)}))
 def explain_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
     """Return the decision in words: a summary, each reason code, each waterfall stage and the figures used."""
     decision = service.get(db, caller.tenant_id, decision_id)

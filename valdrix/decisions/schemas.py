@@ -176,3 +176,18 @@ class Binding(Closed):
 class Continuation(Closed):
     approval_consume_endpoint: str
     binding: Binding
+
+
+class ExplanationLine(Closed):
+    label: str
+    text: str
+
+
+class ExplanationOut(Closed):
+    decision_id: uuid.UUID
+    decision: str
+    policy_sha256: str
+    summary: str
+    reasons: list[ExplanationLine]
+    waterfall: list[ExplanationLine]
+    figures: list[ExplanationLine]

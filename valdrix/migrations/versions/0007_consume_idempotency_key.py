@@ -1,7 +1,7 @@
 """An approval remembers the Idempotency-Key its token was consumed with, so a retried consume replays.
 
 Revision ID: 0007_consume_idempotency_key
-Revises: 0006_settlement_check_rounded
+Revises: 0010_run_tasks
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007_consume_idempotency_key'
-down_revision = '0006_settlement_check_rounded'
+down_revision = '0010_run_tasks'
 branch_labels = None
 depends_on = None
 
