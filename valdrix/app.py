@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from valdrix import __version__
+from valdrix import __version__, openapi
 from valdrix.admission.router import router as admission_router
 from valdrix.admission.service import AdmissionGate
 from valdrix.approvals.metrics import QueueBacklogCollector
@@ -35,10 +37,10 @@ from valdrix.costs.router import router as costs_router
 from valdrix.db import READ_SNAPSHOT, make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
 from valdrix.decisions.service import ModeMemory
-from valdrix.errors import ValdrixError
+from valdrix.errors import PROBLEM_MEDIA_TYPE, ValdrixError, problem_body
 from valdrix.gatepool import GatePool
 from valdrix.integrations.router import router as integrations_router
-from valdrix.jsonio import JSONResponse
+from valdrix.jsonio import MAX_JSON_DEPTH, JSONResponse, json_depth_exceeds
 from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
 from valdrix.notifications.metrics import QueueAgeCollector
@@ -50,8 +52,10 @@ from valdrix.reservations.router import router as reservations_router
 
 log = logging.getLogger("valdrix")
 
-PROBLEM = "application/problem+json"
+PROBLEM = PROBLEM_MEDIA_TYPE
 FORM = "application/x-www-form-urlencoded"
+# `\u0000` in JSON text: the escape itself, not an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
            ledger_router, jwks_router, audit_router, reservations_router, costs_router, notifications_router,
@@ -60,22 +64,31 @@ ROUTERS = (preflight_router, admission_router, decisions_router, approvals_route
 SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 
 
-def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(status: int, code: str, detail: str, *, headers: Mapping[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
     """Return a problem-document response."""
-    body = {"type": f"https://valdrix.io/problems/{code}", "title": detail.split(":")[0], "status": status,
-            "code": code, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(problem_body(status, code, detail.split(":")[0], detail, extra), status_code=status,
+                        media_type=PROBLEM, headers=headers)
 
 
 class RequestGuard:
-    """Refuses bodies over the size limit (413) and non-JSON bodies (415) before any handler runs."""
+    """Refuses, before any handler runs: bodies over the size limit (413), non-JSON bodies (415), JSON nested
+    deeper than MAX_JSON_DEPTH (400: a parser or validator recursing into it would fail with RecursionError,
+    far from the input that caused it), and NUL characters in the path, query or body (400: PostgreSQL text
+    cannot hold them, so they would fail at the database on one backend and not the other)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await self._reject(scope, receive, send, 400, "nul_character", "the request contains a NUL character")
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -91,27 +104,40 @@ class RequestGuard:
             await self._reject(scope, receive, send, 415, "unsupported_media_type",
                                "request body must be application/json")
             return
+        # The body is bounded by max_body_bytes, so reading it whole here costs no more than the handler would.
+        chunks: list[bytes] = []
         received = 0
-        rejected = False
-
-        async def limited() -> Message:
-            nonlocal received, rejected
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes and not rejected:
-                # Answer 413 ourselves and tell the app the client left: the framework would turn an
-                # exception raised while reading the body into a generic 400.
-                rejected = True
-                await problem(413, "payload_too_large",
-                              f"request body exceeds {self.max_body_bytes} bytes")(scope, receive, send)
-                return {"type": "http.disconnect"}
-            return message
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_body_bytes:
+                await self._reject(scope, receive, send, 413, "payload_too_large",
+                                   f"request body exceeds {self.max_body_bytes} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if _JSON_NUL.search(body):
+            await self._reject(scope, receive, send, 400, "nul_character", "the request contains a NUL character")
+            return
+        if json_depth_exceeds(body, MAX_JSON_DEPTH):
+            await self._reject(scope, receive, send, 400, "json_too_deep",
+                               f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+            return
+        delivered = False
 
-        async def guarded_send(message: Message) -> None:
-            if not rejected:
-                await send(message)
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, limited, guarded_send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, detail: str) -> None:
         await problem(status, code, detail)(scope, receive, send)
@@ -124,6 +150,12 @@ def _validation_problem(exc: RequestValidationError) -> JSONResponse:
         return problem(400, "malformed_json", "request body is not valid JSON", errors=errors)
     fields = ", ".join(".".join(e["loc"][1:] if e["loc"][:1] == ["body"] else e["loc"]) or "body" for e in errors)
     return problem(422, "invalid_request", f"invalid request: {fields}", errors=errors)
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Return the methods the API documents for the route whose path matched (several routes can share it)."""
+    template = getattr(request.scope.get("route"), "path_format", None)
+    return {m.upper() for m in request.app.openapi()["paths"].get(template, {})}
 
 
 def _metrics(scrape: CollectorRegistry) -> Response:
@@ -143,7 +175,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     # Metrics are Prometheus (below); FastAPI's OpenTelemetry hooks would only add a check to every request.
     # The API explorer is served from vendored assets (docs below), never from a CDN: it works air-gapped.
     app = FastAPI(title="Valdrix Gate", version=__version__, default_response_class=JSONResponse,
-                  telemetry={"tracing": False, "metrics": False, "logs": False}, docs_url=None, redoc_url=None)
+                  telemetry={"tracing": False, "metrics": False, "logs": False}, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=lambda route: route.name)
     engine = make_engine(settings)
     app.state.settings = settings
     app.state.engine = engine
@@ -183,9 +216,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         return _validation_problem(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return problem(exc.status_code, code, str(exc.detail))
+        headers = exc.headers
+        if exc.status_code == 405:
+            # The router names only the first route matching the path; several routes can share it.
+            methods = _allowed_methods(request)
+            headers = {"Allow": ", ".join(sorted(methods))} if methods else exc.headers
+        return problem(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
@@ -237,6 +275,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     def metrics() -> Response:
         return _metrics(scrape)
 
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     return app
 

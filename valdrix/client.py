@@ -3,11 +3,11 @@
 Retries back off exponentially (with jitter, honouring `Retry-After`) and are bounded by `retries`. What is
 retried depends on whether repeating the request is harmless:
 
-- idempotent requests (GET, and the preflight, which carries an idempotency key) are retried on any
-  transport error and on 502/503/504;
-- one-shot requests (approve, deny, token pickup, consume) only when the request cannot have been processed:
-  the connection was never made, or the API answered 503 (its transaction was rolled back). Repeating a
-  token pickup or consume whose first answer was lost would turn a success into a 409.
+- idempotent requests (GET, and the preflight and consume, which carry an idempotency key) are retried on
+  any transport error and on 502/503/504;
+- one-shot requests (approve, deny, token pickup) only when the request cannot have been processed: the
+  connection was never made, or the API answered 503 (its transaction was rolled back). Repeating a token
+  pickup whose first answer was lost would turn a success into a 409.
 """
 
 from __future__ import annotations
@@ -84,9 +84,14 @@ class GateClient:
         """Return the approval token of an approved request (once, to the requesting principal)."""
         return self._call("POST", f"{API}/approvals/{approval_id}/token", None, idempotent=False)
 
-    def consume(self, endpoint: str, token: str, binding: dict[str, str]) -> dict[str, Any]:
-        """Consume the token against the persisted binding; return the consumed claims."""
-        return self._call("POST", endpoint, {"approval_token": token, **binding}, idempotent=False)
+    def consume(self, endpoint: str, token: str, binding: dict[str, str], idempotency_key: str) -> dict[str, Any]:
+        """Consume the token against the persisted binding; return the consumed claims.
+
+        The server answers a repeat with the same `idempotency_key`, token and binding with the first consume's
+        result, so this is retried like any idempotent call: a lost answer never loses the approval.
+        """
+        return self._call("POST", endpoint, {"approval_token": token, **binding}, idempotent=True,
+                          headers={"Idempotency-Key": idempotency_key})
 
     def read(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         """GET an API resource (`path` below /api/v1/enforcement), dropping empty query parameters."""

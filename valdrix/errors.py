@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def problems(codes: Mapping[int, Sequence[str]]) -> dict[int | str, dict[str, Any]]:
+    """Return OpenAPI responses for the problem documents a route answers: status → the codes it may carry."""
+    return {str(status): {
+        "description": f"Problem document; code one of: {', '.join(sorted(set(names)))}",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "x-problem-codes": sorted(set(names)),
+    } for status, names in sorted(codes.items())}
+
+
+def problem_body(status: int, code: str, title: str, detail: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Return an RFC 9457 problem document; `extra` members never replace the standard ones or `code`."""
+    return {**extra, "type": f"https://valdrix.io/problems/{code}", "title": title, "status": status, "code": code,
+            "detail": detail}
 
 
 class ValdrixError(Exception):
@@ -26,10 +44,7 @@ class ValdrixError(Exception):
 
     def problem(self) -> dict[str, Any]:
         """Return the problem-document body for this error."""
-        body: dict[str, Any] = {"type": f"https://valdrix.io/problems/{self.code}", "title": self.title,
-                                "status": self.status, "code": self.code, "detail": self.message}
-        body.update(self.extra)
-        return body
+        return problem_body(self.status, self.code, self.title, self.message, self.extra)
 
 
 class InvalidInput(ValdrixError):

@@ -9,6 +9,11 @@ import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+# Deeper than any document the API takes (a Kubernetes object nests about 15 levels), far below the depth at
+# which a recursive parser, validator or encoder exhausts Python's stack.
+MAX_JSON_DEPTH = 128
+_OPENERS = frozenset(b"[{")
+_CLOSERS = frozenset(b"]}")
 
 
 def dumps(value: Any) -> bytes:
@@ -28,3 +33,28 @@ class JSONResponse(StarletteJSONResponse):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """Return True if the JSON text `body` opens more than `limit` arrays or objects inside one another."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # the common case, decided without a scan
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in _CLOSERS:
+            depth -= 1
+    return False

@@ -124,11 +124,51 @@ def test_fast_path_malformed_and_auth(tenant: Tenant) -> None:
         metrics = c.get("/metrics").text
         assert 'valdrix_ops_enforcement_gate_decisions_total{decision="ALLOW",path="fast",source="k8s_admission"}' \
             in metrics
+    # A readable review always gets an AdmissionReview: an unknown caller's mode is unknown, so hard (deny).
     with httpx.Client(base_url=tenant.url) as anonymous:
-        assert call(anonymous, CONFIG_MAP).status_code == 401
-        assert call(anonymous, CONFIG_MAP, ).json()["code"] == "missing_credentials"
+        r = call(anonymous, CONFIG_MAP, uid="anon-1")
+        assert r.status_code == 200 and r.json()["response"]["uid"] == "anon-1"
+        assert r.json()["response"]["allowed"] is False and r.json()["response"]["status"]["code"] == 401
+        assert "missing_credentials" in r.json()["response"]["status"]["message"]
     with tenant.client("vxk_not-a-key") as wrong:
-        assert call(wrong, CONFIG_MAP).status_code == 401
+        res = call(wrong, load("deployment-gpu-trainer.json")).json()["response"]
+        assert res["allowed"] is False and res["status"]["code"] == 401
+        assert res["auditAnnotations"]["refused"] == "invalid_credentials"
+
+
+def _review_answer(c: httpx.Client, obj: dict[str, Any], uid: str) -> dict[str, Any]:
+    r = call(c, obj, uid=uid)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
+    assert r.json()["kind"] == "AdmissionReview" and r.json()["response"]["uid"] == uid
+    res: dict[str, Any] = r.json()["response"]
+    return res
+
+
+def test_a_malformed_review_with_a_readable_uid_is_answered_as_an_admission_review(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        review = envelope(request_for(CONFIG_MAP, uid="bad-op"))
+        review["request"]["operation"] = "PATCH"
+        r = c.post(PATH, json=review)
+        assert r.status_code == 200 and r.json()["response"]["uid"] == "bad-op", r.text
+        res = r.json()["response"]
+        assert res["allowed"] is False and res["status"]["code"] == 400
+        assert res["auditAnnotations"]["refused"] == "malformed_admission_review"
+        unreadable = c.post(PATH, json={"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                        "request": {"uid": 7}})
+        assert (unreadable.status_code, unreadable.json()["code"]) == (400, "malformed_admission_review")
+
+
+def test_a_uid_reused_for_another_object_is_answered_as_an_admission_review_per_mode(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        budget(c, "default", "100000")
+        for mode, allowed in (("hard", False), ("soft", False), ("shadow", True)):
+            set_mode(c, mode)
+            uid = f"reused-{mode}"
+            assert _review_answer(c, load("deployment-gpu-trainer.json"), uid)["allowed"] is True
+            res = _review_answer(c, load("deployment-web-requests-limits.json"), uid)
+            assert res["allowed"] is allowed, res
+            assert res["status"]["code"] == 409 and "idempotency" in res["status"]["message"]
+            assert res["auditAnnotations"]["refused"] == "idempotency_key_reused"
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +13,7 @@ from tests.integration.pipeline import APPROVALS, approve, consume, deny, prefli
 from tests.live import LiveServer, Tenant, post
 from valdrix.approvals import service as approvals
 from valdrix.db import make_engine, make_sessionmaker, transaction
+from valdrix.jobs import runner as worker
 
 
 def _budget(c: httpx.Client, scope: str = "payments") -> dict[str, Any]:
@@ -79,10 +80,14 @@ def test_second_review_and_unknown_approval(tenant: Tenant) -> None:
         twice = approve(c, approval_id)
         assert twice.status_code == 409 and twice.json()["code"] == "approval_already_reviewed"
         late_deny = deny(c, approval_id)
-        assert late_deny.status_code == 409 and late_deny.json()["status"] == "approved"
+        # RFC 9457: `status` is the HTTP status; the approval's state travels as `approval_status`.
+        assert late_deny.status_code == 409
+        assert late_deny.json()["status"] == 409 and late_deny.json()["approval_status"] == "approved"
         missing = c.get(f"{APPROVALS}/{uuid.uuid4()}")
         assert missing.status_code == 404 and missing.json()["code"] == "approval_not_found"
-        assert c.get(f"{APPROVALS}/not-a-uuid").status_code == 422
+        # Approval ids are UUIDs in the route itself: anything else names no resource (and /approvals/consume
+        # is never read as an approval id, so its 405 lists only POST).
+        assert c.get(f"{APPROVALS}/not-a-uuid").status_code == 404
 
 
 def test_separation_of_duties_in_prod(tenant: Tenant) -> None:
@@ -196,7 +201,8 @@ def test_deny_releases_allocation_and_refunds_credit(tenant: Tenant) -> None:
                   if e["decision_id"] == gate["decision_id"]]
         assert ledger[-1]["event"] == "approval_denied" and ledger[-1]["reservation_active"] is False
         picked = c.post(f"{APPROVALS}/{gate['approval_request_id']}/token")
-        assert picked.status_code == 409 and picked.json()["status"] == "denied"
+        assert picked.status_code == 409
+        assert picked.json()["status"] == 409 and picked.json()["approval_status"] == "denied"
 
 
 def test_create_or_get(tenant: Tenant) -> None:
@@ -264,3 +270,49 @@ def test_expire_due_sweep(tenant: Tenant, server: LiveServer) -> None:
             engine.dispose()
         assert {c.get(f"{APPROVALS}/{g['approval_request_id']}").json()["status"] for g in gates} == {"expired"}
         assert Decimal(_budget(c)["reserved_usd"]) == Decimal(0)
+
+
+def test_an_approved_token_that_lapses_unconsumed_is_expired_by_the_sweep(tenant: Tenant, server: LiveServer) -> None:
+    """Issue 18 defect 9: the reservation is released when the token's exp passes, not 24 h later."""
+    reviewer = tenant.key("reviewer-lapse", role="owner")
+    with tenant.client() as c, tenant.client(reviewer) as rv:
+        set_budget(c)
+        server.clock.offset = timedelta(seconds=-1000)  # requested and approved in the past: exp is now behind us
+        gate = preflight(c, run="lapse")
+        server.clock.offset = timedelta(seconds=-990)
+        approved = approve(rv, gate["approval_request_id"])
+        assert approved.status_code == 200, approved.text
+        token = approved.json()["approval_token"]
+        server.clock.offset = timedelta(0)
+        assert Decimal(_budget(c)["reserved_usd"]) == Decimal(100)
+        settings = server.settings
+        engine = make_engine(settings)
+        try:
+            job = next(j for j in worker.jobs(settings) if j.name == worker.EXPIRE_APPROVALS)
+            assert worker.run_job(make_sessionmaker(engine), settings, job, "test-sweep",
+                                  respect_schedule=False) == "success"
+        finally:
+            engine.dispose()
+        body = c.get(f"{APPROVALS}/{gate['approval_request_id']}").json()
+        assert body["status"] == "expired" and body["decision"]["reservation_active"] is False
+        assert Decimal(_budget(c)["reserved_usd"]) == Decimal(0)
+        assert _ledger_events(c, gate["decision_id"])[-1] == "approval_expired"
+        r = consume(c, token, gate)
+        assert (r.status_code, r.json()["code"]) == (409, "token_expired")
+
+
+def test_how_long_a_pending_approval_holds_its_reservation_is_a_policy_setting(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        set_budget(c)
+        doc = c.get("/api/v1/enforcement/policies").json()["document"]
+        assert doc["approval"]["pending_ttl_seconds"] is None  # default: execution.default_ttl_seconds
+        for bad in (59, 604801, True, "120"):
+            doc["approval"]["pending_ttl_seconds"] = bad
+            r = c.put("/api/v1/enforcement/policies", json=doc)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), (bad, r.text)
+        doc["approval"]["pending_ttl_seconds"] = 120
+        assert c.put("/api/v1/enforcement/policies", json=doc).status_code == 200
+        gate = preflight(c, run="short-hold")
+        body = c.get(f"{APPROVALS}/{gate['approval_request_id']}").json()
+        held = datetime.fromisoformat(body["expires_at"]) - datetime.fromisoformat(body["created_at"])
+        assert held == timedelta(seconds=120)

@@ -17,12 +17,18 @@ from fastapi import APIRouter, Request
 from starlette.types import Scope
 
 from valdrix.admission import translate
-from valdrix.admission.schemas import parse_review, review_response
+from valdrix.admission.schemas import (
+    AdmissionRequest,
+    AdmissionReviewOut,
+    MalformedReview,
+    parse_review,
+    review_response,
+)
 from valdrix.admission.service import AdmissionGate, Answer, Credential
 from valdrix.config import Settings
 from valdrix.decisions.metrics import observe_decision
 from valdrix.deps import bearer_token, in_gate_unit
-from valdrix.errors import Unauthenticated
+from valdrix.errors import Unauthenticated, ValdrixError
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["admission"])
@@ -70,15 +76,38 @@ def _left(gate: AdmissionGate, started: float) -> float:
     return max(0.0, gate.settings.admission_timeout_seconds - (time.monotonic() - started))
 
 
-@router.post("/gate/k8s/admission/review")
+@router.post("/gate/k8s/admission/review", response_model=AdmissionReviewOut)
 async def admission_review(request: Request) -> JSONResponse:
     """Return the AdmissionReview answer for one API-server call (HTTP 200 for every evaluated request)."""
     started = time.monotonic()
     gate: AdmissionGate = request.app.state.admission
-    review = parse_review(await request.body())
-    credential = credential_for(request, gate.settings)
-    req = review.request
+    try:
+        req = parse_review(await request.body()).request
+    except MalformedReview as exc:
+        if exc.uid is None:
+            raise  # nothing to answer inside a review: a 400 problem document
+        return _refused(request, gate, exc.uid, None, exc, started)
     outcome = translate.translate(req, gate.book, gate.where)
+    try:
+        return await _decide(request, gate, req, outcome, credential_for(request, gate.settings), started)
+    except ValdrixError as exc:
+        environment = outcome.inp.environment if isinstance(outcome, translate.Priced) else None
+        return _refused(request, gate, req.uid, environment, exc, started)
+
+
+def _refused(request: Request, gate: AdmissionGate, uid: str, environment: str | None, error: ValdrixError,
+             started: float) -> JSONResponse:
+    """Answer a review the gate will not decide inside an AdmissionReview: once the uid is readable, the API
+    server must get one, so the tenant's mode (not the webhook's failurePolicy) settles the outcome."""
+    try:
+        caller = gate.cached_caller(credential_for(request, gate.settings))
+    except ValdrixError:
+        caller = None
+    return _timed(_review(uid, gate.refused(caller, environment, error, started)), started)
+
+
+async def _decide(request: Request, gate: AdmissionGate, req: AdmissionRequest, outcome: translate.Outcome,
+                  credential: Credential, started: float) -> JSONResponse:
     if isinstance(outcome, translate.Fast):
         await _verify_fast(request, gate, credential, started)
         delta = outcome.delta.monthly_delta_usd if outcome.delta is not None else None
@@ -106,7 +135,7 @@ async def admission_review(request: Request) -> JSONResponse:
 
 def _review(uid: str, answer: Answer) -> dict[str, object]:
     return review_response(uid, allowed=answer.allowed, message=answer.message, warnings=list(answer.warnings),
-                           audit=dict(answer.audit))
+                           audit=dict(answer.audit), code=answer.code)
 
 
 def _timed(body: dict[str, object], started: float) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -11,11 +12,13 @@ from valdrix.errors import BadRequest
 
 API_VERSION = "admission.k8s.io/v1"
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+MAX_UID_CHARS = 256
 
 
 class Open(BaseModel):
     # Newer API servers add fields; ignoring the unknown ones keeps old webhooks working (peers.md §4).
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    # Strict: the API server sends exact JSON types; a "0" where a boolean belongs is not an AdmissionReview.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True, strict=True)
 
 
 class GroupVersionKind(Open):
@@ -37,7 +40,7 @@ class UserInfo(Open):
 
 
 class AdmissionRequest(Open):
-    uid: str = Field(min_length=1, max_length=256)
+    uid: str = Field(min_length=1, max_length=MAX_UID_CHARS)
     kind: GroupVersionKind
     resource: GroupVersionResource
     sub_resource: str | None = Field(default=None, alias="subResource", max_length=128)
@@ -59,29 +62,68 @@ class AdmissionReview(Open):
     request: AdmissionRequest
 
 
+class MalformedReview(BadRequest):
+    """The body is not a valid AdmissionReview; `uid` is its `request.uid` when that much could be read."""
+
+    code = "malformed_admission_review"
+
+    def __init__(self, message: str, uid: str | None = None) -> None:
+        super().__init__(message)
+        self.uid = uid
+
+
 def parse_review(body: bytes) -> AdmissionReview:
-    """Return the AdmissionReview in `body`; raise BadRequest `malformed_admission_review` for anything else."""
+    """Return the AdmissionReview in `body`; raise MalformedReview for anything else."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}", code="malformed_admission_review") from None
+        raise MalformedReview(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadRequest("body must be an AdmissionReview object", code="malformed_admission_review")
+        raise MalformedReview("body must be an AdmissionReview object")
     try:
         return AdmissionReview.model_validate(data)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise BadRequest(f"malformed AdmissionReview: {fields}", code="malformed_admission_review") from None
+        request = data.get("request")
+        uid = request.get("uid") if isinstance(request, dict) else None
+        readable = isinstance(uid, str) and 0 < len(uid) <= MAX_UID_CHARS
+        raise MalformedReview(f"malformed AdmissionReview: {fields}", uid if readable else None) from None
 
 
 def review_response(uid: str, *, allowed: bool, message: str | None = None, warnings: list[str] | None = None,
-                    audit: dict[str, str] | None = None) -> dict[str, Any]:
-    """Return the AdmissionReview answer; a rejection carries status 403 with `message`."""
+                    audit: dict[str, str] | None = None, code: int = 403) -> dict[str, Any]:
+    """Return the AdmissionReview answer; a rejection, or an answer that explains an error, carries a status
+    with `code` (403 for a denial) and `message`."""
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
-    if not allowed:
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": message or "denied by Valdrix Gate"}
+    if not allowed or code != 403:
+        response["status"] = {"code": code, "reason": HTTPStatus(code).phrase,
+                              "message": message or "denied by Valdrix Gate"}
     if warnings:
         response["warnings"] = warnings
     if audit:
         response["auditAnnotations"] = audit
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+class ReviewStatus(BaseModel):
+    code: int
+    reason: str
+    message: str
+
+
+class ReviewAnswer(BaseModel):
+    uid: str
+    allowed: bool
+    status: ReviewStatus | None = None
+    warnings: list[str] | None = None
+    audit_annotations: dict[str, str] | None = Field(default=None, alias="auditAnnotations")
+
+
+class AdmissionReviewOut(BaseModel):
+    """The answer to the API server (runbook §2): always HTTP 200 once the review's uid could be read."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    api_version: Literal["admission.k8s.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["AdmissionReview"]
+    response: ReviewAnswer

@@ -34,8 +34,9 @@ from valdrix.config import Settings
 from valdrix.db import transaction
 from valdrix.decisions import engine
 from valdrix.decisions import service as gate
+from valdrix.decisions.metrics import observe_decision
 from valdrix.decisions.models import Decision
-from valdrix.errors import NotFound, Unauthenticated
+from valdrix.errors import NotFound, Unauthenticated, ValdrixError
 from valdrix.money import monthly
 from valdrix.pricing.kubernetes import PriceBook
 
@@ -68,6 +69,7 @@ class Answer:
     allowed: bool
     decision: str
     message: str | None = None
+    code: int = 403  # the AdmissionReview status code explaining a refusal
     warnings: tuple[str, ...] = ()
     audit: tuple[tuple[str, str], ...] = ()
 
@@ -210,6 +212,29 @@ class AdmissionGate:
             f"Valdrix Gate {decision} ({mode} mode fail-safe, {trigger}): the gate could not evaluate or record "
             f"this +${delta}/mo change; nothing was reserved. Retry shortly. Reasons: {', '.join(answer.reasons)}"),
             audit=audit)
+
+    def _mode(self, caller: Caller | None, environment: str | None) -> str:
+        """Return the mode last seen for the caller's tenant and environment class; `hard` when unknown."""
+        return self.modes.mode(caller.tenant_id if caller is not None else None, translate.SOURCE,
+                               environment or "nonprod")
+
+    def refused(self, caller: Caller | None, environment: str | None, error: ValdrixError, started: float) -> Answer:
+        """Return the answer to a review the gate refuses to decide (an unknown credential, a uid reused for
+        another object): the mode's answer to a violation, explaining the error in the review's status.
+
+        The API server must get an AdmissionReview whenever it sent a readable one; an HTTP error would
+        leave the outcome to the webhook's `failurePolicy` instead of the tenant's mode.
+        """
+        mode = self._mode(caller, environment)
+        decision = engine.violation_decision(mode)
+        observe_decision(translate.SOURCE, decision, [error.code], "refused", time.monotonic() - started)
+        audit = (("decision", decision), ("refused", error.code))
+        explained = f"Valdrix Gate refused this review ({error.code}): {error.message}"
+        if decision == "ALLOW":
+            return Answer(True, decision, message=explained, code=error.status, audit=audit,
+                          warnings=(_short(f"{explained}; admitted by {mode} mode, not recorded"),))
+        return Answer(False, decision, message=f"{explained} ({mode} mode, not recorded)", code=error.status,
+                      audit=audit)
 
     def approved(self, approval: ApprovalRequest, decision: Decision) -> Answer:
         """Return the admission of a re-applied request whose earlier decision an approver approved."""

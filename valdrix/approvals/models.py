@@ -59,5 +59,8 @@ class ApprovalRequest(Base):
     token_picked_up_at: Mapped[datetime | None]
     token_consumed_at: Mapped[datetime | None]
     token_consumed_by: Mapped[uuid.UUID | None]
+    # The Idempotency-Key of the consume that burned the token: the same key (with the same token and
+    # binding) replays that consume's answer instead of a 409, so a lost response never loses the approval.
+    consume_idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -5,23 +5,44 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 
 from valdrix.approvals import service
-from valdrix.approvals.schemas import ApprovalCreate, ConsumeRequest, ReviewBody, approval_body, consumed_body
+from valdrix.approvals.schemas import (
+    ApprovalCreate,
+    ApprovalOut,
+    ApprovalPage,
+    ConsumedOut,
+    ConsumeRequest,
+    JwksOut,
+    ReviewBody,
+    ReviewedOut,
+    TokenOut,
+    approval_body,
+    consumed_body,
+)
 from valdrix.decisions.router import decode_cursor, encode_cursor
 from valdrix.deps import DB, ClockDep, IdsDep, KeyRingDep, Member, WriteDB, WritingRoute
+from valdrix.errors import problems
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/approvals", tags=["approvals"], route_class=WritingRoute)
 jwks_router = APIRouter(tags=["keys"])
+# Visible ASCII, as the reconcile route takes it.
+IDEMPOTENCY_KEY = r"^[!-~]{4,128}$"
+_REVIEW_PROBLEMS = problems({
+    403: ("approval_permission_missing", "reviewer_role_not_allowed", "requester_reviewer_separation"),
+    404: ("approval_not_found",),
+    409: ("approval_already_reviewed", "approval_expired", "policy_changed"), 503: ("signing_keys_unavailable",)})
 
 
 def _notes(body: ReviewBody) -> str | None:
     return (body.notes or "").strip() or None
 
 
-@router.post("/requests")
+@router.post("/requests", response_model=ApprovalOut, responses={
+    201: {"model": ApprovalOut, "description": "Approval opened"},
+    **problems({404: ("decision_not_found",), 409: ("decision_not_approvable", "decision_is_dry_run")})})
 def create_request(body: ApprovalCreate, db: DB, caller: Member, clock: ClockDep, ids: IdsDep) -> JSONResponse:
     """Return the decision's approval (200), opening one if it has none (201)."""
     approval, decision, created = service.create_or_get(db, caller, body.decision_id, now=clock.now(),
@@ -29,7 +50,7 @@ def create_request(body: ApprovalCreate, db: DB, caller: Member, clock: ClockDep
     return JSONResponse(approval_body(approval, decision), status_code=201 if created else 200)
 
 
-@router.get("/queue")
+@router.get("/queue", response_model=ApprovalPage, responses=problems({422: ("invalid_cursor",)}))
 def review_queue(db: WriteDB, caller: Member, clock: ClockDep, cursor: str | None = None,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JSONResponse:
     """Return pending, unexpired approvals the caller may review, oldest first, with `next_cursor`."""
@@ -39,7 +60,7 @@ def review_queue(db: WriteDB, caller: Member, clock: ClockDep, cursor: str | Non
                          "next_cursor": encode_cursor(*position) if position else None})
 
 
-@router.get("")
+@router.get("", response_model=ApprovalPage, responses=problems({422: ("invalid_cursor",)}))
 def list_approvals(db: DB, caller: Member,
                    status: Literal["pending", "approved", "denied", "expired", "revoked", "consumed"] | None = None,
                    project_id: Annotated[str | None, Query(max_length=128)] = None,
@@ -54,14 +75,14 @@ def list_approvals(db: DB, caller: Member,
                          "next_cursor": encode_cursor(*position) if position else None})
 
 
-@router.get("/{approval_id}")
+@router.get("/{approval_id:uuid}", response_model=ApprovalOut, responses=problems({404: ("approval_not_found",)}))
 def get_approval(approval_id: uuid.UUID, db: WriteDB, caller: Member, clock: ClockDep) -> JSONResponse:
     """Return one approval with its status, routing, expiry and decision summary."""
     approval, decision = service.get(db, caller.tenant_id, approval_id, now=clock.now())
     return JSONResponse(approval_body(approval, decision))
 
 
-@router.post("/{approval_id}/approve")
+@router.post("/{approval_id:uuid}/approve", response_model=ReviewedOut, responses=_REVIEW_PROBLEMS)
 def approve(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, clock: ClockDep,
             keyring: KeyRingDep) -> JSONResponse:
     """Approve and return the approval token (shown here once; only its hash is kept in clear)."""
@@ -72,14 +93,14 @@ def approve(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, cl
                          if approval.token_expires_at else None})
 
 
-@router.post("/{approval_id}/deny")
+@router.post("/{approval_id:uuid}/deny", response_model=ReviewedOut, responses=_REVIEW_PROBLEMS)
 def deny(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, clock: ClockDep) -> JSONResponse:
     """Deny, releasing the reservation and refunding credit."""
     approval, decision = service.deny(db, caller, approval_id, notes=_notes(body), now=clock.now())
     return JSONResponse({**approval_body(approval, decision), "approval_token": None})
 
 
-@router.post("/{approval_id}/revoke")
+@router.post("/{approval_id:uuid}/revoke", response_model=ApprovalOut, responses=_REVIEW_PROBLEMS)
 def revoke(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, clock: ClockDep) -> JSONResponse:
     """Revoke an approved approval whose token was not used: its token is refused (409 `approval_revoked`) and
     its reservation released."""
@@ -87,7 +108,11 @@ def revoke(approval_id: uuid.UUID, body: ReviewBody, db: DB, caller: Member, clo
     return JSONResponse(approval_body(approval, decision))
 
 
-@router.post("/{approval_id}/token")
+@router.post("/{approval_id:uuid}/token", response_model=TokenOut, responses=problems({
+    403: ("token_pickup_forbidden",), 404: ("approval_not_found",),
+    409: ("approval_not_approved", "token_already_picked_up", "token_already_consumed", "approval_expired",
+          "token_pickup_unavailable"),
+    503: ("signing_keys_unavailable",)}))
 def pick_up_token(approval_id: uuid.UUID, db: DB, caller: Member, clock: ClockDep,
                   keyring: KeyRingDep) -> JSONResponse:
     """Return the approval token once to the principal that made the gate request."""
@@ -98,19 +123,34 @@ def pick_up_token(approval_id: uuid.UUID, db: DB, caller: Member, clock: ClockDe
                          if approval.token_expires_at else None})
 
 
-@router.post("/consume")
-def consume(body: ConsumeRequest, db: DB, caller: Member, clock: ClockDep, keyring: KeyRingDep) -> JSONResponse:
-    """Verify the token against the persisted decision and the expected binding, and burn it."""
+@router.post("/consume", response_model=ConsumedOut, responses=problems({
+    401: ("token_malformed", "token_signature_invalid", "token_key_unknown", "token_issuer_invalid",
+          "token_audience_invalid", "token_typ_invalid", "token_type_invalid", "token_claim_missing",
+          "token_claim_invalid"),
+    403: ("token_tenant_mismatch",), 404: ("approval_not_found", "decision_not_found"),
+    409: ("token_replayed", "token_expired", "token_not_yet_valid", "token_hash_mismatch", "approval_not_approved",
+          "approval_expired", "expected_source_mismatch", "expected_project_id_mismatch",
+          "expected_environment_mismatch", "expected_request_fingerprint_mismatch",
+          "expected_resource_reference_mismatch", "binding_mismatch_jti", "binding_mismatch_decision_id"),
+    503: ("signing_keys_unavailable",)}))
+def consume(body: ConsumeRequest, db: DB, caller: Member, clock: ClockDep, keyring: KeyRingDep,
+            idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY)] = None) -> JSONResponse:
+    """Verify the token against the persisted decision and the expected binding, and burn it.
+
+    With an `Idempotency-Key`, repeating the consume with the same key, token and binding answers the first
+    consume again (`replayed: true`): a pipeline that lost the answer retries safely. Without it, or with
+    another key, a second consume is 409 `token_replayed`.
+    """
     expected = service.Expected(source=body.expected_source, project_id=body.expected_project_id,
                                 environment=body.expected_environment,
                                 request_fingerprint=body.expected_request_fingerprint,
                                 resource_reference=body.expected_resource_reference)
-    approval, decision = service.consume(db, caller, body.approval_token.strip(), expected, now=clock.now(),
-                                         keyring=keyring)
-    return JSONResponse(consumed_body(approval, decision))
+    result = service.consume(db, caller, body.approval_token.strip(), expected, now=clock.now(), keyring=keyring,
+                             idempotency_key=idempotency_key)
+    return JSONResponse({**consumed_body(result.approval, result.decision), "replayed": result.replayed})
 
 
-@jwks_router.get("/.well-known/jwks.json")
+@jwks_router.get("/.well-known/jwks.json", response_model=JwksOut)
 def jwks(request: Request) -> JSONResponse:
     """Return the public verification keys (never private material; empty without keys or under HS256)."""
     keyring = request.app.state.keyring

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import Field
 
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.decisions.models import Decision
-from valdrix.decisions.schemas import Closed, Fingerprint
+from valdrix.decisions.schemas import Closed, Fingerprint, Money
 from valdrix.money import hourly, monthly
 
 
@@ -91,3 +92,90 @@ def consumed_body(approval: ApprovalRequest, decision: Decision) -> dict[str, An
         "token_expires_at": _iso(approval.token_expires_at),
         "consumed_at": _iso(approval.token_consumed_at),
     }
+
+
+class DecisionSummary(Closed):
+    source: str
+    project_id: str
+    environment: str
+    action: str
+    resource_reference: str
+    request_fingerprint: str
+    decision: str
+    reason_codes: list[str]
+    estimated_monthly_delta_usd: Money
+    estimated_hourly_delta_usd: Money
+    policy_version: int
+    reservation_active: bool
+    created_at: datetime | None
+
+
+class ApprovalOut(Closed):
+    approval_id: uuid.UUID
+    decision_id: uuid.UUID
+    status: Literal["pending", "approved", "denied", "expired", "revoked"]
+    requested_by: uuid.UUID | None
+    reviewed_by: uuid.UUID | None
+    review_notes: str | None
+    routing_rule_id: str | None
+    required_permission: str | None
+    routing: dict[str, Any]
+    expires_at: datetime | None
+    approved_at: datetime | None
+    denied_at: datetime | None
+    expired_at: datetime | None
+    revoked_at: datetime | None
+    token_expires_at: datetime | None
+    token_picked_up_at: datetime | None
+    token_consumed_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    decision: DecisionSummary
+
+
+class ReviewedOut(ApprovalOut):
+    approval_token: str | None = Field(description="The approval token (shown once, on approval); null on denial")
+
+
+class ApprovalPage(Closed):
+    items: list[ApprovalOut]
+    next_cursor: str | None
+
+
+class TokenOut(Closed):
+    approval_id: uuid.UUID
+    decision_id: uuid.UUID
+    approval_token: str
+    token_expires_at: datetime | None
+
+
+class ConsumedOut(Closed):
+    status: Literal["consumed"]
+    approval_id: uuid.UUID
+    decision_id: uuid.UUID
+    source: str
+    project_id: str
+    environment: str
+    action: str
+    resource_reference: str
+    request_fingerprint: str
+    max_monthly_delta_usd: Money
+    max_hourly_delta_usd: Money
+    policy_sha256: str
+    token_expires_at: datetime | None
+    consumed_at: datetime | None
+    replayed: bool = Field(description="True when this answers again an earlier consume with the same "
+                                       "Idempotency-Key, token and binding")
+
+
+class JsonWebKey(Closed):
+    kty: str
+    crv: str
+    x: str
+    kid: str
+    alg: str
+    use: str
+
+
+class JwksOut(Closed):
+    keys: list[JsonWebKey]

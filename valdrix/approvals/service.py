@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, and_, bindparam, or_, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, Update, and_, bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -67,7 +67,7 @@ def open_for_decision(session: Session, decision: Decision, policy: policies.Act
         id=approval_id, tenant_id=decision.tenant_id, decision_id=decision.id, status="pending",
         requested_by=requested_by, reviewed_by=None, review_notes=None, routing=trace,
         routing_rule_id=str(trace["rule_id"])[:64], required_permission=trace["required_permission"],
-        expires_at=now + timedelta(seconds=policy.document.execution.default_ttl_seconds), approved_at=None,
+        expires_at=now + timedelta(seconds=policy.document.pending_ttl_seconds()), approved_at=None,
         denied_at=None, expired_at=None, revoked_at=None, token_jti=None, token_hash=None, token_expires_at=None,
         token_sealed=None, token_picked_up_at=None, token_consumed_at=None, token_consumed_by=None, created_at=now,
         updated_at=now)
@@ -271,18 +271,38 @@ def history(session: Session, tenant_id: uuid.UUID, *, status: str | None, proje
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, ((rows[-1][0].created_at, rows[-1][0].id) if more else None)
+_LAPSED = {"approval_expired": "approval request has expired", "token_expired": "approval token has expired"}
+
+
+def _pending_due(now: datetime) -> ColumnElement[bool]:
+    return and_(ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now)
+
+
+def _token_due(now: datetime) -> ColumnElement[bool]:
+    # An approved approval whose token lapsed unconsumed: nothing can use it any more.
+    return and_(ApprovalRequest.status == "approved", ApprovalRequest.token_consumed_at.is_(None),
+                ApprovalRequest.token_expires_at <= now)
 
 
 def expire_due(session: Session, now: datetime, *, limit: int, tenant_id: uuid.UUID | None = None) -> int:
-    """Expire up to `limit` pending approvals past their deadline, releasing reservations; return how many."""
-    query = (select(ApprovalRequest, Decision).join(Decision, Decision.id == ApprovalRequest.decision_id)
-             .where(ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now)
-             .order_by(ApprovalRequest.expires_at).limit(limit)
-             # Concurrent sweepers take different rows instead of queueing behind each other.
-             .with_for_update(skip_locked=True, of=ApprovalRequest))
-    if tenant_id is not None:
-        query = query.where(ApprovalRequest.tenant_id == tenant_id)
-    return sum(1 for approval, decision in session.execute(query).all() if _expire(session, approval, decision, now))
+    """Expire up to `limit` approvals past their deadline, releasing reservations; return how many.
+
+    Due are pending approvals past `expires_at` and approved ones whose token passed its `exp` unconsumed.
+    """
+    expired = 0
+    for due, deadline in ((_pending_due(now), ApprovalRequest.expires_at),
+                          (_token_due(now), ApprovalRequest.token_expires_at)):
+        query = (select(ApprovalRequest, Decision).join(Decision, Decision.id == ApprovalRequest.decision_id)
+                 .where(due).order_by(deadline).limit(limit - expired)
+                 # Concurrent sweepers take different rows instead of queueing behind each other.
+                 .with_for_update(skip_locked=True, of=ApprovalRequest))
+        if tenant_id is not None:
+            query = query.where(ApprovalRequest.tenant_id == tenant_id)
+        expired += sum(1 for approval, decision in session.execute(query).all()
+                       if _expire(session, approval, decision, now))
+        if expired >= limit:
+            break
+    return expired
 
 
 def pickup(session: Session, caller: Caller, approval_id: uuid.UUID, *, now: datetime, keyring: KeyRing
@@ -293,22 +313,21 @@ def pickup(session: Session, caller: Caller, approval_id: uuid.UUID, *, now: dat
     expired, or sealed under a key no longer held).
     """
     approval, decision = _load(session, caller.tenant_id, approval_id)
-    if _expire_if_due(session, approval, decision, now):
-        raise Conflict("approval request has expired", code="approval_expired", commit=True)
+    lapsed = _expire_if_due(session, approval, decision, now)
+    if lapsed is not None:
+        raise Conflict(_LAPSED[lapsed], code=lapsed, commit=True)
     if decision.created_by is None or decision.created_by != caller.principal_id:
         raise Forbidden("only the principal that made the gate request may pick up its token",
                         code="token_pickup_forbidden")
     if approval.status == "revoked":
         raise Conflict("the approval was revoked", code="approval_revoked")
     if approval.status != "approved":
-        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved", status=approval.status)
+        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved",
+                       approval_status=approval.status)
     if approval.token_consumed_at is not None:
         raise Conflict("approval token was already consumed", code="token_already_consumed")
     if approval.token_picked_up_at is not None or approval.token_sealed is None:
         raise Conflict("approval token was already picked up", code="token_already_picked_up")
-    assert approval.token_expires_at is not None
-    if approval.token_expires_at <= now:
-        raise Conflict("approval token has expired", code="token_expired")
     token = keyring.unseal(approval.token_sealed, str(approval.id))
     if token is None or _digest(token) != approval.token_hash:
         raise Conflict("approval token cannot be unsealed: the key that sealed it is no longer held",
@@ -384,32 +403,46 @@ class TokenClaims:
         return parsed
 
 
+@dataclass(frozen=True)
+class Consumed:
+    approval: ApprovalRequest
+    decision: Decision
+    replayed: bool  # the answer of an earlier consume with the same Idempotency-Key, token and binding
+
+
 def consume(session: Session, caller: Caller, token: str, expected: Expected, *, now: datetime,
-            keyring: KeyRing) -> tuple[ApprovalRequest, Decision]:
+            keyring: KeyRing, idempotency_key: str | None = None) -> Consumed:
     """Burn an approval token once and return its approval and decision.
 
+    With an `idempotency_key`, a consume repeated with the same key, token and binding returns the first one's
+    result (`replayed`), so a pipeline whose answer was lost can retry; any other repeat is `token_replayed`.
     Raise Unauthenticated (not authentic), Forbidden (another tenant's) or Conflict (authentic but unusable:
     expired, not yet valid, not approved, any binding mismatch, replay); every outcome is counted by its code.
     """
     try:
-        result = _consume(session, caller, token, expected, now=now, keyring=keyring)
+        result = _consume(session, caller, token, expected, now=now, keyring=keyring, key=idempotency_key)
     except ValdrixError as exc:
         TOKEN_EVENTS.labels(exc.code).inc()
         raise
-    TOKEN_EVENTS.labels("consumed").inc()
+    TOKEN_EVENTS.labels("consume_replayed" if result.replayed else "consumed").inc()
     return result
 
 
+def _replay(approval: ApprovalRequest, decision: Decision, token: str, expected: Expected,
+            key: str | None) -> Consumed | None:
+    """Return the earlier consume of this token if it used `key` (and this is the same token and binding)."""
+    if key is None or approval.token_consumed_at is None or approval.consume_idempotency_key != key \
+            or _digest(token) != approval.token_hash:
+        return None
+    _check_expected(expected, decision)
+    return Consumed(approval, decision, replayed=True)
+
+
 def _consume(session: Session, caller: Caller, token: str, expected: Expected, *, now: datetime,
-             keyring: KeyRing) -> tuple[ApprovalRequest, Decision]:
+             keyring: KeyRing, key: str | None) -> Consumed:
     claims = TokenClaims.parse(keyring.verify_token(token))
     if claims.tenant_id != caller.tenant_id:
         raise Forbidden("approval token belongs to another tenant", code="token_tenant_mismatch")
-    stamp = int(now.timestamp())
-    if stamp >= claims.exp:
-        raise Conflict("approval token has expired", code="token_expired")
-    if claims.nbf > stamp + CLOCK_SKEW_SECONDS or claims.iat > stamp + CLOCK_SKEW_SECONDS:
-        raise Conflict("approval token is not valid yet", code="token_not_yet_valid")
     row = session.execute(select(ApprovalRequest, Decision).join(Decision, Decision.id == ApprovalRequest.decision_id)
                           .where(ApprovalRequest.id == claims.approval_id,
                                  ApprovalRequest.tenant_id == caller.tenant_id)).first()
@@ -420,8 +453,18 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
         raise _mismatch("decision_id")
     if approval.status == "revoked":
         raise Conflict("the approval was revoked", code="approval_revoked")
+    # A replay is answered even after `exp`: the consume it repeats happened in time.
+    replay = _replay(approval, decision, token, expected, key)
+    if replay is not None:
+        return replay
+    stamp = int(now.timestamp())
+    if stamp >= claims.exp:
+        raise Conflict("approval token has expired", code="token_expired")
+    if claims.nbf > stamp + CLOCK_SKEW_SECONDS or claims.iat > stamp + CLOCK_SKEW_SECONDS:
+        raise Conflict("approval token is not valid yet", code="token_not_yet_valid")
     if approval.status != "approved":
-        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved", status=approval.status)
+        raise Conflict(f"approval request is {approval.status}", code="approval_not_approved",
+                       approval_status=approval.status)
     if approval.token_consumed_at is not None:
         raise Conflict("approval token was already used", code="token_replayed")
     _check_binding(claims, approval, decision)
@@ -434,14 +477,20 @@ def _consume(session: Session, caller: Caller, token: str, expected: Expected, *
                     .where(ApprovalRequest.id == approval.id, ApprovalRequest.status == "approved",
                            ApprovalRequest.token_jti == claims.jti, ApprovalRequest.token_consumed_at.is_(None))
                     .values(token_consumed_at=now, token_consumed_by=caller.principal_id, token_sealed=None,
-                            updated_at=now)):
+                            consume_idempotency_key=key, updated_at=now)):
+        # A concurrent consume won; if it carried this key it is this pipeline's own retry.
+        session.refresh(approval)
+        replay = _replay(approval, decision, token, expected, key)
+        if replay is not None:
+            return replay
         raise Conflict("approval token was already used", code="token_replayed")
     session.refresh(approval)
     ledger.append(session, decision, event="token_consumed", actor=caller.principal_id, now=now,
-                  details={"approval_id": str(approval.id), "token_jti": claims.jti})
+                  details={"approval_id": str(approval.id), "token_jti": claims.jti,
+                           **({"idempotency_key": key} if key else {})})
     notifications.approval_event(session, "approval.consumed", approval, decision, now=now,
                                  actor=caller.principal_id)
-    return approval, decision
+    return Consumed(approval, decision, replayed=False)
 
 
 def redeem(session: Session, *, tenant_id: uuid.UUID, source: str, fingerprint: str, actor: uuid.UUID | None,
@@ -524,9 +573,9 @@ def _reviewable(session: Session, caller: Caller, approval_id: uuid.UUID, now: d
 
 def _already_reviewed(approval: ApprovalRequest) -> Conflict:
     if approval.status == "expired":
-        return Conflict("approval request has expired", code="approval_expired", status="expired")
+        return Conflict("approval request has expired", code="approval_expired", approval_status="expired")
     return Conflict(f"approval request is already {approval.status}", code="approval_already_reviewed",
-                    status=approval.status)
+                    approval_status=approval.status)
 
 
 def _transition(session: Session, approval: ApprovalRequest, now: datetime, *, status: str, **values: Any) -> bool:
@@ -539,24 +588,32 @@ def _transition(session: Session, approval: ApprovalRequest, now: datetime, *, s
     return won
 
 
-def _expire_if_due(session: Session, approval: ApprovalRequest, decision: Decision, now: datetime) -> bool:
-    """Return whether the approval is expired, expiring it first when it is pending past its deadline."""
-    if approval.status == "pending" and approval.expires_at <= now:
+def _expire_if_due(session: Session, approval: ApprovalRequest, decision: Decision, now: datetime) -> str | None:
+    """Return why the approval is expired (`approval_expired`, or `token_expired` once it had a token), expiring
+    it first when it is due; None while it is live."""
+    due = (approval.status == "pending" and approval.expires_at <= now) or (
+        approval.status == "approved" and approval.token_consumed_at is None
+        and approval.token_expires_at is not None and approval.token_expires_at <= now)
+    if due:
         _expire(session, approval, decision, now)
-    return approval.status == "expired"
+    if approval.status != "expired":
+        return None
+    return "token_expired" if approval.token_expires_at is not None else "approval_expired"
 
 
 def _expire(session: Session, approval: ApprovalRequest, decision: Decision, now: datetime) -> bool:
     won = _changed(session, update(ApprovalRequest)
-                   .where(ApprovalRequest.id == approval.id, ApprovalRequest.status == "pending",
-                          ApprovalRequest.expires_at <= now)
+                   .where(ApprovalRequest.id == approval.id, or_(_pending_due(now), _token_due(now)))
                    .values(status="expired", expired_at=now, updated_at=now))
+    token_expires_at = approval.token_expires_at
     session.refresh(approval)
     if not won:
         return False
     released = _release(session, decision, now)
+    deadline = {"token_expires_at": token_expires_at.isoformat()} if token_expires_at is not None else {
+        "expires_at": approval.expires_at.isoformat()}
     ledger.append(session, decision, event="approval_expired", actor=None, now=now,
-                  details={"approval_id": str(approval.id), "expires_at": approval.expires_at.isoformat(), **released})
+                  details={"approval_id": str(approval.id), **deadline, **released})
     notifications.approval_event(session, "approval.expired", approval, decision, now=now)
     return True
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import date
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
@@ -11,14 +10,18 @@ from fastapi.responses import StreamingResponse
 
 from valdrix.audit import service
 from valdrix.audit.metrics import EXPORT_EVENTS
+from valdrix.audit.schemas import ParityOut
+from valdrix.clock import Day
 from valdrix.deps import Admin, ClockDep, KeyRingDep, SettingsDep
-from valdrix.errors import InvalidInput
+from valdrix.errors import InvalidInput, problems
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement/exports", tags=["exports"])
 
 _LIMIT_CODES = {"export_window_too_large", "export_too_many_rows"}
 T = TypeVar("T")
+_EXPORT_PROBLEMS = problems({422: ("invalid_export_window", "export_window_too_large", "export_too_many_rows"),
+                             503: ("signing_keys_unavailable",)})
 
 
 def _counted(artifact: str, build: Callable[[], T], *, done: bool = True) -> T:
@@ -46,9 +49,9 @@ def _metered(chunks: Iterator[bytes]) -> Iterator[bytes]:
     EXPORT_EVENTS.labels("archive", "success").inc()
 
 
-@router.get("/parity")
+@router.get("/parity", response_model=ParityOut, responses=_EXPORT_PROBLEMS)
 def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
-           start: date | None = None, end: date | None = None) -> JSONResponse:
+           start: Day | None = None, end: Day | None = None) -> JSONResponse:
     """Return counts (database vs exported) and both lineages of the window, from one snapshot, signed."""
 
     def build() -> service.Parity:
@@ -61,9 +64,12 @@ def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsD
                          "signature": result.signature_b64})
 
 
-@router.get("/archive")
+@router.get("/archive", response_class=StreamingResponse, responses={
+    200: {"description": "The signed export archive",
+          "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+    **_EXPORT_PROBLEMS})
 def archive(request: Request, caller: Admin, clock: ClockDep, settings: SettingsDep, keyring: KeyRingDep,
-            start: date | None = None, end: date | None = None) -> StreamingResponse:
+            start: Day | None = None, end: Day | None = None) -> StreamingResponse:
     """Stream the ZIP of decisions.csv, approvals.csv, ledger.csv, policies.json, manifest.json, manifest.sig."""
 
     def build() -> tuple[Iterator[bytes], service.Window]:

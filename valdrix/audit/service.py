@@ -69,6 +69,8 @@ class Window:
 
     @property
     def end_before(self) -> datetime:
+        if self.end == date.max:  # the next day does not exist; the last instant of this one is as good
+            return datetime.combine(self.end, time.max, UTC)
         return datetime.combine(self.end + timedelta(days=1), time(0), UTC)
 
     def as_json(self) -> dict[str, str]:
@@ -80,7 +82,8 @@ class Window:
 def window(start: date | None, end: date | None, today: date) -> Window:
     """Return the window (default: the 30 days ending today); raise InvalidInput if reversed or too long."""
     end = end or today
-    start = start or end - timedelta(days=DEFAULT_WINDOW_DAYS - 1)
+    # Any calendar date is a valid bound: the default start saturates at the first date instead of overflowing.
+    start = start or end - timedelta(days=min(DEFAULT_WINDOW_DAYS - 1, (end - date.min).days))
     if start > end:
         raise InvalidInput("start must be on or before end", code="invalid_export_window",
                            start=start.isoformat(), end=end.isoformat())

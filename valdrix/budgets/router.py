@@ -8,9 +8,9 @@ from fastapi import APIRouter
 
 from valdrix.budgets import service
 from valdrix.budgets.models import Budget, CreditGrant
-from valdrix.budgets.schemas import BudgetsPut, CreditGrantIn
+from valdrix.budgets.schemas import BudgetList, BudgetsPut, CreditGrantIn, CreditList, CreditOut
 from valdrix.deps import DB, Admin, ClockDep, Member, WritingRoute
-from valdrix.errors import InvalidInput
+from valdrix.errors import InvalidInput, problems
 from valdrix.jsonio import JSONResponse
 from valdrix.money import monthly
 
@@ -31,13 +31,13 @@ def _grant(row: CreditGrant) -> dict[str, Any]:
             "created_at": row.created_at.isoformat()}
 
 
-@router.get("/budgets")
+@router.get("/budgets", response_model=BudgetList)
 def list_budgets(db: DB, caller: Member) -> JSONResponse:
     """Return every budget with its reserved total and headroom."""
     return JSONResponse({"items": [_budget(b) for b in service.list_budgets(db, caller.tenant_id)]})
 
 
-@router.put("/budgets")
+@router.put("/budgets", response_model=BudgetList, responses=problems({422: ("duplicate_scope_key",)}))
 def put_budgets(body: BudgetsPut, db: DB, caller: Admin, clock: ClockDep) -> JSONResponse:
     """Create or update the budgets named in the body (other scopes are left as they are)."""
     scopes = [service.normalise_scope(b.scope_key) for b in body.budgets]
@@ -49,13 +49,14 @@ def put_budgets(body: BudgetsPut, db: DB, caller: Admin, clock: ClockDep) -> JSO
     return JSONResponse({"items": [_budget(r) for r in rows]})
 
 
-@router.get("/credits")
+@router.get("/credits", response_model=CreditList)
 def list_credits(db: DB, caller: Member) -> JSONResponse:
     """Return every credit grant with what remains of it."""
     return JSONResponse({"items": [_grant(g) for g in service.list_grants(db, caller.tenant_id)]})
 
 
-@router.post("/credits", status_code=201)
+@router.post("/credits", status_code=201, response_model=CreditOut,
+             responses=problems({422: ("credit_expiry_in_past", "invalid_credit_pool")}))
 def create_credit(body: CreditGrantIn, db: DB, caller: Admin, clock: ClockDep) -> JSONResponse:
     """Create a credit grant in the reserved or emergency pool."""
     grant = service.create_grant(db, caller.tenant_id, pool=body.pool, scope_key=body.scope_key,

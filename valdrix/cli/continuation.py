@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
@@ -73,6 +74,8 @@ class State(BaseModel):
     saved_at: str
     approval_token: str | None = Field(default=None, repr=False)
     token_expires_at: str | None = None
+    # Saved before the first consume call: a re-run repeats the consume with it and gets the first answer.
+    consume_idempotency_key: str | None = None
     consumed_at: str | None = None
 
 
@@ -201,8 +204,13 @@ def consume_token(client: GateClient, token: str, continuation: Continuation, st
                   path: Path | None) -> Result:
     """Consume `token` against `continuation.binding`; a refusal is a hard stop (runbook §3.2)."""
     binding = continuation.binding.model_dump()
+    key = (state.consume_idempotency_key if state is not None else None) or f"consume-{uuid.uuid4().hex}"
+    if state is not None and state.consume_idempotency_key != key:
+        state.consume_idempotency_key = key
+        if path is not None:
+            save_state(path, state)  # before the call: the key must outlive a lost answer and this process
     try:
-        body = client.consume(continuation.approval_consume_endpoint, token, binding)
+        body = client.consume(continuation.approval_consume_endpoint, token, binding, key)
     except ApiError as exc:
         hint = _CONSUME_HINTS.get(exc.status)
         if exc.status in _CONSUME_HINTS:
@@ -212,8 +220,9 @@ def consume_token(client: GateClient, token: str, continuation: Continuation, st
                           error=exc.body)
         return Result(Exit.ERROR, "consume_failed", explain_api_error(exc), error=exc.body)
     except TransportFailure as exc:
-        return Result(Exit.ERROR, "transport_error", f"{exc}. The state file keeps the token; a re-run retries the "
-                      "consume (a consume that did reach the server is then refused with exit 4).")
+        return Result(Exit.ERROR, "transport_error", f"{exc}. The state file keeps the token and the consume's "
+                      "idempotency key; a re-run repeats the consume and gets its answer even if the first one "
+                      "reached the server.")
     if state is not None:
         state.consumed_at = str(body.get("consumed_at") or now_iso())
         state.approval_token = None

@@ -102,7 +102,7 @@ def fx_rates(raw: list[str]) -> dict[str, Decimal]:
 def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | None, hourly_delta: str | None,
               rates: dict[str, Decimal]) -> tuple[PlanEstimate | None, Digest | None, Decimal, Decimal]:
     """Return (estimate, change digest by scheme, monthly delta, hourly delta) from exactly one pricing input."""
-    from valdrix.money import HOURS_PER_MONTH, hourly, monthly, parse_amount
+    from valdrix.money import HOURS_PER_MONTH, hourly, monthly, parse_money
 
     given = [x for x in (plan, infracost, monthly_delta) if x is not None]
     if len(given) != 1:
@@ -123,9 +123,10 @@ def _estimate(plan: Path | None, infracost: Path | None, monthly_delta: str | No
         changes = [[r.address, r.action, str(r.monthly_delta_usd)] for r in estimate.resources]
         return (estimate, lambda scheme: sha256_hex(changes, scheme), estimate.monthly_delta_usd,
                 estimate.hourly_delta_usd)
+    assert monthly_delta is not None  # exactly one input was given, and it was neither file
     try:
-        amount = monthly(parse_amount(monthly_delta))
-        rate = hourly(parse_amount(hourly_delta)) if hourly_delta is not None else hourly(amount / HOURS_PER_MONTH)
+        amount = monthly(parse_money(monthly_delta))
+        rate = hourly(parse_money(hourly_delta)) if hourly_delta is not None else hourly(amount / HOURS_PER_MONTH)
     except ValueError as exc:
         raise typer.BadParameter(f"--monthly-delta/--hourly-delta: {exc}") from exc
     if amount < 0 or rate < 0:

@@ -6,14 +6,16 @@ from fastapi import APIRouter
 
 from valdrix.budgets.service import normalise_scope
 from valdrix.costs import service
-from valdrix.costs.schemas import CostBatchIn
+from valdrix.costs.schemas import CostBatchIn, CostBatchOut, SpendOut
 from valdrix.deps import DB, Admin, ClockDep, Member, SettingsDep, WritingRoute
+from valdrix.errors import problems
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["costs"], route_class=WritingRoute)
 
 
-@router.post("/costs")
+@router.post("/costs", response_model=CostBatchOut,
+             responses=problems({422: ("unsupported_currency", "duplicate_cost_record")}))
 def put_costs(body: CostBatchIn, db: DB, caller: Admin, clock: ClockDep) -> JSONResponse:
     """Store daily costs; each replaces the stored row of the same (source, scope, day). 422 for non-USD."""
     for record in body.records:
@@ -25,7 +27,7 @@ def put_costs(body: CostBatchIn, db: DB, caller: Admin, clock: ClockDep) -> JSON
                          "replaced": result.replaced, "total_usd": str(result.total_usd)})
 
 
-@router.get("/costs/summary")
+@router.get("/costs/summary", response_model=SpendOut)
 def cost_summary(scope_key: str, db: DB, caller: Member, clock: ClockDep, settings: SettingsDep) -> JSONResponse:
     """Return a scope's month-to-date spend, burn rate, forecast and anomaly signal as the gate computes them."""
     spend = service.read_spend(db, caller.tenant_id, normalise_scope(scope_key), clock.now(),

@@ -17,22 +17,30 @@ from sqlalchemy.orm import Session
 
 from valdrix.auth.service import Caller
 from valdrix.canonical import canonical_json
-from valdrix.clock import Clock, IdFactory
+from valdrix.clock import Clock, IdFactory, Instant
 from valdrix.config import Settings
 from valdrix.decisions import engine, service
 from valdrix.decisions.explain import explain
 from valdrix.decisions.schemas import (
     CloudEventGateRequest,
+    DecisionDetailOut,
+    DecisionOut,
+    DecisionPage,
+    ExplanationOut,
     GateRequest,
     decision_body,
     decision_detail,
     unrecorded_body,
 )
 from valdrix.deps import DB, Member, WritingRoute, api_key_caller, in_gate_unit
-from valdrix.errors import InvalidInput
+from valdrix.errors import InvalidInput, problems
 from valdrix.jsonio import JSONResponse
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"], route_class=WritingRoute)
+# What every gate route may refuse before deciding (a decision, even a fail-safe one, is a 200).
+GATE_CODES: dict[int, tuple[str, ...]] = {
+    409: ("idempotency_key_reused", "request_fingerprint_mismatch"), 503: ("gate_unavailable",)}
+GATE_PROBLEMS = problems(GATE_CODES)
 
 
 def gate_context(request: Request, caller: Caller, seconds_left: float) -> service.GateContext:
@@ -90,21 +98,22 @@ def _generic(source: str, body: GateRequest, request: Request, header_key: str |
                   lambda outcome: decision_body(outcome.decision), partial(unrecorded_body, inp))
 
 
-@router.post("/gate/terraform")
+@router.post("/gate/terraform", response_model=DecisionOut, responses=GATE_PROBLEMS)
 async def gate_terraform(body: GateRequest, request: Request,
                          idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Terraform change described by the generic gate body."""
     return JSONResponse(await _generic("terraform", body, request, idempotency_key))
 
 
-@router.post("/gate/k8s/admission")
+@router.post("/gate/k8s/admission", response_model=DecisionOut, responses=GATE_PROBLEMS)
 async def gate_k8s_generic(body: GateRequest, request: Request,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a Kubernetes change described by the generic gate body (the webhook uses /review)."""
     return JSONResponse(await _generic("k8s_admission", body, request, idempotency_key))
 
 
-@router.post("/gate/cloud-event")
+@router.post("/gate/cloud-event", response_model=DecisionOut, responses=problems({
+    **GATE_CODES, 422: ("resource_reference_missing",)}))
 async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Evaluate a change announced by a CloudEvents 1.0 event."""
@@ -136,13 +145,15 @@ async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
                                      lambda outcome: decision_body(outcome.decision), partial(unrecorded_body, inp)))
 
 
-@router.get("/decisions/{decision_id}")
+@router.get("/decisions/{decision_id}", response_model=DecisionDetailOut,
+            responses=problems({404: ("decision_not_found",)}))
 def get_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
     """Return one decision with its stored request and response."""
     return JSONResponse(decision_detail(service.get(db, caller.tenant_id, decision_id)))
 
 
-@router.get("/decisions/{decision_id}/explanation")
+@router.get("/decisions/{decision_id}/explanation", response_model=ExplanationOut,
+            responses=problems({404: ("decision_not_found",)}))
 def explain_decision(decision_id: uuid.UUID, db: DB, caller: Member) -> JSONResponse:
     """Return the decision in words: a summary, each reason code, each waterfall stage and the figures used."""
     decision = service.get(db, caller.tenant_id, decision_id)
@@ -164,10 +175,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidInput("malformed cursor", code="invalid_cursor") from exc
 
 
-@router.get("/decisions")
+@router.get("/decisions", response_model=DecisionPage, responses=problems({422: ("invalid_cursor",)}))
 def list_decisions(db: DB, caller: Member, source: str | None = None, decision: str | None = None,
                    project_id: str | None = None, environment: str | None = None,
-                   since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
+                   since: Instant | None = None, until: Instant | None = None, cursor: str | None = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
     """Return a page of decisions, newest first, with `next_cursor` when more remain."""
     rows, position = service.search(db, caller.tenant_id, source=source, decision=decision, project_id=project_id,

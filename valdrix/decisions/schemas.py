@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from valdrix.canonical import canonical_bytes
 from valdrix.client import CONSUME_ENDPOINT
+from valdrix.clock import Instant
 from valdrix.decisions.engine import DecisionInput, Unrecorded
 from valdrix.decisions.models import Decision
-from valdrix.money import MAX_AMOUNT
+from valdrix.money import Amount
 
-Amount = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
@@ -45,7 +46,7 @@ class GateRequest(Closed):
     metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=4, max_length=128)
     expected_request_fingerprint: Fingerprint | None = None
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class CloudEvent(BaseModel):
@@ -58,10 +59,16 @@ class CloudEvent(BaseModel):
     source: str = Field(min_length=1, max_length=1024)
     type: str = Field(min_length=1, max_length=512)
     subject: str | None = Field(default=None, max_length=1024)
-    time: datetime | None = None
+    time: Instant | None = None
     datacontenttype: str | None = Field(default=None, max_length=256)
     dataschema: str | None = Field(default=None, max_length=2048)
     data: Annotated[Any, AfterValidator(_canonical)] = None
+
+    @model_validator(mode="after")
+    def _canonical_extensions(self) -> CloudEvent:
+        # Extension attributes are hashed with the event, so they obey the same JSON domain as `data`.
+        _canonical(self.model_extra or {})
+        return self
 
 
 class CloudEventGateRequest(Closed):
@@ -75,7 +82,7 @@ class CloudEventGateRequest(Closed):
     metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=4, max_length=128)
     expected_request_fingerprint: Fingerprint | None = None
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 def decision_body(decision: Decision) -> dict[str, Any]:
@@ -155,3 +162,78 @@ def decision_detail(decision: Decision) -> dict[str, Any]:
         "created_at": decision.created_at.isoformat(),
         "updated_at": decision.updated_at.isoformat(),
     }
+
+
+# ---- responses (documented as response models; the routes render the dicts below directly) ----------------
+
+Money = Annotated[str, Field(description="A decimal amount in USD, as a string")]
+
+
+class DecisionOut(Closed):
+    decision_id: uuid.UUID | None = Field(description="null only when `recorded` is false")
+    decision: str
+    reason_codes: list[str]
+    request_fingerprint: str
+    approval_required: bool
+    approval_request_id: uuid.UUID | None
+    policy_version: int | None
+    policy_sha256: str | None
+    mode: str
+    dry_run: bool
+    ttl_seconds: int | None
+    reservation_active: bool
+    reserved_allocation_usd: Money
+    reserved_credit_usd: Money
+    computed_context: dict[str, Any]
+    recorded: bool = Field(description="false: the mode's fail-safe answer, given by the deadline without a record "
+                                       "(the database was unavailable); retry with the same idempotency key")
+
+
+class DecisionDetailOut(DecisionOut):
+    source: str
+    project_id: str
+    environment: str
+    action: str
+    resource_reference: str
+    estimated_monthly_delta_usd: Money
+    estimated_hourly_delta_usd: Money
+    budget_scope: str | None
+    fail_safe: bool
+    idempotency_key: str
+    request_payload: dict[str, Any]
+    response_payload: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class DecisionPage(Closed):
+    items: list[DecisionDetailOut]
+    next_cursor: str | None
+
+
+class Binding(Closed):
+    expected_source: str
+    expected_project_id: str
+    expected_environment: str
+    expected_request_fingerprint: str
+    expected_resource_reference: str
+
+
+class Continuation(Closed):
+    approval_consume_endpoint: str
+    binding: Binding
+
+
+class ExplanationLine(Closed):
+    label: str
+    text: str
+
+
+class ExplanationOut(Closed):
+    decision_id: uuid.UUID
+    decision: str
+    policy_sha256: str
+    summary: str
+    reasons: list[ExplanationLine]
+    waterfall: list[ExplanationLine]
+    figures: list[ExplanationLine]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from valdrix.clock import Instant
 from valdrix.deps import DB, Admin, WritingRoute
-from valdrix.errors import InvalidInput
+from valdrix.errors import InvalidInput, problems
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger import service
 from valdrix.ledger.models import LedgerEntry
+from valdrix.ledger.schemas import LedgerPage
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["ledger"], route_class=WritingRoute)
 
@@ -34,13 +35,15 @@ def entry_json(row: LedgerEntry) -> dict[str, Any]:
     }
 
 
-@router.get("/ledger")
-def read_ledger(db: DB, caller: Admin, since: datetime | None = None, until: datetime | None = None,
-                decision_id: uuid.UUID | None = None, cursor: str | None = None,
+@router.get("/ledger", response_model=LedgerPage, responses=problems({422: ("invalid_cursor",)}))
+def read_ledger(db: DB, caller: Admin, since: Instant | None = None, until: Instant | None = None,
+                decision_id: uuid.UUID | None = None,
+                cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> JSONResponse:
-    """Return ledger entries in recording order; `next_cursor` continues after the last one."""
-    if since and until and since >= until:
-        raise InvalidInput("since must be before until", code="invalid_window")
+    """Return ledger entries in recording order; `next_cursor` continues after the last one.
+
+    An empty or reversed since/until window is a window without entries, as on /decisions.
+    """
     try:
         after = int(cursor) if cursor else None
     except ValueError as exc:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from valdrix.decisions.router import decode_cursor, encode_cursor
 from valdrix.deps import DB, Admin, ClockDep, IdsDep, WritingRoute
+from valdrix.errors import problems
 from valdrix.notifications import service
 from valdrix.notifications.models import NotificationDelivery, NotificationEvent, NotificationTarget
 from valdrix.notifications.schemas import DeliveryOut, DeliveryPage, TargetCreated, TargetIn, TargetList, TargetOut
@@ -38,6 +39,9 @@ def _delivery(d: NotificationDelivery, e: NotificationEvent, t: NotificationTarg
                        created_at=d.created_at)
 
 
+_NOT_FOUND = problems({404: ("notification_target_not_found",)})
+
+
 @router.get("/targets", response_model=TargetList)
 def list_targets(db: DB, caller: Admin) -> TargetList:
     """Return the tenant's notification targets (secrets are never returned after creation)."""
@@ -54,14 +58,16 @@ def create_target(body: TargetIn, db: DB, caller: Admin, clock: ClockDep, ids: I
     return TargetCreated(**_target(target).model_dump(), secret=secret)
 
 
-@router.delete("/targets/{target_id}", status_code=204, response_class=Response)
+@router.delete("/targets/{target_id}", status_code=204, response_class=Response,
+               responses=_NOT_FOUND)
 def delete_target(target_id: uuid.UUID, db: DB, caller: Admin) -> Response:
     """Delete a target: nothing more is sent to it; its pending deliveries are dropped."""
     service.delete_target(db, caller.tenant_id, target_id)
     return Response(status_code=204)
 
 
-@router.post("/targets/{target_id}/test", status_code=202, response_model=DeliveryOut)
+@router.post("/targets/{target_id}/test", status_code=202, response_model=DeliveryOut,
+             responses=_NOT_FOUND)
 def test_target(target_id: uuid.UUID, db: DB, caller: Admin, clock: ClockDep) -> DeliveryOut:
     """Queue a test event for the target; the worker sends it (see its delivery for the outcome)."""
     delivery = service.send_test(db, caller.tenant_id, target_id, now=clock.now(), actor=caller.principal_id)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, field_validator, model_validator
 
 from valdrix.canonical import sha256_hex
-from valdrix.money import MAX_AMOUNT, monthly
+from valdrix.money import Amount, monthly
 
 SCHEMA_VERSION = "valdrix.enforcement.policy.v1"
 
@@ -17,8 +19,7 @@ Permission = Literal["approve:prod", "approve:nonprod"]
 Role = Literal["owner", "admin", "member"]
 RiskLevel = Literal["low", "medium", "high"]
 # Money in a policy is a 4-dp Decimal, serialised as a string so the document hash is exact.
-PolicyMoney = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
-                        PlainSerializer(lambda v: str(monthly(v)), return_type=str)]
+PolicyMoney = Annotated[Amount, PlainSerializer(lambda v: str(monthly(v)), return_type=str)]
 
 
 class _Closed(BaseModel):
@@ -38,14 +39,14 @@ class ModeMatrix(_Closed):
 
 
 class EnvironmentFlags(_Closed):
-    default: bool
-    prod: bool
-    nonprod: bool
+    default: StrictBool
+    prod: StrictBool
+    nonprod: StrictBool
 
 
 class RoutingRule(_Closed):
     rule_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    enabled: bool = True
+    enabled: StrictBool = True
     environments: tuple[str, ...] = ()
     action_prefixes: tuple[str, ...] = ()
     min_monthly_delta_usd: PolicyMoney | None = None
@@ -53,7 +54,7 @@ class RoutingRule(_Closed):
     risk_levels: tuple[RiskLevel, ...] = ()
     required_permission: Permission
     allowed_reviewer_roles: tuple[Role, ...] = ("owner", "admin")
-    require_requester_reviewer_separation: bool | None = None
+    require_requester_reviewer_separation: StrictBool | None = None
 
     @field_validator("environments")
     @classmethod
@@ -86,6 +87,9 @@ class Approval(_Closed):
     require_approval: EnvironmentFlags = EnvironmentFlags(default=False, prod=True, nonprod=False)
     requester_reviewer_separation: EnvironmentFlags = EnvironmentFlags(default=False, prod=True, nonprod=False)
     routing_rules: tuple[RoutingRule, ...] = Field(default=(), max_length=64)
+    # How long a pending approval holds its decision's reservation while it waits for a reviewer; then it
+    # expires and the reservation is released. None: execution.default_ttl_seconds (the token's lifetime).
+    pending_ttl_seconds: int | None = Field(default=None, ge=60, le=604800, strict=True)
 
     @field_validator("routing_rules")
     @classmethod
@@ -123,7 +127,7 @@ class Entitlements(_Closed):
 
 
 class Execution(_Closed):
-    default_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+    default_ttl_seconds: int = Field(default=900, ge=60, le=86400, strict=True)
 
 
 class PolicyDocument(_Closed):
@@ -135,6 +139,10 @@ class PolicyDocument(_Closed):
     # How budget headroom is measured: active reservations only, or forecast spend plus reservations.
     budget_basis: Literal["reservations", "forecast"] = "reservations"
 
+    def pending_ttl_seconds(self) -> int:
+        """Return how long a pending approval holds its reservation before it expires."""
+        return self.approval.pending_ttl_seconds or self.execution.default_ttl_seconds
+
     def canonical(self) -> dict[str, object]:
         """Return the document as canonical plain JSON data (money as 4-dp strings)."""
         return self.model_dump(mode="json")
@@ -142,3 +150,20 @@ class PolicyDocument(_Closed):
     def sha256(self) -> str:
         """Return the SHA-256 of the canonical document."""
         return sha256_hex(self.canonical())
+
+
+class PolicyVersionOut(_Closed):
+    version: int
+    schema_version: str
+    sha256: str
+    created_at: datetime
+    created_by: uuid.UUID | None
+    document: dict[str, Any]
+
+
+class PolicyPutOut(PolicyVersionOut):
+    changed: bool
+
+
+class PolicyVersionList(_Closed):
+    items: list[PolicyVersionOut]

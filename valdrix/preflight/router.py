@@ -7,16 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 
 from valdrix.decisions import engine, service
-from valdrix.decisions.router import answer
+from valdrix.decisions.router import GATE_PROBLEMS, answer
 from valdrix.decisions.schemas import continuation, decision_body, unrecorded_body
 from valdrix.jsonio import JSONResponse
 from valdrix.preflight import translate
-from valdrix.preflight.schemas import TerraformPreflightRequest
+from valdrix.preflight.schemas import PreflightOut, TerraformPreflightRequest
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["preflight"])
 
 
-@router.post("/gate/terraform/preflight")
+@router.post("/gate/terraform/preflight", response_model=PreflightOut, responses=GATE_PROBLEMS)
 async def preflight(body: TerraformPreflightRequest, request: Request,
                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Return the decision for a planned Terraform change with the continuation a pipeline must persist."""

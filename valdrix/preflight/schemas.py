@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from valdrix.decisions.schemas import GateRequest
+from valdrix.decisions.schemas import Continuation, DecisionOut, GateRequest
 
 
 class TerraformPreflightRequest(GateRequest):
@@ -15,3 +15,11 @@ class TerraformPreflightRequest(GateRequest):
     callback_url: str | None = Field(default=None, min_length=1, max_length=2048)
     run_url: str | None = Field(default=None, min_length=1, max_length=2048)
     action: str = Field(default="terraform.apply", min_length=1, max_length=128)
+
+
+class PreflightOut(DecisionOut):
+    run_id: str
+    stage: str
+    idempotency_key: str
+    replayed: bool
+    continuation: Continuation | None = Field(description="null when the answer was not recorded")

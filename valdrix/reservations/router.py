@@ -10,11 +10,19 @@ from fastapi import APIRouter, Header, Query
 from valdrix.decisions.models import Decision
 from valdrix.decisions.router import decode_cursor, encode_cursor
 from valdrix.deps import DB, Admin, ClockDep, SettingsDep, WritingRoute
+from valdrix.errors import problems
 from valdrix.jsonio import JSONResponse
 from valdrix.money import monthly
 from valdrix.reservations import service
 from valdrix.reservations.models import Reconciliation
-from valdrix.reservations.schemas import OverdueIn, ReconcileIn
+from valdrix.reservations.schemas import (
+    ActivePage,
+    ExceptionPage,
+    OverdueIn,
+    OverdueOut,
+    ReconciledOut,
+    ReconcileIn,
+)
 
 router = APIRouter(prefix="/api/v1/enforcement/reservations", tags=["reservations"], route_class=WritingRoute)
 
@@ -47,7 +55,7 @@ def _active_json(row: Decision, age: int) -> dict[str, Any]:
             "created_at": row.created_at.isoformat(), "age_seconds": age}
 
 
-@router.get("/active")
+@router.get("/active", response_model=ActivePage, responses=problems({422: ("invalid_cursor",)}))
 def list_active(db: DB, caller: Admin, clock: ClockDep, cursor: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> JSONResponse:
     """Return active reservations, oldest first, with their age; `next_cursor` continues the listing."""
@@ -61,7 +69,7 @@ def list_active(db: DB, caller: Admin, clock: ClockDep, cursor: str | None = Non
                          "next_cursor": encode_cursor(rows[-1].created_at, rows[-1].id) if more else None})
 
 
-@router.post("/reconcile-overdue")
+@router.post("/reconcile-overdue", response_model=OverdueOut)
 def reconcile_overdue(db: DB, caller: Admin, clock: ClockDep, settings: SettingsDep,
                       body: OverdueIn | None = None) -> JSONResponse:
     """Release in full the reservations older than `older_than_seconds` (default the SLA setting)."""
@@ -74,7 +82,8 @@ def reconcile_overdue(db: DB, caller: Admin, clock: ClockDep, settings: Settings
                          "older_than_seconds": result.older_than_seconds})
 
 
-@router.get("/reconciliation-exceptions")
+@router.get("/reconciliation-exceptions", response_model=ExceptionPage,
+            responses=problems({422: ("invalid_cursor",)}))
 def reconciliation_exceptions(db: DB, caller: Admin, cursor: str | None = None,
                               limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> JSONResponse:
     """Return overage, savings (beyond tolerance) and auto-released reservations, newest first."""
@@ -90,10 +99,12 @@ def reconciliation_exceptions(db: DB, caller: Admin, cursor: str | None = None,
                          "next_cursor": encode_cursor(last.created_at, last.id) if more and last else None})
 
 
-@router.post("/{decision_id}/reconcile")
+@router.post("/{decision_id}/reconcile", response_model=ReconciledOut, responses=problems({
+    404: ("decision_not_found",), 409: ("reservation_not_active", "idempotency_key_reused"),
+    422: ("invalid_idempotency_key",)}))
 def reconcile(decision_id: uuid.UUID, body: ReconcileIn, db: DB, caller: Admin, clock: ClockDep,
               settings: SettingsDep,
-              idempotency_key: Annotated[str | None, Header(max_length=256)] = None) -> JSONResponse:
+              idempotency_key: Annotated[str | None, Header(pattern=r"^[!-~]{4,128}$")] = None) -> JSONResponse:
     """Settle a reservation against its actual monthly cost; a same-key same-payload repeat replays the result."""
     outcome = service.reconcile(
         db, caller.tenant_id, decision_id, actual=body.actual_monthly_delta_usd, notes=body.notes,

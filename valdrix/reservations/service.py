@@ -117,7 +117,7 @@ def _find(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Rec
 def _replay(existing: Reconciliation, key: str | None, payload: dict[str, str | None]) -> Reconciled:
     if key is None or existing.idempotency_key != key:
         raise Conflict(f"reservation is not active (already {existing.status.replace('_', ' ')})",
-                       code="reservation_not_active", status=existing.status)
+                       code="reservation_not_active", reconciliation_status=existing.status)
     # A settlement recorded before RFC 8785 carries the legacy hash of its payload.
     if existing.request_sha256 is None or not is_digest_of(existing.request_sha256, payload):
         raise Conflict("Idempotency-Key was already used with a different payload for this reservation",
