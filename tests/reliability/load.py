@@ -47,6 +47,21 @@ class Consume:
     answers: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Something that must not happen whatever the fault: `kind` groups them (see `KINDS`)."""
+
+    kind: str
+    detail: str
+
+
+# Failure kinds. Anything a client sees that the server must never answer, or an invariant the checker finds
+# broken; `gate_unanswered` and `consume_not_retrievable` are the two promises issue 18 adds (a fail-safe gate
+# answer when the database is down; a committed consume returned again for its idempotency key).
+KINDS = ("server_error", "unexpected_answer", "broken_promise", "client_error", "no_recovery", "invariant",
+         "gate_unanswered", "consume_not_retrievable")
+
+
 @dataclass
 class Observations:
     """Everything the clients saw; appended to from many threads under one lock."""
@@ -55,13 +70,15 @@ class Observations:
     requests: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     # Answers that are failures whatever the fault: 500s, unexpected statuses, broken promises seen by a client.
-    failures: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     # (source, idempotency key) → every decision_id received for it.
     decisions: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     consumes: dict[str, Consume] = field(default_factory=dict)
     # (seconds since start, server, served): served is a definite, non-fail-safe answer.
     timeline: list[tuple[float, str, bool]] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
+    # Seconds each gate request took to be answered by a server (transport errors excluded).
+    gate_seconds: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
@@ -74,15 +91,20 @@ class Observations:
             if kind is not None:
                 self.errors[kind] += 1
 
+    def gate_answered(self, seconds: float) -> None:
+        with self.lock:
+            self.gate_seconds.append(seconds)
+
     def received(self, source: str, key: str, decision_id: str | None) -> None:
         if decision_id is None:
             return
         with self.lock:
             self.decisions.setdefault((source, key), set()).add(decision_id)
 
-    def fail(self, what: str) -> None:
+    def fail(self, kind: str, detail: str) -> None:
+        assert kind in KINDS, kind
         with self.lock:
-            self.failures.append(what)
+            self.failures.append(Failure(kind, detail))
 
     def count(self, answer: str) -> None:
         with self.lock:
@@ -168,6 +190,7 @@ class Client:
             position = (first + attempt) % len(self.servers)
             server = self.servers[position]
             kind: str
+            sent = time.monotonic()
             try:
                 response = self.http[who][position].request(method, path, json=body, headers=headers, params=params)
             except httpx.ConnectError:
@@ -178,12 +201,18 @@ class Client:
                 # The server died (or dropped the connection) with the request in flight: it may have been served.
                 kind = "connection_lost"
             else:
+                if "/gate/" in path:
+                    self.obs.gate_answered(time.monotonic() - sent)
                 if response.status_code in RETRYABLE_STATUS:
                     kind = f"{response.status_code}:{_problem_code(response)}"
+                    if "/gate/" in path:
+                        # The gate promises an answer (fail-safe if need be) whatever the database does.
+                        self.obs.fail("gate_unanswered", f"{method} {path} → {response.status_code} "
+                                                         f"{response.text[:200]}")
                 else:
                     if response.status_code >= 500:
                         self.obs.answered(server, False, f"{response.status_code}:{_problem_code(response)}")
-                        self.obs.fail(f"{method} {path} → {response.status_code} {response.text[:300]}")
+                        self.obs.fail("server_error", f"{method} {path} → {response.status_code} {response.text[:300]}")
                     else:
                         self.obs.answered(server, not _is_fail_safe(response))
                     return response
@@ -216,8 +245,8 @@ class Client:
             if r is not None and r.status_code == 200:
                 for budget in r.json()["items"]:
                     if Decimal(budget["reserved_usd"]) > Decimal(budget["monthly_limit_usd"]):
-                        self.obs.fail(f"budget {budget['scope_key']} read with reserved {budget['reserved_usd']} "
-                                      f"over its hard limit {budget['monthly_limit_usd']}")
+                        self.obs.fail("broken_promise", f"budget {budget['scope_key']} read with reserved "
+                                      f"{budget['reserved_usd']} over its hard limit {budget['monthly_limit_usd']}")
             self._expect(r, 200, "read budgets")
         elif choice < 0.8:
             decision_id = self.rng.choice(self.known)
@@ -233,14 +262,14 @@ class Client:
             return
         self.obs.count(f"{what.split()[0]} {what.split()[1]}:{r.status_code}")
         if r.status_code != status:
-            self.obs.fail(f"{what}: {r.status_code} {r.text[:300]}")
+            self.obs.fail("unexpected_answer", f"{what}: {r.status_code} {r.text[:300]}")
 
     def _gate(self, body: dict[str, Any]) -> dict[str, Any] | None:
         r = self.send("POST", f"{API}/gate/terraform/preflight", body=body)
         if r is None:
             return None
         if r.status_code != 200:
-            self.obs.fail(f"preflight {body['run_id']}: {r.status_code} {r.text[:300]}")
+            self.obs.fail("unexpected_answer", f"preflight {body['run_id']}: {r.status_code} {r.text[:300]}")
             return None
         out: dict[str, Any] = r.json()
         self._record_gate("terraform", out["idempotency_key"], out.get("decision_id"), out["decision"],
@@ -268,12 +297,12 @@ class Client:
         if r is None:
             return
         if r.status_code != 200:
-            self.obs.fail(f"admission {uid}: {r.status_code} {r.text[:300]}")
+            self.obs.fail("unexpected_answer", f"admission {uid}: {r.status_code} {r.text[:300]}")
             return
         res = r.json()["response"]
         audit = res.get("auditAnnotations") or {}
         if res.get("uid") != uid:
-            self.obs.fail(f"admission {uid} answered for uid {res.get('uid')}")
+            self.obs.fail("broken_promise", f"admission {uid} answered for uid {res.get('uid')}")
         decision = audit.get("decision", "ALLOW" if res["allowed"] else "DENY")
         # A fail-safe answer names its trigger: in `fail-safe` when unrecorded, in a warning when recorded.
         said = " ".join([*(res.get("warnings") or []), str((res.get("status") or {}).get("message", ""))])
@@ -305,7 +334,8 @@ class Client:
         if r.status_code == 200:
             consume.delivered = True
             if r.json().get("decision_id") != gate["decision_id"]:
-                self.obs.fail(f"consume of {approval_id} answered for decision {r.json().get('decision_id')}")
+                self.obs.fail("broken_promise",
+                              f"consume of {approval_id} answered for decision {r.json().get('decision_id')}")
         self.obs.count(f"consume:{r.status_code}:{_problem_code(r) if r.status_code != 200 else 'consumed'}")
 
     def _token(self, approval_id: str) -> str | None:
@@ -315,7 +345,7 @@ class Client:
             token: str = r.json()["approval_token"]
             return token
         if r is not None and _problem_code(r) != "approval_already_reviewed":
-            self.obs.fail(f"approve {approval_id}: {r.status_code} {r.text[:300]}")
+            self.obs.fail("unexpected_answer", f"approve {approval_id}: {r.status_code} {r.text[:300]}")
             return None
         picked = self.send("POST", f"{APPROVALS}/{approval_id}/token")
         self.obs.count(f"pickup:{picked.status_code if picked is not None else 'none'}")
@@ -339,7 +369,7 @@ class Load:
             try:
                 client.step()
             except Exception as exc:  # a client bug must be reported, not end the thread silently
-                client.obs.fail(f"client error: {type(exc).__name__}: {exc}")
+                client.obs.fail("client_error", f"client error: {type(exc).__name__}: {exc}")
 
     def start(self) -> None:
         for thread in self._threads:

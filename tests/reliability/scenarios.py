@@ -18,13 +18,25 @@ import httpx
 from tests.live import make_tenant
 from tests.pg import Cluster
 from tests.reliability import invariants
-from tests.reliability.load import API, APPROVAL_SCOPE, APPROVALS, LIMITED_SCOPE, Consume, Keys, Load, Observations
+from tests.reliability.load import (
+    API,
+    APPROVAL_SCOPE,
+    APPROVALS,
+    LIMITED_SCOPE,
+    Consume,
+    Failure,
+    Keys,
+    Load,
+    Observations,
+)
 from tests.reliability.servers import Replica
 from valdrix.approvals.tokens import generate_key_file
 from valdrix.config import Settings
 from valdrix.migrate import upgrade
 
 SIGNING_KID = "reliability"
+# The servers' gate deadline (`VALDRIX_GATE_TIMEOUT_SECONDS`, the default).
+GATE_DEADLINE_SECONDS = Settings().gate_timeout_seconds
 
 
 @dataclass
@@ -49,10 +61,10 @@ class Run:
     seconds: float
     obs: Observations
     faults: list[Fault]
-    violations: list[str] = field(default_factory=list)
+    violations: list[Failure] = field(default_factory=list)
 
     @property
-    def failures(self) -> list[str]:
+    def failures(self) -> list[Failure]:
         """Violated invariants and failed answers (500s, broken promises a client saw)."""
         return [*self.violations, *self.obs.failures]
 
@@ -60,6 +72,12 @@ class Run:
         lines = [f"{self.name}: {self.obs.requests} requests in {self.seconds:.1f} s, "
                  f"{len(self.obs.failures)} failed answers, {len(self.violations)} invariant violations"]
         lines += [f"  error {kind}: {count}" for kind, count in sorted(self.obs.errors.items())]
+        if self.obs.gate_seconds:
+            gate = sorted(self.obs.gate_seconds)
+            late = sum(1 for seconds in gate if seconds > GATE_DEADLINE_SECONDS + 0.1)
+            lines.append(f"  gate answers: {len(gate)}, p50 {gate[len(gate) // 2] * 1000:.0f} ms, "
+                         f"p99 {gate[int(len(gate) * 0.99)] * 1000:.0f} ms, max {gate[-1] * 1000:.0f} ms, "
+                         f"{late} later than the {GATE_DEADLINE_SECONDS:g} s deadline + 100 ms")
         for fault in self.faults:
             took = fault.recovery_seconds
             lines.append(f"  fault {fault.name}: lasted {fault.healed - fault.started:.2f} s, served again "
@@ -169,7 +187,7 @@ def run(name: str, target: Target, schedule: list[tuple[float, Callable[[Observa
     for fault in faults:
         fault.recovered = _recovered(obs, fault)
         if fault.recovered is None:
-            obs.fail(f"{fault.name}: the affected servers never served again after the fault")
+            obs.fail("no_recovery", f"{fault.name}: the affected servers never served again after the fault")
     outcome = Run(name, obs.now(), obs, faults)
     outcome.violations = invariants.check(target.database_url, target.tenant_id, obs, _retriever(target))
     return outcome

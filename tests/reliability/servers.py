@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tests.live import _wait_ready
@@ -51,10 +50,3 @@ class Replica:
                 self._proc.wait()
             self._proc = None
 
-
-def restart_after_kill(replica: Replica) -> float:
-    """Kill `replica` and start it again; return the monotonic time at which it was started again."""
-    replica.kill()
-    started = time.monotonic()
-    replica.start()
-    return started
