@@ -67,6 +67,7 @@ class Observations:
     """Everything the clients saw; appended to from many threads under one lock."""
 
     started: float = field(default_factory=time.monotonic)
+    # HTTP answers received (attempts that met a transport error are only counted in `errors`).
     requests: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     # Answers that are failures whatever the fault: 500s, unexpected statuses, broken promises seen by a client.
@@ -84,9 +85,10 @@ class Observations:
     def now(self) -> float:
         return time.monotonic() - self.started
 
-    def answered(self, server: str, served: bool, kind: str | None = None) -> None:
+    def answered(self, server: str, served: bool, kind: str | None = None, *, responded: bool = True) -> None:
+        """Record one attempt: `responded` when an HTTP answer came back, `served` when it was a definite one."""
         with self.lock:
-            self.requests += 1
+            self.requests += responded
             self.timeline.append((self.now(), server, served))
             if kind is not None:
                 self.errors[kind] += 1
@@ -190,6 +192,7 @@ class Client:
             position = (first + attempt) % len(self.servers)
             server = self.servers[position]
             kind: str
+            responded = False
             sent = time.monotonic()
             try:
                 response = self.http[who][position].request(method, path, json=body, headers=headers, params=params)
@@ -201,6 +204,7 @@ class Client:
                 # The server died (or dropped the connection) with the request in flight: it may have been served.
                 kind = "connection_lost"
             else:
+                responded = True
                 if "/gate/" in path:
                     self.obs.gate_answered(time.monotonic() - sent)
                 if response.status_code in RETRYABLE_STATUS:
@@ -216,7 +220,7 @@ class Client:
                     else:
                         self.obs.answered(server, not _is_fail_safe(response))
                     return response
-            self.obs.answered(server, False, kind)
+            self.obs.answered(server, False, kind, responded=responded)
             if time.monotonic() > deadline:
                 self.obs.count(f"gave_up:{kind}")
                 return None

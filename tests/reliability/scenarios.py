@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -210,9 +209,3 @@ def _retriever(target: Target) -> invariants.Retrieve:
         return r.status_code == 200 and r.json().get("decision_id") == consume.decision_id
     return retrieve
 
-
-def error_kinds(runs: list[Run]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for outcome in runs:
-        total.update(outcome.obs.errors)
-    return total
