@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--limit", default="3000", help="hard monthly limit of the scope most traffic draws on")
     parser.add_argument("--scenario", choices=("all", "replica", "postgres", "sqlite"), default="all")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures as each run ends
     keys = scenarios.signing_env(Path(tempfile.mkdtemp(prefix="valdrix-faults-keys-")))
     if args.scenario in ("all", "replica", "postgres"):
         with running_cluster(crash_safe=True) as cluster:

@@ -225,7 +225,9 @@ class Client:
                 self.obs.count(f"gave_up:{kind}")
                 return None
             attempt += 1
-            time.sleep(RETRY_PAUSE_SECONDS)
+            if attempt % len(self.servers) == 0:
+                # Every server was tried once: wait before the next round rather than spin.
+                time.sleep(RETRY_PAUSE_SECONDS)
 
     def step(self) -> None:
         roll = self.rng.random()
@@ -352,7 +354,8 @@ class Client:
             self.obs.fail("unexpected_answer", f"approve {approval_id}: {r.status_code} {r.text[:300]}")
             return None
         picked = self.send("POST", f"{APPROVALS}/{approval_id}/token")
-        self.obs.count(f"pickup:{picked.status_code if picked is not None else 'none'}")
+        self.obs.count(f"pickup:{picked.status_code}:{_problem_code(picked)}" if picked is not None
+                       else "pickup:gave_up")
         if picked is not None and picked.status_code == 200:
             token = picked.json()["approval_token"]
             return token
