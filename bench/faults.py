@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.pg import Cluster, create_database, running_cluster
 from tests.reliability import scenarios
 from tests.reliability.load import Observations
-from tests.reliability.servers import Replica
+from tests.reliability.servers import Replica, urls
 
 Schedule = list[tuple[float, Callable[[Observations], scenarios.Fault]]]
 
@@ -61,6 +61,15 @@ def report(baseline: scenarios.Run, faulted: scenarios.Run) -> None:
     print()
 
 
+def compare(name: str, database_url: str, servers: list[Replica], faults: str, schedule: Schedule,
+            args: argparse.Namespace) -> None:
+    """Run the load on `servers` without faults (each run in a fresh tenant), then with `schedule`; report."""
+    runs = [scenarios.run(f"{name}, {label}", scenarios.prepare(database_url, urls(servers), args.limit), plan,
+                          seconds=args.seconds, threads=args.threads)
+            for label, plan in (("no faults", []), (faults, schedule))]
+    report(*runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="load duration of each run")
@@ -75,32 +84,15 @@ def main() -> None:
             url = create_database(cluster.url, "faults")
             with scenarios.replicas(url, 2, keys, "bench-pg") as servers:
                 if args.scenario in ("all", "replica"):
-                    baseline = scenarios.run("2 replicas on PostgreSQL, no faults",
-                                             scenarios.prepare(url, servers, args.limit), [],
-                                             seconds=args.seconds, threads=args.threads)
-                    faulted = scenarios.run("2 replicas on PostgreSQL, replicas killed",
-                                            scenarios.prepare(url, servers, args.limit),
-                                            replica_faults(servers, args.seconds), seconds=args.seconds,
-                                            threads=args.threads)
-                    report(baseline, faulted)
+                    compare("2 replicas on PostgreSQL", url, servers, "replicas killed",
+                            replica_faults(servers, args.seconds), args)
                 if args.scenario in ("all", "postgres"):
-                    baseline = scenarios.run("2 replicas on PostgreSQL, no faults",
-                                             scenarios.prepare(url, servers, args.limit), [],
-                                             seconds=args.seconds, threads=args.threads)
-                    faulted = scenarios.run("2 replicas on PostgreSQL, PostgreSQL restarted and crashed",
-                                            scenarios.prepare(url, servers, args.limit),
-                                            postgres_faults(cluster, servers, args.seconds), seconds=args.seconds,
-                                            threads=args.threads)
-                    report(baseline, faulted)
+                    compare("2 replicas on PostgreSQL", url, servers, "PostgreSQL restarted and crashed",
+                            postgres_faults(cluster, servers, args.seconds), args)
     if args.scenario in ("all", "sqlite"):
         url = f"sqlite:///{tempfile.mkdtemp(prefix='valdrix-faults-')}/faults.db"
         with scenarios.replicas(url, 1, keys, "bench-sqlite") as servers:
-            baseline = scenarios.run("1 server on SQLite, no faults", scenarios.prepare(url, servers, args.limit),
-                                     [], seconds=args.seconds, threads=args.threads)
-            faulted = scenarios.run("1 server on SQLite, killed", scenarios.prepare(url, servers, args.limit),
-                                    sqlite_faults(servers[0], args.seconds), seconds=args.seconds,
-                                    threads=args.threads)
-            report(baseline, faulted)
+            compare("1 server on SQLite", url, servers, "killed", sqlite_faults(servers[0], args.seconds), args)
 
 
 if __name__ == "__main__":

@@ -90,13 +90,9 @@ class Target:
     """A database with its servers, and a fresh tenant configured for the load."""
 
     database_url: str
-    replicas: list[Replica]
+    urls: list[str]
     tenant_id: uuid.UUID
     keys: Keys
-
-    @property
-    def urls(self) -> list[str]:
-        return [replica.url for replica in self.replicas]
 
 
 def signing_env(directory: Path) -> dict[str, str]:
@@ -107,6 +103,7 @@ def signing_env(directory: Path) -> dict[str, str]:
 
 @contextmanager
 def replicas(database_url: str, count: int, env: dict[str, str], name: str) -> Iterator[list[Replica]]:
+    """Migrate the database and start `count` replicas on it; stop them after."""
     upgrade(database_url)
     started: list[Replica] = []
     try:
@@ -120,9 +117,9 @@ def replicas(database_url: str, count: int, env: dict[str, str], name: str) -> I
             replica.stop()
 
 
-def prepare(database_url: str, servers: list[Replica], limit: str) -> Target:
+def prepare(database_url: str, urls: list[str], limit: str) -> Target:
     """Create a tenant in hard mode: `LIMITED_SCOPE` capped at `limit`, the approval scope out of reach."""
-    tenant = make_tenant(Settings(database_url=database_url), servers[0].url)
+    tenant = make_tenant(Settings(database_url=database_url), urls[0])
     reviewer = tenant.owner_key
     pipeline = tenant.key("pipeline", role="member")
     with tenant.client() as c:
@@ -134,7 +131,7 @@ def prepare(database_url: str, servers: list[Replica], limit: str) -> Target:
             {"scope_key": LIMITED_SCOPE, "monthly_limit_usd": limit},
             {"scope_key": APPROVAL_SCOPE, "monthly_limit_usd": "1000000"}]})
         assert r.status_code == 200, r.text
-    return Target(database_url, servers, tenant.id, Keys(pipeline=pipeline, reviewer=reviewer))
+    return Target(database_url, urls, tenant.id, Keys(pipeline=pipeline, reviewer=reviewer))
 
 
 def kill_replica(replica: Replica, down_seconds: float) -> Callable[[Observations], Fault]:

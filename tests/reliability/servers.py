@@ -50,3 +50,7 @@ class Replica:
                 self._proc.wait()
             self._proc = None
 
+
+
+def urls(replicas: list[Replica]) -> list[str]:
+    return [replica.url for replica in replicas]

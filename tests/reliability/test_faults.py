@@ -14,7 +14,7 @@ import pytest
 
 from tests.pg import Cluster, create_database, running_cluster
 from tests.reliability import scenarios
-from tests.reliability.servers import Replica
+from tests.reliability.servers import Replica, urls
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def _assert_clean(run: scenarios.Run) -> None:
 @awaiting_consume
 def test_replica_killed_and_restarted(pg_replicas: tuple[str, list[Replica]]) -> None:
     url, servers = pg_replicas
-    target = scenarios.prepare(url, servers, LIMIT)
+    target = scenarios.prepare(url, urls(servers), LIMIT)
     run = scenarios.run("replica kill -9", target, [(3.0, scenarios.kill_replica(servers[0], 1.0))],
                         seconds=12, threads=THREADS)
     assert run.obs.errors["connection_refused"] + run.obs.errors["connection_lost"] > 0, run.figures()
@@ -82,7 +82,7 @@ def test_replica_killed_and_restarted(pg_replicas: tuple[str, list[Replica]]) ->
 @awaiting_gate_and_consume
 def test_postgres_restarted_then_stopped(cluster: Cluster, pg_replicas: tuple[str, list[Replica]]) -> None:
     url, servers = pg_replicas
-    target = scenarios.prepare(url, servers, LIMIT)
+    target = scenarios.prepare(url, urls(servers), LIMIT)
     run = scenarios.run("PostgreSQL restart and stop", target,
                         [(2.0, scenarios.restart_postgres(cluster, servers)),
                          (6.0, scenarios.stop_postgres(cluster, servers, 5.0))],
@@ -94,7 +94,7 @@ def test_postgres_restarted_then_stopped(cluster: Cluster, pg_replicas: tuple[st
 def test_sqlite_server_killed_and_restarted(tmp_path: Path, signing: dict[str, str]) -> None:
     url = f"sqlite:///{tmp_path}/reliability.db"
     with scenarios.replicas(url, 1, signing, "sqlite") as servers:
-        target = scenarios.prepare(url, servers, LIMIT)
+        target = scenarios.prepare(url, urls(servers), LIMIT)
         run = scenarios.run("SQLite kill -9", target, [(3.0, scenarios.kill_replica(servers[0], 0.0))],
                             seconds=10, threads=4)
     assert run.obs.errors["connection_refused"] + run.obs.errors["connection_lost"] > 0, run.figures()
