@@ -75,8 +75,8 @@ class Observations:
     # (source, idempotency key) → every decision_id received for it.
     decisions: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     consumes: dict[str, Consume] = field(default_factory=dict)
-    # (seconds since start, server, served): served is a definite, non-fail-safe answer.
-    timeline: list[tuple[float, str, bool]] = field(default_factory=list)
+    # (seconds since start, server, served, error kind or "fail_safe"): served is a definite, non-fail-safe answer.
+    timeline: list[tuple[float, str, bool, str | None]] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
     # Seconds each gate request took to be answered by a server (transport errors excluded).
     gate_seconds: list[float] = field(default_factory=list)
@@ -89,7 +89,7 @@ class Observations:
         """Record one attempt: `responded` when an HTTP answer came back, `served` when it was a definite one."""
         with self.lock:
             self.requests += responded
-            self.timeline.append((self.now(), server, served))
+            self.timeline.append((self.now(), server, served, kind or (None if served else "fail_safe")))
             if kind is not None:
                 self.errors[kind] += 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Fault:
     healed: float = 0.0
     # When every affected server gave a served (non-fail-safe, non-5xx) answer after `healed`; None if never.
     recovered: float | None = None
+    # Unserved answers of the affected servers after `recovered`, by kind, until the end of the fault's window.
+    aftershocks: Counter[str] = field(default_factory=Counter)
 
     @property
     def recovery_seconds(self) -> float | None:
@@ -80,7 +83,8 @@ class Run:
         for fault in self.faults:
             took = fault.recovery_seconds
             lines.append(f"  fault {fault.name}: lasted {fault.healed - fault.started:.2f} s, served again "
-                         + (f"{took * 1000:.0f} ms after" if took is not None else "never after"))
+                         + (f"{took * 1000:.0f} ms after" if took is not None else "never after")
+                         + (f"; then unserved: {dict(fault.aftershocks)}" if fault.aftershocks else ""))
         lines += [f"  answer {kind}: {count}" for kind, count in sorted(self.obs.answers.items())]
         return "\n".join(lines)
 
@@ -180,8 +184,12 @@ def run(name: str, target: Target, schedule: list[tuple[float, Callable[[Observa
         time.sleep(max(0.0, seconds - obs.now()))
     finally:
         load.stop()
-    for fault in faults:
+    # Each fault's window ends where the next one starts (the last one's at the end of the run).
+    for fault, end in zip(faults, [*(f.started for f in faults[1:]), obs.now()], strict=False):
         fault.recovered = _recovered(obs, fault)
+        fault.aftershocks = Counter(kind for at, server, served, kind in obs.timeline
+                                    if not served and server in fault.servers and kind is not None
+                                    and fault.recovered is not None and fault.recovered <= at < end)
         if fault.recovered is None:
             obs.fail("no_recovery", f"{fault.name}: the affected servers never served again after the fault")
     outcome = Run(name, obs.now(), obs, faults)
@@ -191,7 +199,7 @@ def run(name: str, target: Target, schedule: list[tuple[float, Callable[[Observa
 
 def _recovered(obs: Observations, fault: Fault) -> float | None:
     first: dict[str, float] = {}
-    for at, server, served in obs.timeline:
+    for at, server, served, _ in obs.timeline:
         if served and at >= fault.healed and server in fault.servers and server not in first:
             first[server] = at
     return max(first.values()) if len(first) == len(fault.servers) else None
