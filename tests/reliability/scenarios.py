@@ -35,6 +35,8 @@ from valdrix.config import Settings
 from valdrix.migrate import upgrade
 
 SIGNING_KID = "reliability"
+# The least load time after the last fault healed, so that every affected server can show it recovered.
+AFTER_LAST_FAULT_SECONDS = 3.0
 # The servers' gate deadline (`VALDRIX_GATE_TIMEOUT_SECONDS`, the default).
 GATE_DEADLINE_SECONDS = Settings().gate_timeout_seconds
 
@@ -181,7 +183,8 @@ def run(name: str, target: Target, schedule: list[tuple[float, Callable[[Observa
         for at, act in sorted(schedule, key=lambda item: item[0]):
             time.sleep(max(0.0, at - obs.now()))
             faults.append(act(obs))
-        time.sleep(max(0.0, seconds - obs.now()))
+        # However long a restart took on a busy host, the load goes on a while after the last fault.
+        time.sleep(max(AFTER_LAST_FAULT_SECONDS if faults else 0.0, seconds - obs.now()))
     finally:
         load.stop()
     # Each fault's window ends where the next one starts (the last one's at the end of the run).

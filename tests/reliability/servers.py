@@ -12,6 +12,9 @@ from pathlib import Path
 from tests.live import _wait_ready
 from tests.pg import free_port
 
+# Generous: on a 2-core host shared with other jobs, starting Python and importing the app can take 20 s.
+START_SECONDS = 90.0
+
 
 class Replica:
     """One server process on a fixed port, so clients keep their URL across a crash and a restart."""
@@ -31,7 +34,7 @@ class Replica:
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen([sys.executable, "-m", "valdrix", "serve", "--no-migrate"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
-        _wait_ready(self.url)
+        _wait_ready(self.url, timeout=START_SECONDS)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs, in-flight requests lose their connection mid-answer."""
