@@ -34,11 +34,12 @@ def replica_faults(servers: list[Replica], seconds: float) -> Schedule:
 
 
 def postgres_faults(cluster: Cluster, servers: list[Replica], seconds: float) -> Schedule:
-    """Every 30 s: restart PostgreSQL, then 12 s later crash it and keep it down for 5 s."""
+    """Every 36 s: restart PostgreSQL; 10 s later crash it, down for 5 s; 12 s later freeze it for 5 s."""
     out: Schedule = []
-    for at in range(5, int(seconds) - 20, 30):
+    for at in range(5, int(seconds) - 30, 36):
         out += [(float(at), scenarios.restart_postgres(cluster, servers)),
-                (float(at + 12), scenarios.stop_postgres(cluster, servers, 5.0))]
+                (float(at + 10), scenarios.stop_postgres(cluster, servers, 5.0)),
+                (float(at + 22), scenarios.freeze_postgres(cluster, servers, 5.0))]
     return out
 
 
@@ -87,7 +88,7 @@ def main() -> None:
                     compare("2 replicas on PostgreSQL", url, servers, "replicas killed",
                             replica_faults(servers, args.seconds), args)
                 if args.scenario in ("all", "postgres"):
-                    compare("2 replicas on PostgreSQL", url, servers, "PostgreSQL restarted and crashed",
+                    compare("2 replicas on PostgreSQL", url, servers, "PostgreSQL restarted, crashed and frozen",
                             postgres_faults(cluster, servers, args.seconds), args)
     if args.scenario in ("all", "sqlite"):
         url = f"sqlite:///{tempfile.mkdtemp(prefix='valdrix-faults-')}/faults.db"

@@ -5,6 +5,9 @@ Used by `tests/reliability/test_faults.py` (short, bounded runs) and `bench/faul
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -167,6 +170,25 @@ def stop_postgres(cluster: Cluster, servers: list[Replica], down_seconds: float)
         cluster.stop("immediate")
         time.sleep(down_seconds)
         cluster.start()
+        fault.healed = obs.now()
+        return fault
+    return act
+
+
+def freeze_postgres(cluster: Cluster, servers: list[Replica], seconds: float) -> Callable[[Observations], Fault]:
+    """SIGSTOP every process of the cluster: connections hang instead of failing, as on a stalled host."""
+    def act(obs: Observations) -> Fault:
+        fault = Fault(f"PostgreSQL frozen {seconds:g} s", [s.url for s in servers], obs.now())
+        postmaster = (cluster.data / "postmaster.pid").read_text().split()[0]
+        children = subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True).stdout.split()
+        pids = [int(pid) for pid in (postmaster, *children)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
         fault.healed = obs.now()
         return fault
     return act

@@ -80,13 +80,14 @@ def test_replica_killed_and_restarted(pg_replicas: tuple[str, list[Replica]]) ->
 
 
 @awaiting_gate_and_consume
-def test_postgres_restarted_then_stopped(cluster: Cluster, pg_replicas: tuple[str, list[Replica]]) -> None:
+def test_postgres_restarted_stopped_and_frozen(cluster: Cluster, pg_replicas: tuple[str, list[Replica]]) -> None:
     url, servers = pg_replicas
     target = scenarios.prepare(url, urls(servers), LIMIT)
-    run = scenarios.run("PostgreSQL restart and stop", target,
+    run = scenarios.run("PostgreSQL restart, stop and freeze", target,
                         [(2.0, scenarios.restart_postgres(cluster, servers)),
-                         (6.0, scenarios.stop_postgres(cluster, servers, 5.0))],
-                        seconds=16, threads=THREADS)
+                         (5.0, scenarios.stop_postgres(cluster, servers, 5.0)),
+                         (13.0, scenarios.freeze_postgres(cluster, servers, 5.0))],
+                        seconds=21, threads=THREADS)
     _assert_clean(run)
 
 
