@@ -38,8 +38,8 @@ from valdrix.config import Settings
 from valdrix.migrate import upgrade
 
 SIGNING_KID = "reliability"
-# The least load time after the last fault healed, so that every affected server can show it recovered.
-AFTER_LAST_FAULT_SECONDS = 3.0
+# The least load time after a fault healed, so that every affected server can show it recovered.
+SETTLE_SECONDS = 3.0
 # The servers' gate deadline (`VALDRIX_GATE_TIMEOUT_SECONDS`, the default).
 GATE_DEADLINE_SECONDS = Settings().gate_timeout_seconds
 
@@ -54,7 +54,7 @@ class Fault:
     healed: float = 0.0
     # When every affected server gave a served (non-fail-safe, non-5xx) answer after `healed`; None if never.
     recovered: float | None = None
-    # Unserved answers of the affected servers after `recovered`, by kind, until the end of the fault's window.
+    # What the affected servers answered unserved once back (after `healed`), by kind, until the next fault.
     aftershocks: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -89,7 +89,7 @@ class Run:
             took = fault.recovery_seconds
             lines.append(f"  fault {fault.name}: lasted {fault.healed - fault.started:.2f} s, served again "
                          + (f"{took * 1000:.0f} ms after" if took is not None else "never after")
-                         + (f"; then unserved: {dict(fault.aftershocks)}" if fault.aftershocks else ""))
+                         + (f"; unserved once back: {dict(fault.aftershocks)}" if fault.aftershocks else ""))
         lines += [f"  answer {kind}: {count}" for kind, count in sorted(self.obs.answers.items())]
         return "\n".join(lines)
 
@@ -202,11 +202,12 @@ def run(name: str, target: Target, schedule: list[tuple[float, Callable[[Observa
     load.start()
     faults: list[Fault] = []
     try:
+        # However long a restart took on a busy host, the load goes on a while after each fault before the next
+        # one or the end, so every fault shows its own recovery.
         for at, act in sorted(schedule, key=lambda item: item[0]):
-            time.sleep(max(0.0, at - obs.now()))
+            time.sleep(max(0.0, at - obs.now(), _settled(faults) - obs.now()))
             faults.append(act(obs))
-        # However long a restart took on a busy host, the load goes on a while after the last fault.
-        time.sleep(max(AFTER_LAST_FAULT_SECONDS if faults else 0.0, seconds - obs.now()))
+        time.sleep(max(0.0, seconds - obs.now(), _settled(faults) - obs.now()))
     finally:
         load.stop()
     # Each fault's window ends where the next one starts (the last one's at the end of the run).
@@ -214,12 +215,16 @@ def run(name: str, target: Target, schedule: list[tuple[float, Callable[[Observa
         fault.recovered = _recovered(obs, fault)
         fault.aftershocks = Counter(kind for at, server, served, kind in obs.timeline
                                     if not served and server in fault.servers and kind is not None
-                                    and fault.recovered is not None and fault.recovered <= at < end)
+                                    and fault.healed <= at < end)
         if fault.recovered is None:
             obs.fail("no_recovery", f"{fault.name}: the affected servers never served again after the fault")
     outcome = Run(name, obs.now(), obs, faults)
     outcome.violations = invariants.check(target.database_url, target.tenant_id, obs, _retriever(target))
     return outcome
+
+
+def _settled(faults: list[Fault]) -> float:
+    return faults[-1].healed + SETTLE_SECONDS if faults else 0.0
 
 
 def _recovered(obs: Observations, fault: Fault) -> float | None:
