@@ -97,10 +97,9 @@ def _tokens(obs: Observations, approvals: Mapping[str, Row[Any]], ledger: Counte
         committed = row.token_consumed_at is not None
         if burns > 1:
             out.append(f"approval {approval_id}: token consumed {burns} times")
-        approvals_recorded = ledger[(decision_id, "approval_approved")]
-        if approvals_recorded != (row.status == "approved"):
-            out.append(f"approval {approval_id}: status {row.status} with {approvals_recorded} "
-                       "approval_approved ledger rows")
+        approved = ledger[(decision_id, "approval_approved")]
+        if approved > 1 or (row.status == "approved" and approved != 1):
+            out.append(f"approval {approval_id}: status {row.status} with {approved} approval_approved ledger rows")
         if committed != (burns == 1):
             out.append(f"approval {approval_id}: token_consumed_at {row.token_consumed_at} "
                        f"but {burns} token_consumed ledger rows")
