@@ -23,8 +23,6 @@ THREADS = 6
 LIMIT = "600"
 # Failure kinds whose fix is not merged yet: a test that finds only these raises AwaitingFix.
 PENDING = {
-    "gate_unanswered": "issue 18 defect 2 (i18-core): with the database down the gate answers 503 instead of a "
-                       "fail-safe decision (recorded: false) within its deadline",
     "consume_not_retrievable": "issue 18 'Consume must never lose an approval' (i18-contract): a committed consume "
                                "is not returned for its Idempotency-Key",
 }
@@ -36,8 +34,6 @@ class AwaitingFix(AssertionError):
 
 # Remove each marker (strict: it fails once the test passes) when the fixes it names are on main.
 awaiting_consume = pytest.mark.xfail(raises=AwaitingFix, strict=True, reason=PENDING["consume_not_retrievable"])
-awaiting_gate_and_consume = pytest.mark.xfail(
-    raises=AwaitingFix, strict=True, reason=f"{PENDING['gate_unanswered']}; {PENDING['consume_not_retrievable']}")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +75,7 @@ def test_replica_killed_and_restarted(pg_replicas: tuple[str, list[Replica]]) ->
     _assert_clean(run)
 
 
-@awaiting_gate_and_consume
+@awaiting_consume
 def test_postgres_restarted_stopped_and_frozen(cluster: Cluster, pg_replicas: tuple[str, list[Replica]]) -> None:
     url, servers = pg_replicas
     target = scenarios.prepare(url, urls(servers), LIMIT)
