@@ -21,21 +21,6 @@ pytestmark = pytest.mark.slow
 # Short enough for `make test` on 2 cores, long enough that every fault meets requests in flight.
 THREADS = 6
 LIMIT = "600"
-# Failure kinds whose fix is not merged yet: a test that finds only these raises AwaitingFix.
-PENDING = {
-    "consume_not_retrievable": "issue 18 'Consume must never lose an approval' (i18-contract): a committed consume "
-                               "is not returned for its Idempotency-Key",
-}
-
-
-class AwaitingFix(AssertionError):
-    """Only failures listed in PENDING were found."""
-
-
-# Remove each marker (strict: it fails once the test passes) when the fixes it names are on main.
-awaiting_consume = pytest.mark.xfail(raises=AwaitingFix, strict=True, reason=PENDING["consume_not_retrievable"])
-
-
 @pytest.fixture(scope="module")
 def signing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return scenarios.signing_env(tmp_path_factory.mktemp("reliability-keys"))
@@ -58,14 +43,9 @@ def _assert_clean(run: scenarios.Run) -> None:
     print(run.figures())
     assert run.obs.requests > 100, run.figures()
     assert run.obs.consumes, run.figures()
-    failures = [f for f in run.failures if f.kind not in PENDING]
-    assert failures == [], run.figures() + "\n" + "\n".join(f"{f.kind}: {f.detail}" for f in failures[:20])
-    pending = [f for f in run.failures if f.kind in PENDING]
-    if pending:
-        raise AwaitingFix("\n".join(f"{f.kind}: {f.detail}" for f in pending[:10]))
+    assert run.failures == [], run.figures() + "\n" + "\n".join(f"{f.kind}: {f.detail}" for f in run.failures[:20])
 
 
-@awaiting_consume
 def test_replica_killed_and_restarted(pg_replicas: tuple[str, list[Replica]]) -> None:
     url, servers = pg_replicas
     target = scenarios.prepare(url, urls(servers), LIMIT)
@@ -75,7 +55,6 @@ def test_replica_killed_and_restarted(pg_replicas: tuple[str, list[Replica]]) ->
     _assert_clean(run)
 
 
-@awaiting_consume
 def test_postgres_restarted_stopped_and_frozen(cluster: Cluster, pg_replicas: tuple[str, list[Replica]]) -> None:
     url, servers = pg_replicas
     target = scenarios.prepare(url, urls(servers), LIMIT)
@@ -87,7 +66,6 @@ def test_postgres_restarted_stopped_and_frozen(cluster: Cluster, pg_replicas: tu
     _assert_clean(run)
 
 
-@awaiting_consume
 def test_sqlite_server_killed_and_restarted(tmp_path: Path, signing: dict[str, str]) -> None:
     url = f"sqlite:///{tmp_path}/reliability.db"
     with scenarios.replicas(url, 1, signing, "sqlite") as servers:
