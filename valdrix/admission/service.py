@@ -35,6 +35,7 @@ from valdrix.decisions import engine
 from valdrix.decisions import service as gate
 from valdrix.decisions.metrics import observe_decision
 from valdrix.decisions.models import Decision
+from valdrix.environments import environment_class
 from valdrix.errors import NotFound, Unauthenticated, Unavailable
 from valdrix.money import monthly
 from valdrix.pricing.kubernetes import PriceBook
@@ -204,13 +205,13 @@ class AdmissionGate:
 
     def remember_mode(self, tenant_id: uuid.UUID, environment: str, mode: str) -> None:
         """Keep the mode a tenant's policy last gave for this environment class (for database outages)."""
-        self._modes[(tenant_id, engine.environment_class(environment))] = mode
+        self._modes[(tenant_id, environment_class(environment))] = mode
 
     def unrecorded(self, caller: Caller | None, inp: engine.DecisionInput | None, trigger: str,
                    started: float) -> Answer:
         """Return the fail-safe answer without a database: the last-seen mode, else `hard` (deny)."""
         environment = inp.environment if inp is not None else "nonprod"
-        mode = (self._modes.get((caller.tenant_id, engine.environment_class(environment)), "hard")
+        mode = (self._modes.get((caller.tenant_id, environment_class(environment)), "hard")
                 if caller is not None else "hard")
         decision = engine.violation_decision(mode)
         reasons = engine.fail_safe_reasons(mode, trigger)

@@ -13,6 +13,9 @@ same snapshot, concurrent gate writes can neither add nor hide rows between them
 
 Limits: a window longer than MAX_WINDOW_DAYS or a stream with more rows than `max_rows` is refused with 422
 before anything is written — an export is complete or absent, never truncated.
+
+Also here: `record`, which appends to the audit trail (`audit_events`) of tenant actions that change no
+decision, such as a policy simulation.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, Select, and_, bindparam, func, select
-from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import Uuid
 
@@ -37,6 +40,7 @@ from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Kind
+from valdrix.audit.models import AuditEvent
 from valdrix.canonical import canonical_json, sha256_bytes
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
@@ -342,3 +346,11 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
     """Return the export of the window computed without storing it (the same manifest the archive carries)."""
     with snapshot(engine) as conn:
         return export(conn, tenant_id, win, max_rows=max_rows, signer=signer, archive=None)
+
+
+def record(session: Session, tenant_id: uuid.UUID, event: str, *, actor: uuid.UUID | None, now: datetime,
+           details: dict[str, Any]) -> AuditEvent:
+    """Append one audit-trail row for a tenant action that changes no decision, in the caller's transaction."""
+    row = AuditEvent(id=uuid.uuid4(), tenant_id=tenant_id, event=event, actor=actor, details=details, recorded_at=now)
+    session.add(row)
+    return row

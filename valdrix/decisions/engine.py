@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from valdrix.canonical import sha256_hex
 from valdrix.costs.engine import Spend
+from valdrix.environments import environment_class, normalise_environment
 from valdrix.money import ZERO, hourly, monthly
 from valdrix.policies.schemas import PolicyDocument
 
@@ -39,28 +40,6 @@ SOURCES: tuple[str, ...] = ("terraform", "k8s_admission", "cloud_event")
 DECISIONS: tuple[str, ...] = ("ALLOW", "ALLOW_WITH_CREDITS", "REQUIRE_APPROVAL", "DENY")
 FAIL_SAFE_TRIGGERS: tuple[str, ...] = ("gate_lock_timeout", "gate_timeout", "gate_evaluation_error")
 CONTEXT_VERSION = "valdrix.computed_context.v2"
-
-_PROD = {"prod", "production", "live"}
-_NONPROD = {"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"}
-
-
-def normalise_environment(raw: str | None) -> str:
-    """Return `prod`, `nonprod`, or the trimmed lower-cased name of any other environment."""
-    value = (raw or "").strip().lower()
-    if value in _PROD:
-        return "prod"
-    if value in _NONPROD or not value:
-        return "nonprod"
-    return value
-
-
-def environment_class(environment: str) -> Literal["prod", "nonprod", "default"]:
-    """Return the policy column (`prod`, `nonprod` or `default`) a normalised environment reads."""
-    if environment == "prod":
-        return "prod"
-    if environment == "nonprod":
-        return "nonprod"
-    return "default"
 
 
 def mode_for(policy: PolicyDocument, source: str, environment: str) -> tuple[str, str]:

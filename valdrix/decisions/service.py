@@ -24,6 +24,7 @@ from valdrix.db import Statement
 from valdrix.decisions import engine
 from valdrix.decisions.metrics import GATE_FAILURES, LOCK_EVENTS, LOCK_WAIT, observe_decision
 from valdrix.decisions.models import Decision
+from valdrix.environments import normalise_environment
 from valdrix.errors import Conflict, NotFound, Unauthenticated, Unavailable
 from valdrix.ledger import service as ledger_service
 from valdrix.money import ZERO
@@ -224,7 +225,7 @@ def search(session: Session, tenant_id: uuid.UUID, *, source: str | None = None,
     query = select(Decision).where(Decision.tenant_id == tenant_id)
     for column, value in ((Decision.source, source), (Decision.decision, decision),
                           (Decision.project_id, project_id),
-                          (Decision.environment, engine.normalise_environment(environment) if environment else None)):
+                          (Decision.environment, normalise_environment(environment) if environment else None)):
         if value is not None:
             query = query.where(column == value)
     if since is not None:
