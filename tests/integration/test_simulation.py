@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from tests.live import Tenant, post
 from valdrix.audit.models import AuditEvent
+from valdrix.cli import app as cli_app
 from valdrix.db import make_engine, make_sessionmaker
 from valdrix.policies.models import PolicyVersion
 from valdrix.policies.schemas import PolicyDocument
@@ -119,9 +124,7 @@ def test_replay_under_the_current_policy_reproduces_every_stored_decision(tenant
         db.dispose()
 
 
-def _bounds(report: dict[str, Any]) -> tuple[Any, Any]:
-    from datetime import datetime
-
+def _bounds(report: dict[str, Any]) -> tuple[datetime, datetime]:
     return datetime.fromisoformat(report["window"]["start"]), datetime.fromisoformat(report["window"]["end"])
 
 
@@ -284,3 +287,34 @@ def test_pages_filters_dry_run_put_audit_and_refusals(tenant: Tenant) -> None:
                                   .where(PolicyVersion.tenant_id == tenant.id)) == versions
     finally:
         db.dispose()
+
+
+def test_cli_prints_a_summary_in_80_columns_and_the_answer_as_json(tenant: Tenant, tmp_path: Path) -> None:
+    with tenant.client() as c:
+        record_history(tenant, c)
+        current = c.get(f"{API}/policies").json()
+    candidate = copy.deepcopy(current["document"])
+    candidate["mode_matrix"]["terraform"].update(default="hard", nonprod="hard")
+    (tmp_path / "candidate.json").write_text(json.dumps(candidate))
+    (tmp_path / "current.json").write_text(json.dumps(current))  # a GET /policies answer is accepted as is
+    runner = CliRunner()
+    env = {"VALDRIX_API_KEY": tenant.owner_key, "COLUMNS": "80"}
+    shown = runner.invoke(cli_app, ["policy", "simulate", "--file", str(tmp_path / "candidate.json"), "--window",
+                                    "30d", "--server", tenant.url], env=env)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown.output
+    assert "9 decisions: 9 replayed, 4 changed, 0 not replayable" in shown.output
+    assert any("ALLOW → DENY" in line and line.rstrip().endswith("2") for line in lines), shown.output
+    assert "most affected projects" in shown.output and "Changed decisions (4 of 4" in shown.output
+    as_json = runner.invoke(cli_app, ["policy", "simulate", "--file", str(tmp_path / "current.json"), "--window",
+                                      "7d", "--json", "--server", tenant.url], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    assert (report["window"]["days"], report["changed"], report["replayed"]) == (7, 0, 9)
+    bad = runner.invoke(cli_app, ["policy", "simulate", "--file", str(tmp_path / "candidate.json"), "--window",
+                                  "2w", "--server", tenant.url], env=env)
+    assert bad.exit_code == 2 and "30d" in bad.output
+    member = runner.invoke(cli_app, ["policy", "simulate", "--file", str(tmp_path / "candidate.json"), "--server",
+                                     tenant.url], env={**env, "VALDRIX_API_KEY": tenant.key("dev")})
+    assert member.exit_code == 1 and "insufficient_role" in member.output
