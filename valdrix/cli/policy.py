@@ -137,19 +137,24 @@ def render(report: dict[str, Any], console: Console) -> None:
             console.print(affected)
     if report["changes"]:
         shown = len(report["changes"])
-        changes = _table("decision", "$/month", "current", "candidate",
+        changes = _table("decision", "$/month", "current → candidate",
                          title=f"Changed decisions ({shown} of {report['changed']:,}, oldest first)")
+        changes.columns[2].justify = "left"
         for item in report["changes"]:
-            now, then = item["current"], item["candidate"]
-            changes.add_row(f"{item['created_at'][:16]} {item['source']}\n{item['project_id']}/{item['environment']}",
-                            _usd(item["estimated_monthly_delta_usd"]), _outcome(now), _outcome(then))
-        changes.columns[2].justify = changes.columns[3].justify = "left"
+            changes.add_row(f"{item['created_at'][:16]}\n{item['source']}\n{item['project_id']}/{item['environment']}",
+                            _usd(item["estimated_monthly_delta_usd"]), _change(item["current"], item["candidate"]))
         console.print(changes)
         if report["next_cursor"]:
             console.print(f"… {report['changed'] - shown:,} more: use --json, or --limit up to 500")
 
 
-def _outcome(outcome: dict[str, Any]) -> str:
-    reasons = ", ".join(outcome["reason_codes"][:2]) + (" …" if len(outcome["reason_codes"]) > 2 else "")
-    route = f" → {outcome['approval_rule_id']}" if outcome["approval_rule_id"] else ""
-    return f"{outcome['decision']}{route} {_usd(outcome['reserved_usd'])}\n{reasons}".rstrip()
+def _change(current: dict[str, Any], candidate: dict[str, Any]) -> str:
+    """Return the outcome change: decision and reservation, then the reasons it gains (+) and loses (-)."""
+    def side(outcome: dict[str, Any]) -> str:
+        route = f" ({outcome['approval_rule_id']})" if outcome["approval_rule_id"] else ""
+        return f"{outcome['decision']}{route} {_usd(outcome['reserved_usd'])}"
+
+    lines = [f"{side(current)} →", f"  {side(candidate)}"]
+    lines += [f"+ {r}" for r in candidate["reason_codes"] if r not in current["reason_codes"]]
+    lines += [f"- {r}" for r in current["reason_codes"] if r not in candidate["reason_codes"]]
+    return "\n".join(lines)

@@ -104,7 +104,7 @@ class Outcome:
 
     @property
     def reserved_total(self) -> Decimal:
-        return monthly(self.reserved_allocation + self.reserved_credit)
+        return self.reserved_allocation + self.reserved_credit  # both quantised: the sum is exact
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, Text, cast, select
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.models import ApprovalRequest
@@ -26,6 +26,7 @@ from valdrix.audit import service as audit
 from valdrix.audit.models import AuditEvent
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput
+from valdrix.jsonio import loads
 from valdrix.policies import service as policies
 from valdrix.policies.schemas import PolicyDocument
 from valdrix.simulation import engine
@@ -48,12 +49,14 @@ BATCH_ROWS = 1000
 MOST_AFFECTED = 10
 EVENT = "policy_simulated"
 
+# The JSON columns are read as text and decoded by `jsonio.loads`: the drivers' own decoding (the standard
+# library's) took a third of the replay's time.
 _COLUMNS = (Decision.id, Decision.created_at, Decision.source, Decision.project_id, Decision.environment,
             Decision.action, Decision.resource_reference, Decision.estimated_monthly_delta_usd,
             Decision.estimated_hourly_delta_usd, Decision.dry_run, Decision.fail_safe, Decision.policy_version,
-            Decision.decision, Decision.reason_codes, Decision.reserved_allocation_usd, Decision.reserved_credit_usd,
-            Decision.request_payload, Decision.computed_context, ApprovalRequest.routing_rule_id,
-            ApprovalRequest.required_permission)
+            Decision.decision, cast(Decision.reason_codes, Text), Decision.reserved_allocation_usd,
+            Decision.reserved_credit_usd, cast(Decision.request_payload, Text), cast(Decision.computed_context, Text),
+            ApprovalRequest.routing_rule_id, ApprovalRequest.required_permission)
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,15 @@ def _query(tenant_id: uuid.UUID, request: SimulationRequest, start: datetime, en
 
 
 def _stored(row: Any) -> engine.StoredDecision:
-    route = (engine.Route(row.routing_rule_id, row.required_permission)
-             if row.routing_rule_id is not None else None)
+    (row_id, created_at, source, project_id, environment, action, reference, monthly_delta, hourly_delta, dry_run,
+     fail_safe, policy_version, decision, reasons, allocation, credit, payload, context, rule_id, permission) = row
     return engine.StoredDecision(
-        id=row.id, created_at=row.created_at, source=row.source, project_id=row.project_id,
-        environment=row.environment, action=row.action, resource_reference=row.resource_reference,
-        monthly_delta=row.estimated_monthly_delta_usd, hourly_delta=row.estimated_hourly_delta_usd,
-        dry_run=row.dry_run, fail_safe=row.fail_safe, policy_version=row.policy_version, decision=row.decision,
-        reason_codes=tuple(row.reason_codes or ()), reserved_allocation=row.reserved_allocation_usd,
-        reserved_credit=row.reserved_credit_usd, request_payload=row.request_payload or {},
-        computed_context=row.computed_context or {}, route=route)
+        id=row_id, created_at=created_at, source=source, project_id=project_id, environment=environment,
+        action=action, resource_reference=reference, monthly_delta=monthly_delta, hourly_delta=hourly_delta,
+        dry_run=dry_run, fail_safe=fail_safe, policy_version=policy_version, decision=decision,
+        reason_codes=tuple(loads(reasons) or ()), reserved_allocation=allocation, reserved_credit=credit,
+        request_payload=loads(payload) or {}, computed_context=loads(context) or {},
+        route=engine.Route(rule_id, permission) if rule_id is not None else None)
 
 
 def stream(session: Session, tenant_id: uuid.UUID, request: SimulationRequest, start: datetime,
