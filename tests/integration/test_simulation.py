@@ -318,3 +318,16 @@ def test_cli_prints_a_summary_in_80_columns_and_the_answer_as_json(tenant: Tenan
     member = runner.invoke(cli_app, ["policy", "simulate", "--file", str(tmp_path / "candidate.json"), "--server",
                                      tenant.url], env={**env, "VALDRIX_API_KEY": tenant.key("dev")})
     assert member.exit_code == 1 and "insufficient_role" in member.output
+
+
+def test_openapi_documents_the_report_and_the_dry_run(tenant: Tenant) -> None:
+    with tenant.client() as c:
+        spec = c.get("/openapi.json").json()
+    simulate_op = spec["paths"][SIMULATE]["post"]
+    assert simulate_op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SimulationReport"}
+    assert {"401", "403", "422"} <= set(simulate_op["responses"])
+    put = spec["paths"][f"{API}/policies"]["put"]
+    assert [p["name"] for p in put["parameters"]] == ["dry_run"]
+    assert "SimulationReport" in str(put["responses"]["200"]) and "not_replayable" in str(
+        spec["components"]["schemas"]["SimulationReport"])
