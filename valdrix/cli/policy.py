@@ -116,7 +116,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(f"{report['decisions_evaluated']:,} decisions: {report['replayed']:,} replayed, "
                   f"[bold]{report['changed']:,} changed[/bold], {not_replayable['total']:,} not replayable")
     reserved = report["reserved_usd"]
-    console.print(f"Reserved: {_usd(reserved['current'])} now, {_usd(reserved['candidate'])} under the candidate "
+    console.print(f"Reserved: {_usd(reserved['current'])} → {_usd(reserved['candidate'])} under the candidate "
                   f"({_signed(reserved['change'])})")
     moves = _table("current → candidate", "decisions", title="Outcomes")
     for move in report["transitions"]:
@@ -149,12 +149,13 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 
 def _change(current: dict[str, Any], candidate: dict[str, Any]) -> str:
-    """Return the outcome change: decision and reservation, then the reasons it gains (+) and loses (-)."""
+    """Return the outcome change: decision and reservation, then the candidate's reasons (+ if new) and those it
+    drops (-)."""
     def side(outcome: dict[str, Any]) -> str:
         route = f" ({outcome['approval_rule_id']})" if outcome["approval_rule_id"] else ""
         return f"{outcome['decision']}{route} {_usd(outcome['reserved_usd'])}"
 
     lines = [f"{side(current)} →", f"  {side(candidate)}"]
-    lines += [f"+ {r}" for r in candidate["reason_codes"] if r not in current["reason_codes"]]
+    lines += [f"{'  ' if r in current['reason_codes'] else '+ '}{r}" for r in candidate["reason_codes"]]
     lines += [f"- {r}" for r in current["reason_codes"] if r not in candidate["reason_codes"]]
     return "\n".join(lines)
