@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.tokens import KeyRing
-from valdrix.audit.service import snapshot
 from valdrix.auth.service import Caller, KeyOwners, authenticate
 from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
@@ -132,14 +130,3 @@ async def in_gate_transaction(request: Request, work: Callable[[Session, Caller]
 Member = Annotated[Caller, Depends(require("member"))]
 Admin = Annotated[Caller, Depends(require("admin"))]
 Owner = Annotated[Caller, Depends(require("owner"))]
-
-
-@contextmanager
-def read_snapshot_as(request: Request, role: str) -> Iterator[tuple[Session, Caller]]:
-    """Yield a session on one read-only database snapshot and its authenticated caller holding `role`.
-
-    For long reads: unlike the `DB` transaction, a snapshot takes no write lock (SQLite's is the whole
-    database's), so gate decisions are not held up while it is read. Nothing may be written in it.
-    """
-    with snapshot(request.app.state.engine) as connection, Session(bind=connection) as session:
-        yield session, authorised(authenticated(session, bearer_token(request)), role)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
+import uuid
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, insert, select
 from typer.testing import CliRunner
 
 from tests.live import Tenant, post
 from valdrix.audit.models import AuditEvent
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine, make_sessionmaker
+from valdrix.decisions.models import Decision
 from valdrix.policies.models import PolicyVersion
 from valdrix.policies.schemas import PolicyDocument
 from valdrix.simulation import engine, service
@@ -331,3 +336,47 @@ def test_openapi_documents_the_report_and_the_dry_run(tenant: Tenant) -> None:
     assert [p["name"] for p in put["parameters"]] == ["dry_run"]
     assert "SimulationReport" in str(put["responses"]["200"]) and "not_replayable" in str(
         spec["components"]["schemas"]["SimulationReport"])
+
+
+def _copy_decisions(tenant: Tenant, total: int) -> None:
+    """Copy the tenant's decisions other than dry runs (new ids and keys, the last day) until it has `total`."""
+    db = make_engine(tenant.settings)
+    try:
+        with db.begin() as conn:
+            originals = [dict(row._mapping) for row in conn.execute(
+                select(Decision.__table__).where(Decision.tenant_id == tenant.id, Decision.dry_run.is_(False)))]
+            now = datetime.now(UTC)
+            copies = [{**originals[i % len(originals)], "id": uuid.uuid4(), "idempotency_key": f"copy-{i}",
+                       "created_at": now - timedelta(hours=20) + timedelta(seconds=i)}
+                      for i in range(total - len(originals))]
+            conn.execute(insert(Decision.__table__), copies)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.slow
+def test_a_running_simulation_does_not_hold_up_the_gate(tenant: Tenant) -> None:
+    """The replay reads a snapshot: gate decisions made meanwhile neither wait for it nor fail safe."""
+    with tenant.client() as c:
+        record_history(tenant, c)
+    _copy_decisions(tenant, 20_000)
+    answer: dict[str, httpx.Response] = {}
+
+    def replay() -> None:
+        with tenant.client() as c:
+            answer["report"] = c.post(SIMULATE, json={"policy": base_policy()}, timeout=300)
+
+    thread = threading.Thread(target=replay)
+    thread.start()
+    time.sleep(0.3)
+    during: list[tuple[dict[str, Any], float]] = []
+    with tenant.client() as c:
+        while thread.is_alive() and len(during) < 5:
+            started = time.monotonic()
+            during.append((_gate(c, f"during-{len(during)}", "5"), time.monotonic() - started))
+    thread.join()
+    assert answer["report"].status_code == 200 and answer["report"].json()["decisions_evaluated"] == 20_000
+    assert during, "the simulation ended before any gate decision was made"
+    for decision, seconds in during:
+        assert not any(r.startswith("gate_") for r in decision["reason_codes"]), decision["reason_codes"]
+        assert seconds < tenant.settings.gate_timeout_seconds, seconds

@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from valdrix.db import transaction
-from valdrix.deps import DB, ClockDep, Member, authenticated, authorised, bearer_token
+from valdrix.deps import DB, Admin, ClockDep, Member
 from valdrix.jsonio import JSONResponse
 from valdrix.policies import service
 from valdrix.policies.models import PolicyVersion
@@ -40,24 +39,21 @@ DRY_RUN_WINDOW_DAYS = 7
                                               "oneOf": [{"type": "object"},
                                                         {"$ref": "#/components/schemas/SimulationReport"}]}}}},
                                     **simulation.ERRORS})
-def put_policy(document: PolicyDocument, request: Request, clock: ClockDep,
+def put_policy(document: PolicyDocument, request: Request, db: DB, caller: Admin, clock: ClockDep,
                dry_run: Annotated[bool, Query(description="Simulate the last 7 days under the document "
                                               "instead of saving it.")] = False) -> JSONResponse:
     """Store a new policy version if the document changed; a no-op PUT creates no version.
 
     With `dry_run=true` the document is not saved: the answer is what it would have decided over the last
-    7 days (`POST /policies/simulate`), read without holding up the gate.
+    7 days (`POST /policies/simulate`).
     """
     if dry_run:
-        report = simulation.run(request, SimulationRequest(policy=document, window_days=DRY_RUN_WINDOW_DAYS), clock,
-                                via="put_dry_run")
+        report = simulation.run(request, db, caller, SimulationRequest(policy=document,
+                                                                       window_days=DRY_RUN_WINDOW_DAYS),
+                                clock.now(), via="put_dry_run")
         return JSONResponse(report.model_dump(mode="json"))
-    # The transaction is opened here rather than by the `DB` dependency, so a dry run never opens one.
-    with transaction(request.app.state.sessions) as db:
-        caller = authorised(authenticated(db, bearer_token(request)), "admin")
-        row, changed = service.put(db, caller.tenant_id, document, actor=caller.principal_id, now=clock.now())
-        body = {**_version(row), "changed": changed}
-    return JSONResponse(body)
+    row, changed = service.put(db, caller.tenant_id, document, actor=caller.principal_id, now=clock.now())
+    return JSONResponse({**_version(row), "changed": changed})
 
 
 @router.get("/policies/versions")

@@ -1,8 +1,8 @@
 """Simulating a candidate policy: stream a window of stored decisions, replay each, summarise; record the run.
 
-`simulate` only reads. It is meant to run on a read snapshot (`audit.service.snapshot`): replaying a month
-takes seconds, and on SQLite a write transaction would hold the database's one write lock, and with it every
-gate decision, for that long. Rows are streamed in batches of BATCH_ROWS and folded into a `Tally`, so memory
+`simulate` only reads, from a read snapshot of its own (`audit.service.snapshot`): replaying a month takes
+seconds, and on SQLite a write transaction would hold the database's one write lock, and with it every gate
+decision, for that long. Rows are streamed in batches of BATCH_ROWS and folded into a `Tally`, so memory
 is bounded by the page of changed decisions and the distinct projects and environments, not the window.
 `record` then writes the one thing a simulation leaves behind: its audit-trail row.
 """
@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, Text, cast, select
+from sqlalchemy import Engine, Select, Text, cast, select
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.models import ApprovalRequest
@@ -116,9 +116,16 @@ def stream(session: Session, tenant_id: uuid.UUID, request: SimulationRequest, s
         yield _stored(row)
 
 
-def simulate(session: Session, tenant_id: uuid.UUID, request: SimulationRequest, *, now: datetime) -> SimulationReport:
-    """Return the report of replaying the window under `request.policy` (a page of changes, from its cursor)."""
+def simulate(db: Engine, tenant_id: uuid.UUID, request: SimulationRequest, *, now: datetime) -> SimulationReport:
+    """Return the report of replaying the window under `request.policy` (a page of changes, from its cursor),
+    read from one read-only snapshot of `db`."""
     after = _Position.decode(request.cursor) if request.cursor else None
+    with audit.snapshot(db) as connection, Session(bind=connection) as session:
+        return _simulate(session, tenant_id, request, after, now)
+
+
+def _simulate(session: Session, tenant_id: uuid.UUID, request: SimulationRequest, after: _Position | None,
+              now: datetime) -> SimulationReport:
     end = after.end if after is not None else (request.until or now)
     start = end - timedelta(days=request.window_days)
     current = policies.current(session, tenant_id)
