@@ -1,7 +1,7 @@
 """The audit trail of tenant actions that change no decision (first: policy simulations).
 
 Revision ID: 0012_audit_events
-Revises: 0006_settlement_check_rounded
+Revises: 0010_run_tasks
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = '0012_audit_events'
-down_revision = '0006_settlement_check_rounded'
+down_revision = '0010_run_tasks'
 branch_labels = None
 depends_on = None
 
