@@ -32,8 +32,9 @@ from valdrix.config import Settings, get_settings
 from valdrix.console.router import STATIC as CONSOLE_STATIC
 from valdrix.console.router import router as console_router
 from valdrix.costs.router import router as costs_router
-from valdrix.db import make_engine, make_sessionmaker
+from valdrix.db import READ_SNAPSHOT, make_engine, make_sessionmaker
 from valdrix.decisions.router import router as decisions_router
+from valdrix.decisions.service import ModeMemory
 from valdrix.errors import ValdrixError
 from valdrix.gatepool import GatePool
 from valdrix.integrations.router import router as integrations_router
@@ -148,6 +149,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
+    app.state.reads = make_sessionmaker(engine, read_only=True)
     app.state.clock = clock or SystemClock()
     app.state.ids = ids or UuidFactory()
     app.state.head = head_revision()
@@ -159,12 +161,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): approval tokens are unavailable")
     scrape = CollectorRegistry(auto_describe=True)
     for collector in SCRAPE_COLLECTORS:
-        scrape.register(collector(app.state.sessions, app.state.clock))
+        scrape.register(collector(app.state.reads, app.state.clock))
     app.state.price_book = book
-    app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids)
-    # Gate decisions (preflight, generic gate, CloudEvents, priced admission) run on this pool: a plain
-    # executor hop costs less than anyio's, and priced admissions enforce their deadline from the event loop.
-    app.state.gate_executor = GatePool(settings.worker_threads, settings.gate_concurrency)
+    app.state.modes = ModeMemory()
+    app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids,
+                                        app.state.modes)
+    # Every write transaction (gate decisions, and the handlers of routes that write: `WritingRoute`) runs
+    # begun-to-committed as one call on this pool; reads run on anyio's threads. SQLite has one writer, so
+    # this process's writes take turns on one thread (a queue, no lock); PostgreSQL's row locks let several
+    # run (docs/architecture.md, "Threads, locks and transactions").
+    app.state.write_executor = (GatePool(1, 1) if settings.is_sqlite
+                                else GatePool(settings.worker_threads, settings.gate_concurrency))
     for router in ROUTERS:
         app.include_router(router)
 
@@ -219,7 +226,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> JSONResponse:
         try:
-            with engine.connect() as conn:
+            with engine.execution_options(**{READ_SNAPSHOT: True}).connect() as conn:
                 current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         except Exception as exc:  # any failure to reach the database means not ready
             return problem(503, "not_ready", f"database unreachable: {type(exc).__name__}")

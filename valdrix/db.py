@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import sqlite3
-import threading
 import uuid
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +33,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator, Uuid
 
@@ -93,10 +91,6 @@ def make_engine(settings: Settings) -> Engine:
                                                                     "isolation_level": None},
                                pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
         busy = settings.sqlite_busy_timeout_ms
-        # SQLite has one writer. Threads of this process queue for it on a fair lock instead of SQLite's busy
-        # handler, which sleeps in growing steps and turns contention into second-long tails. Other processes
-        # (CLI, extra workers) still meet the busy timeout at BEGIN IMMEDIATE.
-        writer = threading.Lock()
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -104,38 +98,23 @@ def make_engine(settings: Settings) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(busy)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # Immediate transactions take the write lock up front, so concurrent gate evaluations
-            # serialise on it instead of failing with SQLITE_BUSY at commit time. A read snapshot (audit
-            # export) takes no write lock: under WAL a deferred transaction reads one snapshot throughout.
-            read_only = conn.get_execution_options().get("valdrix_read_snapshot", False)
-            if read_only:
+            # A read takes no lock: under WAL a deferred transaction reads one snapshot throughout, and
+            # writers never wait for it. A write takes the database's one write lock up front (IMMEDIATE),
+            # so it cannot fail at its first write because another connection wrote since its snapshot; it
+            # waits for the lock at most `valdrix_lock_wait_ms` (a gate's remaining deadline), else the busy
+            # timeout. In this process every write runs on one thread (`writes_executor`), so that wait is
+            # only ever for another process (the CLI, the worker, other server workers).
+            options = conn.get_execution_options()
+            if options.get(READ_SNAPSHOT, False):
                 conn.exec_driver_sql("BEGIN")
                 return
-            if not writer.acquire(timeout=busy / 1000):
-                raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                writer.release()
-                raise
-            conn.info["valdrix_writer"] = True
-
-        def _finish(conn: Any, end: str) -> None:
-            # These events fire before SQLAlchemy ends the transaction; end it here so the next writer never
-            # finds the file still locked (SQLAlchemy's own COMMIT/ROLLBACK then has nothing left to do).
-            if conn.info.pop("valdrix_writer", False):
-                try:
-                    getattr(conn.connection.dbapi_connection, end)()
-                finally:
-                    writer.release()
-
-        event.listen(engine, "commit", lambda conn: _finish(conn, "commit"))
-        event.listen(engine, "rollback", lambda conn: _finish(conn, "rollback"))
+            wait = int(options.get(LOCK_WAIT_MS, busy))
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={max(0, wait)}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     _resolve_lazy_dumpers()
@@ -143,6 +122,12 @@ def make_engine(settings: Settings) -> Engine:
     # deallocates every prepared statement there whenever it rolls a transaction back, `Statement`'s with them.
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
                          pool_recycle=1800, connect_args={"prepare_threshold": None})
+
+
+# Execution options: a transaction that only reads (on SQLite: a deferred BEGIN, no lock), and how long a
+# write transaction may wait for SQLite's write lock.
+READ_SNAPSHOT = "valdrix_read_snapshot"
+LOCK_WAIT_MS = "valdrix_lock_wait_ms"
 
 
 # Types psycopg registers by class name; the gate binds all of them.
@@ -307,13 +292,14 @@ def _outcome(driver: psycopg.Connection[Any], sends: list[Callable[[], None]]) -
     return results[-1]
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    """Return the session factory used for every request."""
-    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Return a session factory: for write transactions, or with `read_only` for transactions that only read."""
+    bind = engine.execution_options(**{READ_SNAPSHOT: True}) if read_only else engine
+    return sessionmaker(bind=bind, expire_on_commit=False, autoflush=False)
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+def transaction(factory: Callable[[], Session]) -> Iterator[Session]:
     """Yield a session whose work commits on normal exit and rolls back on any exception.
 
     A ValdrixError raised with `commit=True` (a refusal whose state change must persist, such as an

@@ -18,7 +18,7 @@ connection to the less loaded one for a few milliseconds before taking it itself
 Client certificates: with VALDRIX_TLS_CLIENT_CA_FILE the HTTPS listener asks for one (CERT_OPTIONAL): a
 presented certificate must chain to that CA or the handshake fails, while callers without one (probes,
 API-key callers) still connect. The verified leaf is exposed to the app as the ASGI TLS extension
-(`scope["extensions"]["tls"]["client_cert_chain"]`); the plain HTTP listener never sets it.
+(`scope["extensions"]["tls"]["client_cert_chain"]`, `ClientCertificates`); the plain HTTP listener never sets it.
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ import uvicorn
 import uvloop
 from anyio import to_thread
 from cryptography import x509
-from cryptography.x509.oid import NameOID
-from starlette.types import ASGIApp, Scope
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from valdrix.config import Settings
 
@@ -96,36 +94,63 @@ class ReloadingTLS:
             conn.context = self.current
 
 
-class TLSHttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol plus the ASGI TLS extension carrying the verified client certificate."""
+class ClientCertificates:
+    """The verified client certificate of each open connection of one HTTPS listener, given to the app as the
+    ASGI TLS extension.
 
-    _tls: dict[str, Any] | None = None
+    Built from public interfaces only: a protocol wrapper that delegates every `asyncio.Protocol` call to
+    uvicorn's protocol and notes the connection's certificate (from the transport) under its peer address,
+    and an ASGI wrapper that finds it again by `scope["client"]`, that same address.
+    """
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return
-        der = ssl_object.getpeercert(binary_form=True)
-        self._tls = {"server_cert": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None,
-                     "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-                     "client_cert_name": (x509.load_der_x509_certificate(der).subject.rfc4514_string()
-                                          if der else None)}
+    def __init__(self) -> None:
+        self._by_peer: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._tls is not None:
-            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
+    def protocol(self, inner: asyncio.Protocol) -> asyncio.Protocol:
+        return _NotingProtocol(inner, self._by_peer)
+
+    def app(self, app: ASGIApp) -> ASGIApp:
+        async def with_tls(scope: Scope, receive: Receive, send: Send) -> None:
+            tls = self._by_peer.get(tuple((scope.get("client") or ())[:2])) if scope["type"] == "http" else None
+            if tls is not None:
+                scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
+            await app(scope, receive, send)
+
+        return with_tls
 
 
-def client_common_name(scope: Scope) -> str | None:
-    """Return the subject CN of the verified client certificate of this connection, or None."""
-    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
-    if not chain:
-        return None
-    names = x509.load_pem_x509_certificate(chain[0].encode()).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if names else None
-    return value if isinstance(value, str) and value else None
+class _NotingProtocol(asyncio.Protocol):
+    def __init__(self, inner: asyncio.Protocol, by_peer: dict[tuple[Any, ...], dict[str, Any]]) -> None:
+        self.inner, self.by_peer = inner, by_peer
+        self.peer: tuple[Any, ...] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer, ssl_object = transport.get_extra_info("peername"), transport.get_extra_info("ssl_object")
+        if peer is not None and ssl_object is not None:
+            self.peer = tuple(peer[:2])
+            der = ssl_object.getpeercert(binary_form=True)
+            self.by_peer[self.peer] = {
+                "server_cert": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None,
+                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+                "client_cert_name": x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else None}
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.by_peer.pop(self.peer, None)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class ConnectionShare:
@@ -235,9 +260,10 @@ class BalancedAcceptor:
 class _Listener(uvicorn.Server):
     """One listening socket served by uvicorn's HTTP protocol, accepting through a `BalancedAcceptor`."""
 
-    def __init__(self, config: uvicorn.Config, sock: socket.socket, share: ConnectionShare) -> None:
+    def __init__(self, config: uvicorn.Config, sock: socket.socket, share: ConnectionShare,
+                 certificates: ClientCertificates | None = None) -> None:
         super().__init__(config)
-        self.sock, self.share = sock, share
+        self.sock, self.share, self.certificates = sock, share, certificates
         self.acceptor: BalancedAcceptor | None = None
 
     # One process runs several servers: signals are handled once, for all of them, by `serve_sockets`.
@@ -249,8 +275,9 @@ class _Listener(uvicorn.Server):
         await super().startup(sockets=[])  # uvicorn's start-up without its own accepting
 
         def protocol() -> asyncio.Protocol:
-            return self.config.http_protocol_class(  # type: ignore[call-arg]
+            made: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
                 config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+            return self.certificates.protocol(made) if self.certificates is not None else made
 
         self.share.states.append(self.server_state)
         self.acceptor = BalancedAcceptor(self.sock, self.share, protocol, self.config.ssl)
@@ -287,8 +314,9 @@ async def serve_sockets(app: ASGIApp, settings: Settings, http: socket.socket | 
         servers.append(_Listener(_config(app, settings), http, share))
     tls = tls_settings(settings)
     if https is not None and tls is not None:
-        servers.append(_Listener(_config(app, settings, http=TLSHttpProtocol,
-                                         ssl_context_factory=lambda _c, _d: tls.base), https, share))
+        certificates = ClientCertificates()
+        servers.append(_Listener(_config(certificates.app(app), settings, ssl_context_factory=lambda _c, _d: tls.base),
+                                 https, share, certificates))
     loop = asyncio.get_running_loop()
     # Everything built so far (modules, app, mappers, compiled statements) lives as long as the process: moved
     # out of the collector's generations, a full collection no longer walks it and stalls every request

@@ -8,21 +8,22 @@ even when the database hangs (an answer must reach the API server before its `ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from valdrix.admission import translate
 from valdrix.admission.schemas import parse_review, review_response
 from valdrix.admission.service import AdmissionGate, Answer, Credential
 from valdrix.config import Settings
 from valdrix.decisions.metrics import observe_decision
-from valdrix.deps import bearer_token
+from valdrix.deps import bearer_token, in_gate_unit
 from valdrix.errors import Unauthenticated
 from valdrix.jsonio import JSONResponse
-from valdrix.serving import client_common_name
 
 router = APIRouter(prefix="/api/v1/enforcement", tags=["admission"])
 
@@ -44,9 +45,29 @@ def credential_for(request: Request, settings: Settings) -> Credential:
     raise Unauthenticated("missing bearer API key or client certificate", code="missing_credentials")
 
 
-async def _verify_fast(gate: AdmissionGate, credential: Credential) -> None:
+def client_common_name(scope: Scope) -> str | None:
+    """Return the subject CN of the verified client certificate of this connection, or None."""
+    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
+    if not chain:
+        return None
+    names = x509.load_pem_x509_certificate(chain[0].encode()).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) and value else None
+
+
+async def _verify_fast(request: Request, gate: AdmissionGate, credential: Credential, started: float) -> None:
+    # The check may write (the cluster tenant's principal), so it runs as a write unit; its answer does not
+    # depend on it, so it is not awaited past the deadline.
     if gate.cached_caller(credential) is None:
-        await run_in_threadpool(gate.check_fast, credential)
+        check = asyncio.get_running_loop().run_in_executor(request.app.state.write_executor, gate.check_fast,
+                                                           credential)
+        check.add_done_callback(lambda f: f.cancelled() or f.exception())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(check), _left(gate, started))
+
+
+def _left(gate: AdmissionGate, started: float) -> float:
+    return max(0.0, gate.settings.admission_timeout_seconds - (time.monotonic() - started))
 
 
 @router.post("/gate/k8s/admission/review")
@@ -59,7 +80,7 @@ async def admission_review(request: Request) -> JSONResponse:
     req = review.request
     outcome = translate.translate(req, gate.book, gate.where)
     if isinstance(outcome, translate.Fast):
-        await _verify_fast(gate, credential)
+        await _verify_fast(request, gate, credential, started)
         delta = outcome.delta.monthly_delta_usd if outcome.delta is not None else None
         observe_decision(translate.SOURCE, "ALLOW", [], "fast", time.monotonic() - started)
         audit = {"decision": "ALLOW", "fast-path": outcome.why}
@@ -67,21 +88,19 @@ async def admission_review(request: Request) -> JSONResponse:
             audit["monthly-delta-usd"] = str(delta)
         return _timed(review_response(req.uid, allowed=True, audit=audit), started)
     if isinstance(outcome, translate.Refused):
-        await _verify_fast(gate, credential)
+        await _verify_fast(request, gate, credential, started)
         observe_decision(translate.SOURCE, "DENY", ["invalid_cost_input"], "invalid", time.monotonic() - started)
         return _timed(review_response(
             req.uid, allowed=False, message=f"Valdrix Gate cannot price this object: {outcome.message}",
             audit={"decision": "DENY", "invalid-cost-input": outcome.message[:256]}), started)
-    deadline = gate.settings.admission_timeout_seconds
-    executor: ThreadPoolExecutor = request.app.state.gate_executor
-    work = asyncio.get_running_loop().run_in_executor(executor, gate.decide, req, credential, outcome,
-                                                      deadline * 0.8)
-    try:
-        answer = await asyncio.wait_for(work, timeout=max(0.01, deadline - (time.monotonic() - started)))
-    except TimeoutError:
-        # The worker may still finish and record its decision; a retry of this uid then replays that record.
-        inp = outcome.inp if isinstance(outcome, translate.Priced) else None
-        answer = gate.unrecorded(gate.cached_caller(credential), inp, "gate_timeout", started)
+    change = outcome
+    inp = change.inp if isinstance(change, translate.Priced) else None
+    answer = await in_gate_unit(
+        request, lambda db: gate.caller(db, credential),
+        lambda db, caller, left: gate.decide(db, caller, req, change, left),
+        lambda caller, trigger: gate.unrecorded(caller, inp, trigger, started),
+        known=gate.cached_caller(credential), started=started, deadline=gate.settings.admission_timeout_seconds,
+        forget=lambda: gate.forget(credential))
     return _timed(_review(req.uid, answer), started)
 
 

@@ -3,8 +3,9 @@
 In-process state (per worker, never shared, never authoritative):
 - verified credentials, for `admission_auth_cache_seconds`, so the fast path needs no database and a
   revoked key stops working within that time;
-- the last mode each tenant's policy gave per environment class, used only to answer when the database is
-  down (a tenant never seen gets the safest answer, `hard`: deny).
+- the last mode each tenant's policy gave per environment class (`decisions.service.ModeMemory`, shared with
+  the other gate routes), used only to answer when the database is down (a tenant never seen gets the safest
+  answer, `hard`: deny).
 """
 
 from __future__ import annotations
@@ -33,10 +34,8 @@ from valdrix.config import Settings
 from valdrix.db import transaction
 from valdrix.decisions import engine
 from valdrix.decisions import service as gate
-from valdrix.decisions.metrics import observe_decision
 from valdrix.decisions.models import Decision
-from valdrix.environments import environment_class
-from valdrix.errors import NotFound, Unauthenticated, Unavailable
+from valdrix.errors import NotFound, Unauthenticated
 from valdrix.money import monthly
 from valdrix.pricing.kubernetes import PriceBook
 
@@ -81,7 +80,7 @@ class AdmissionGate:
     """The admission webhook's state for one worker: settings, price book, caches."""
 
     def __init__(self, settings: Settings, book: PriceBook, sessions: sessionmaker[Session], clock: Clock,
-                 ids: IdFactory) -> None:
+                 ids: IdFactory, modes: gate.ModeMemory) -> None:
         self.settings = settings
         self.book = book
         self.sessions = sessions
@@ -90,7 +89,7 @@ class AdmissionGate:
         self.where = translate.ClusterMap(settings.k8s_cluster_name, dict(settings.admission_namespace_projects),
                                           dict(settings.admission_namespace_environments))
         self._callers: dict[str, tuple[float, Caller]] = {}
-        self._modes: dict[tuple[uuid.UUID, str], str] = {}
+        self.modes = modes
         self._lock = threading.Lock()
 
     # ---- callers -------------------------------------------------------------------------------
@@ -162,62 +161,42 @@ class AdmissionGate:
         value = after.get("pod_monthly_usd")
         return Decimal(value) if isinstance(value, str) else None
 
-    def decide(self, req: AdmissionRequest, credential: Credential, change: translate.Priced | translate.ScaleUp,
-               deadline_seconds: float) -> Answer:
-        """Return the answer for a priced change, decided and recorded in one transaction.
+    def forget(self, credential: Credential) -> None:
+        """Forget a credential found revoked (or unknown), so the fast path stops accepting it too."""
+        with self._lock:
+            self._callers.pop(credential.cache_key, None)
 
-        A database failure (even while recording the fail-safe decision) gives the mode's fail-safe answer
-        without a record; raise Unauthenticated for a bad credential.
-        """
-        started = time.monotonic()
-        caller = self.cached_caller(credential)
-        inp: engine.DecisionInput | None = change.inp if isinstance(change, translate.Priced) else None
-        try:
-            with transaction(self.sessions) as session:
-                caller = self.caller(session, credential)
-                if isinstance(change, translate.ScaleUp):
-                    per_replica = self._per_replica(session, caller.tenant_id, change.reference)
-                    inp = translate.scale_input(req, self.where, change, per_replica)
-                assert inp is not None
-                remaining = max(0.05, deadline_seconds - (time.monotonic() - started))
-                ctx = gate.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=self.clock.now(),
-                                       ids=self.ids, timeout_seconds=remaining,
-                                       lock_timeout_seconds=min(self.settings.lock_timeout_seconds, remaining / 2),
-                                       api_key_hash=caller.key_hash,
-                                       budget_alert_thresholds=tuple(self.settings.budget_alert_thresholds))
-                # An approved identical request is admitted once (also when the API server retries the uid
-                # that was rejected for approval); otherwise the gate decides, replaying a known uid.
-                redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
-                                            fingerprint=inp.fingerprint, actor=caller.principal_id, now=ctx.now)
-                if redeemed is not None:
-                    return self.approved(*redeemed)
-                decision = gate.decide(session, ctx, inp, req.uid).decision
-                self.remember_mode(caller.tenant_id, decision.environment, decision.mode)
-                return self.answer(decision)
-        except Unauthenticated:
-            # A revoked (or unknown) credential is forgotten, so the fast path stops accepting it too.
-            with self._lock:
-                self._callers.pop(credential.cache_key, None)
-            raise
-        except (SQLAlchemyError, Unavailable) as exc:
-            log.warning("admission decision not recorded, answering fail-safe: %s", type(exc).__name__)
-            return self.unrecorded(caller, inp, "gate_evaluation_error", started)
-
-    def remember_mode(self, tenant_id: uuid.UUID, environment: str, mode: str) -> None:
-        """Keep the mode a tenant's policy last gave for this environment class (for database outages)."""
-        self._modes[(tenant_id, environment_class(environment))] = mode
+    def decide(self, session: Session, caller: Caller, req: AdmissionRequest,
+               change: translate.Priced | translate.ScaleUp, seconds_left: float) -> tuple[Answer, gate.Outcome | None]:
+        """Return the answer for a priced change, decided in `session` within `seconds_left`, and the gate's
+        outcome to count once it is committed (None for an admission redeemed by an approval)."""
+        if isinstance(change, translate.ScaleUp):
+            per_replica = self._per_replica(session, caller.tenant_id, change.reference)
+            inp = translate.scale_input(req, self.where, change, per_replica)
+        else:
+            inp = change.inp
+        ctx = gate.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=self.clock.now(),
+                               ids=self.ids, timeout_seconds=seconds_left,
+                               lock_timeout_seconds=min(self.settings.lock_timeout_seconds, seconds_left / 2),
+                               api_key_hash=caller.key_hash,
+                               budget_alert_thresholds=tuple(self.settings.budget_alert_thresholds))
+        # An approved identical request is admitted once (also when the API server retries the uid that was
+        # rejected for approval); otherwise the gate decides, replaying a known uid.
+        redeemed = approvals.redeem(session, tenant_id=caller.tenant_id, source=inp.source,
+                                    fingerprint=inp.fingerprint, actor=caller.principal_id, now=ctx.now)
+        if redeemed is not None:
+            return self.approved(*redeemed), None
+        outcome = gate.decide(session, ctx, inp, req.uid)
+        self.modes.remember(outcome.decision)
+        return self.answer(outcome.decision), outcome
 
     def unrecorded(self, caller: Caller | None, inp: engine.DecisionInput | None, trigger: str,
                    started: float) -> Answer:
         """Return the fail-safe answer without a database: the last-seen mode, else `hard` (deny)."""
         environment = inp.environment if inp is not None else "nonprod"
-        mode = (self._modes.get((caller.tenant_id, environment_class(environment)), "hard")
-                if caller is not None else "hard")
-        decision = engine.violation_decision(mode)
-        reasons = engine.fail_safe_reasons(mode, trigger)
-        if caller is None:
-            reasons.append("caller_unverified")
-        observe_decision(translate.SOURCE, decision, reasons, "failsafe", time.monotonic() - started)
+        answer = gate.unrecorded(self.modes, caller.tenant_id if caller is not None else None, translate.SOURCE,
+                                 environment, trigger, started)
+        decision, mode, trigger = answer.decision, answer.mode, answer.trigger
         delta = str(inp.monthly_delta) if inp is not None else "unknown"
         audit = (("decision", decision), ("fail-safe", trigger), ("monthly-delta-usd", delta))
         if decision == "ALLOW":
@@ -226,7 +205,7 @@ class AdmissionGate:
                 audit=audit)
         return Answer(False, decision, message=(
             f"Valdrix Gate {decision} ({mode} mode fail-safe, {trigger}): the gate could not evaluate or record "
-            f"this +${delta}/mo change; nothing was reserved. Retry shortly. Reasons: {', '.join(reasons)}"),
+            f"this +${delta}/mo change; nothing was reserved. Retry shortly. Reasons: {', '.join(answer.reasons)}"),
             audit=audit)
 
     def approved(self, approval: ApprovalRequest, decision: Decision) -> Answer:

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Query, Request
 from valdrix.approvals import service
 from valdrix.approvals.schemas import ApprovalCreate, ConsumeRequest, ReviewBody, approval_body, consumed_body
 from valdrix.decisions.router import decode_cursor, encode_cursor
-from valdrix.deps import DB, ClockDep, IdsDep, KeyRingDep, Member
+from valdrix.deps import DB, ClockDep, IdsDep, KeyRingDep, Member, WriteDB, WritingRoute
 from valdrix.jsonio import JSONResponse
 
-router = APIRouter(prefix="/api/v1/enforcement/approvals", tags=["approvals"])
+router = APIRouter(prefix="/api/v1/enforcement/approvals", tags=["approvals"], route_class=WritingRoute)
 jwks_router = APIRouter(tags=["keys"])
 
 
@@ -30,7 +30,7 @@ def create_request(body: ApprovalCreate, db: DB, caller: Member, clock: ClockDep
 
 
 @router.get("/queue")
-def review_queue(db: DB, caller: Member, clock: ClockDep, cursor: str | None = None,
+def review_queue(db: WriteDB, caller: Member, clock: ClockDep, cursor: str | None = None,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JSONResponse:
     """Return pending, unexpired approvals the caller may review, oldest first, with `next_cursor`."""
     rows, position = service.queue(db, caller, now=clock.now(), after=decode_cursor(cursor) if cursor else None,
@@ -55,7 +55,7 @@ def list_approvals(db: DB, caller: Member,
 
 
 @router.get("/{approval_id}")
-def get_approval(approval_id: uuid.UUID, db: DB, caller: Member, clock: ClockDep) -> JSONResponse:
+def get_approval(approval_id: uuid.UUID, db: WriteDB, caller: Member, clock: ClockDep) -> JSONResponse:
     """Return one approval with its status, routing, expiry and decision summary."""
     approval, decision = service.get(db, caller.tenant_id, approval_id, now=clock.now())
     return JSONResponse(approval_body(approval, decision))

@@ -100,6 +100,10 @@ class KeyOwners:
             self._callers[digest] = caller
         return caller
 
+    def known(self, key: str) -> Caller | None:
+        """Return the remembered caller of `key` without asking the database (None: not seen here)."""
+        return self._callers.get(hash_key(key))
+
     def forget(self, key: str) -> None:
         """Drop what is remembered about `key` (it was found revoked)."""
         self._callers.pop(hash_key(key), None)

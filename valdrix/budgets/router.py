@@ -9,12 +9,12 @@ from fastapi import APIRouter
 from valdrix.budgets import service
 from valdrix.budgets.models import Budget, CreditGrant
 from valdrix.budgets.schemas import BudgetsPut, CreditGrantIn
-from valdrix.deps import DB, Admin, ClockDep, Member
+from valdrix.deps import DB, Admin, ClockDep, Member, WritingRoute
 from valdrix.errors import InvalidInput
 from valdrix.jsonio import JSONResponse
 from valdrix.money import monthly
 
-router = APIRouter(prefix="/api/v1/enforcement", tags=["budgets"])
+router = APIRouter(prefix="/api/v1/enforcement", tags=["budgets"], route_class=WritingRoute)
 
 
 def _budget(row: Budget) -> dict[str, Any]:

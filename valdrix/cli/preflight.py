@@ -199,6 +199,14 @@ def _run(client: GateClient, body: dict[str, Any], key: str, previous: State | N
     decision = str(response.get("decision"))
     if dry_run:
         return _by_decision(decision, response, dry_run=True)
+    if response.get("recorded") is False:
+        # The gate answered its mode's fail-safe decision without a record (database unavailable): nothing to
+        # persist or wait for; a fail-safe escalation cannot be approved, so the job stops and is re-run.
+        result = _by_decision(decision, response, dry_run=False)
+        if decision == "REQUIRE_APPROVAL":
+            return Result(Exit.APPROVAL, "gate_unrecorded", "the gate could not record a decision "
+                          f"({', '.join(response.get('reason_codes') or [])}); re-run this job shortly")
+        return result
     try:
         state = State(server=client.server, run_id=body["run_id"], stage=body["stage"],
                       project_id=body["project_id"], environment=body["environment"], idempotency_key=key,

@@ -22,11 +22,11 @@ from valdrix.console import service
 from valdrix.decisions import service as decisions
 from valdrix.decisions.explain import explain, reason_text
 from valdrix.decisions.router import decode_cursor, encode_cursor
-from valdrix.deps import DB, ClockDep, IdsDep, SettingsDep, get_keyring
+from valdrix.deps import ClockDep, IdsDep, SettingsDep, WriteDB, WritingRoute, get_keyring
 from valdrix.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated, ValdrixError
 from valdrix.money import monthly
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=WritingRoute)
 STATIC = Path(__file__).parent / "static"
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["usd"] = lambda v: "—" if v is None else f"${monthly(Decimal(str(v))):,.2f}"
@@ -82,7 +82,7 @@ def _ctx(signed: service.Signed, **values: Any) -> dict[str, Any]:
 
 
 @router.get("/login")
-def login_form(request: Request, db: DB, clock: ClockDep, next: str = "/console/approvals",
+def login_form(request: Request, db: WriteDB, clock: ClockDep, next: str = "/console/approvals",
                error: str | None = None) -> Response:
     """Sign-in form: an API key is exchanged for a session."""
     if _signed(request, db, clock.now()) is not None:
@@ -96,7 +96,7 @@ def login_form(request: Request, db: DB, clock: ClockDep, next: str = "/console/
 
 
 @router.post("/login")
-def login(request: Request, fields: Form, db: DB, clock: ClockDep, ids: IdsDep, settings: SettingsDep) -> Response:
+def login(request: Request, fields: Form, db: WriteDB, clock: ClockDep, ids: IdsDep, settings: SettingsDep) -> Response:
     """Open a session: the cookie is HttpOnly, SameSite=Strict, Secure over TLS, and expires."""
     expected = request.cookies.get(LOGIN_CSRF)
     if not expected or not secrets.compare_digest(expected, fields.get("csrf", "")):
@@ -116,7 +116,7 @@ def login(request: Request, fields: Form, db: DB, clock: ClockDep, ids: IdsDep, 
 
 
 @router.post("/logout")
-def logout(request: Request, fields: Form, db: DB, clock: ClockDep) -> Response:
+def logout(request: Request, fields: Form, db: WriteDB, clock: ClockDep) -> Response:
     """Sign out: the session is revoked in the database, not only forgotten by the browser."""
     signed = _signed(request, db, clock.now())
     if signed is not None and not service.csrf_ok(signed, fields.get("csrf")):
@@ -133,7 +133,7 @@ def home() -> Response:
 
 
 @router.get("/approvals")
-def queue(request: Request, db: DB, clock: ClockDep, cursor: str | None = None) -> Response:
+def queue(request: Request, db: WriteDB, clock: ClockDep, cursor: str | None = None) -> Response:
     """The pending queue the caller may review, oldest first."""
     now = clock.now()
     signed = _signed(request, db, now)
@@ -148,7 +148,7 @@ def queue(request: Request, db: DB, clock: ClockDep, cursor: str | None = None) 
 
 
 @router.get("/approvals/history")
-def history(request: Request, db: DB, clock: ClockDep, status: str | None = None,
+def history(request: Request, db: WriteDB, clock: ClockDep, status: str | None = None,
             project_id: Annotated[str | None, Query(max_length=128)] = None,
             environment: Annotated[str | None, Query(max_length=32)] = None, cursor: str | None = None) -> Response:
     """Every approval, newest first, filtered by status, project and environment."""
@@ -169,7 +169,8 @@ def history(request: Request, db: DB, clock: ClockDep, status: str | None = None
 
 
 @router.get("/approvals/{approval_id}")
-def approval(request: Request, approval_id: uuid.UUID, db: DB, clock: ClockDep, done: str | None = None) -> Response:
+def approval(request: Request, approval_id: uuid.UUID, db: WriteDB, clock: ClockDep,
+             done: str | None = None) -> Response:
     """One approval: what it costs, resource by resource; the budget before and after; how it was routed."""
     now = clock.now()
     signed = _signed(request, db, now)
@@ -179,7 +180,8 @@ def approval(request: Request, approval_id: uuid.UUID, db: DB, clock: ClockDep, 
 
 
 @router.post("/approvals/{approval_id}/{action}")
-def review(request: Request, approval_id: uuid.UUID, action: str, fields: Form, db: DB, clock: ClockDep) -> Response:
+def review(request: Request, approval_id: uuid.UUID, action: str, fields: Form, db: WriteDB,
+           clock: ClockDep) -> Response:
     """Approve, deny or revoke, with a reason; refusals are explained on the page."""
     now = clock.now()
     signed = _signed(request, db, now)
@@ -207,7 +209,7 @@ def review(request: Request, approval_id: uuid.UUID, action: str, fields: Form, 
 
 
 @router.get("/decisions")
-def decision_search(request: Request, db: DB, clock: ClockDep, project_id: str | None = None,
+def decision_search(request: Request, db: WriteDB, clock: ClockDep, project_id: str | None = None,
                     environment: str | None = None, source: str | None = None, decision: str | None = None,
                     since: str | None = None, until: str | None = None, cursor: str | None = None) -> Response:
     """Decisions by project, environment, source, outcome and time, newest first."""
@@ -232,7 +234,7 @@ def decision_search(request: Request, db: DB, clock: ClockDep, project_id: str |
 
 
 @router.get("/decisions/{decision_id}")
-def decision_page(request: Request, decision_id: uuid.UUID, db: DB, clock: ClockDep) -> Response:
+def decision_page(request: Request, decision_id: uuid.UUID, db: WriteDB, clock: ClockDep) -> Response:
     """One decision in words, with its policy hash and its ledger rows."""
     now = clock.now()
     signed = _signed(request, db, now)
@@ -249,7 +251,7 @@ def decision_page(request: Request, decision_id: uuid.UUID, db: DB, clock: Clock
 
 
 @router.get("/budgets")
-def budget_page(request: Request, db: DB, clock: ClockDep, settings: SettingsDep) -> Response:
+def budget_page(request: Request, db: WriteDB, clock: ClockDep, settings: SettingsDep) -> Response:
     """Limit, reserved, month-to-date spend and forecast per scope, with a bar each."""
     now = clock.now()
     signed = _signed(request, db, now)

@@ -7,10 +7,10 @@ from fastapi import APIRouter
 from valdrix.budgets.service import normalise_scope
 from valdrix.costs import service
 from valdrix.costs.schemas import CostBatchIn
-from valdrix.deps import DB, Admin, ClockDep, Member, SettingsDep
+from valdrix.deps import DB, Admin, ClockDep, Member, SettingsDep, WritingRoute
 from valdrix.jsonio import JSONResponse
 
-router = APIRouter(prefix="/api/v1/enforcement", tags=["costs"])
+router = APIRouter(prefix="/api/v1/enforcement", tags=["costs"], route_class=WritingRoute)
 
 
 @router.post("/costs")

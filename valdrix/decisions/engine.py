@@ -423,6 +423,16 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
     )
 
 
+@dataclass(frozen=True)
+class Unrecorded:
+    """The mode's fail-safe answer when no decision could be recorded: no id, nothing reserved."""
+
+    decision: str
+    reasons: tuple[str, ...]
+    mode: str
+    trigger: str
+
+
 def fail_safe_reasons(mode: str, trigger: str) -> list[str]:
     """Return the reasons of a fail-safe answer: the trigger, then what the mode makes of it."""
     if trigger not in FAIL_SAFE_TRIGGERS:

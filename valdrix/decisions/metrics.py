@@ -30,3 +30,12 @@ def observe_decision(source: str, decision: str, reasons: list[str], path: str, 
     for reason in reasons:
         GATE_DECISION_REASONS.labels(source, _UNSAFE.sub("_", reason.lower())[:64] or "unknown").inc()
     GATE_LATENCY.labels(source, path).observe(seconds)
+
+
+FAILURE_TYPES = {"gate_timeout": "timeout", "gate_lock_timeout": "lock_timeout"}
+
+
+def observe_fail_safe(source: str, decision: str, reasons: list[str], trigger: str, seconds: float) -> None:
+    """Record one fail-safe answer (recorded or not): its failure, decision, reasons and latency, once each."""
+    GATE_FAILURES.labels(source, FAILURE_TYPES.get(trigger, "evaluation_error")).inc()
+    observe_decision(source, decision, reasons, "failsafe", seconds)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -19,28 +21,62 @@ from valdrix.clock import Clock, IdFactory
 from valdrix.config import Settings
 from valdrix.decisions import engine, service
 from valdrix.decisions.explain import explain
-from valdrix.decisions.schemas import CloudEventGateRequest, GateRequest, decision_body, decision_detail
-from valdrix.deps import DB, Member, in_gate_transaction
+from valdrix.decisions.schemas import (
+    CloudEventGateRequest,
+    GateRequest,
+    decision_body,
+    decision_detail,
+    unrecorded_body,
+)
+from valdrix.deps import DB, Member, WritingRoute, api_key_caller, in_gate_unit
 from valdrix.errors import InvalidInput
 from valdrix.jsonio import JSONResponse
 
-router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"])
+router = APIRouter(prefix="/api/v1/enforcement", tags=["gate"], route_class=WritingRoute)
 
 
-def gate_context(request: Request, caller: Caller) -> service.GateContext:
-    """Return the gate context for an authenticated request, from the app's settings, clock and id factory."""
+def gate_context(request: Request, caller: Caller, seconds_left: float) -> service.GateContext:
+    """Return the gate context for an authenticated request, from the app's settings, clock and id factory.
+
+    `seconds_left` is what remains of the gate deadline; the database waits within it.
+    """
     # Read from the app state directly: the gate routes are the hot path, and resolving these as FastAPI
     # dependencies costs more per request than the rest of the routing.
     settings: Settings = request.app.state.settings
     clock: Clock = request.app.state.clock
     ids: IdFactory = request.app.state.ids
     return service.GateContext(tenant_id=caller.tenant_id, actor=caller.principal_id, now=clock.now(), ids=ids,
-                               timeout_seconds=settings.gate_timeout_seconds,
-                               lock_timeout_seconds=settings.lock_timeout_seconds,
+                               timeout_seconds=seconds_left,
+                               lock_timeout_seconds=min(settings.lock_timeout_seconds, seconds_left),
                                cost_context=settings.cost_context,
                                cost_data_max_age_days=settings.cost_data_max_age_days,
                                api_key_hash=caller.key_hash,
                                budget_alert_thresholds=tuple(settings.budget_alert_thresholds))
+
+
+def answer(request: Request, inp: engine.DecisionInput, key: str | None, expected_fingerprint: str | None,
+           render: Callable[[service.Outcome], dict[str, Any]],
+           render_unrecorded: Callable[[engine.Unrecorded], dict[str, Any]]) -> Awaitable[dict[str, Any]]:
+    """Return the gate's answer to `inp` within VALDRIX_GATE_TIMEOUT_SECONDS of now, whatever the database does.
+
+    The decision is `render`ed; when none could be recorded in time, the mode's fail-safe answer is, by
+    `render_unrecorded`.
+    """
+    started = time.monotonic()
+    modes: service.ModeMemory = request.app.state.modes
+    authenticate, known, forget = api_key_caller(request)
+
+    def work(db: Session, caller: Caller, seconds_left: float) -> tuple[dict[str, Any], service.Outcome]:
+        outcome = service.decide(db, gate_context(request, caller, seconds_left), inp, key, expected_fingerprint)
+        modes.remember(outcome.decision)
+        return render(outcome), outcome
+
+    def unrecorded(caller: Caller | None, trigger: str) -> dict[str, Any]:
+        return render_unrecorded(service.unrecorded(modes, caller.tenant_id if caller else None, inp.source,
+                                                    inp.environment, trigger, started))
+
+    return in_gate_unit(request, authenticate, work, unrecorded, known=known, started=started,
+                        deadline=request.app.state.settings.gate_timeout_seconds, forget=forget)
 
 
 def _generic(source: str, body: GateRequest, request: Request, header_key: str | None) -> Awaitable[dict[str, Any]]:
@@ -50,12 +86,8 @@ def _generic(source: str, body: GateRequest, request: Request, header_key: str |
                             hourly_delta=body.estimated_hourly_delta_usd, metadata=body.metadata,
                             dry_run=body.dry_run)
 
-    def work(db: Session, caller: Caller) -> dict[str, Any]:
-        outcome = service.decide(db, gate_context(request, caller), inp,
-                                 header_key or body.idempotency_key, body.expected_request_fingerprint)
-        return decision_body(outcome.decision)
-
-    return in_gate_transaction(request, work)
+    return answer(request, inp, header_key or body.idempotency_key, body.expected_request_fingerprint,
+                  lambda outcome: decision_body(outcome.decision), partial(unrecorded_body, inp))
 
 
 @router.post("/gate/terraform")
@@ -100,12 +132,8 @@ async def gate_cloud_event(body: CloudEventGateRequest, request: Request,
                             hourly_delta=body.estimated_hourly_delta_usd, metadata=metadata, dry_run=body.dry_run)
     key = idempotency_key or body.idempotency_key or f"cloudevent:{event.source}:{event.id}"[:128]
 
-    def work(db: Session, caller: Caller) -> dict[str, Any]:
-        outcome = service.decide(db, gate_context(request, caller), inp, key,
-                                 body.expected_request_fingerprint)
-        return decision_body(outcome.decision)
-
-    return JSONResponse(await in_gate_transaction(request, work))
+    return JSONResponse(await answer(request, inp, key, body.expected_request_fingerprint,
+                                     lambda outcome: decision_body(outcome.decision), partial(unrecorded_body, inp)))
 
 
 @router.get("/decisions/{decision_id}")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from valdrix.decisions.engine import DecisionInput, Unrecorded
 from valdrix.decisions.models import Decision
 from valdrix.money import MAX_AMOUNT
 
@@ -81,6 +82,29 @@ def decision_body(decision: Decision) -> dict[str, Any]:
         "reserved_allocation_usd": str(decision.reserved_allocation_usd),
         "reserved_credit_usd": str(decision.reserved_credit_usd),
         "computed_context": decision.computed_context,
+        "recorded": True,
+    }
+
+
+def unrecorded_body(inp: DecisionInput, answer: Unrecorded) -> dict[str, Any]:
+    """Return the gate response for a fail-safe answer no decision could be recorded for (no id, no hold)."""
+    return {
+        "decision_id": None,
+        "decision": answer.decision,
+        "reason_codes": list(answer.reasons),
+        "request_fingerprint": inp.fingerprint,
+        "approval_required": answer.decision == "REQUIRE_APPROVAL",
+        "approval_request_id": None,
+        "policy_version": None,
+        "policy_sha256": None,
+        "mode": answer.mode,
+        "dry_run": inp.dry_run,
+        "ttl_seconds": None,
+        "reservation_active": False,
+        "reserved_allocation_usd": "0.0000",
+        "reserved_credit_usd": "0.0000",
+        "computed_context": {"fail_safe_trigger": answer.trigger},
+        "recorded": False,
     }
 
 

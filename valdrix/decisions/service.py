@@ -22,9 +22,9 @@ from valdrix.costs import engine as spend_engine
 from valdrix.costs import service as costs
 from valdrix.db import Statement
 from valdrix.decisions import engine
-from valdrix.decisions.metrics import GATE_FAILURES, LOCK_EVENTS, LOCK_WAIT, observe_decision
+from valdrix.decisions.metrics import LOCK_EVENTS, LOCK_WAIT, observe_decision, observe_fail_safe
 from valdrix.decisions.models import Decision
-from valdrix.environments import normalise_environment
+from valdrix.environments import environment_class, normalise_environment
 from valdrix.errors import Conflict, NotFound, Unauthenticated, Unavailable
 from valdrix.ledger import service as ledger_service
 from valdrix.money import ZERO
@@ -36,7 +36,7 @@ log = logging.getLogger("valdrix.gate")
 # A lock wait longer than this is reported as contention even though it succeeded.
 CONTENDED_AFTER_SECONDS = 0.010
 
-__all__ = ["GateContext", "Outcome", "decide", "get"]
+__all__ = ["GateContext", "ModeMemory", "Outcome", "decide", "get", "trigger_of", "unrecorded"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,60 @@ class GateContext:
 
 @dataclass(frozen=True)
 class Outcome:
+    """A gate decision and how it came about; `observe` counts it once it is the caller's answer."""
+
     decision: Decision
     replayed: bool
+    started: float  # time.monotonic() when the gate began
+    trigger: str | None = None  # why a new decision is a fail-safe one
+
+    def observe(self) -> None:
+        """Count this answer in the gate's metrics (call once, after its transaction committed)."""
+        d = self.decision
+        seconds = time.monotonic() - self.started
+        if self.trigger is not None:
+            observe_fail_safe(d.source, d.decision, list(d.reason_codes), self.trigger, seconds)
+        else:
+            observe_decision(d.source, d.decision, [] if self.replayed else list(d.reason_codes),
+                             "failsafe" if d.fail_safe else "normal", seconds)
+
+
+class ModeMemory:
+    """The mode each tenant's policy last gave per source and environment class, in this worker process.
+
+    Never shared, never authoritative: read only to answer when the database cannot be (a tenant not seen
+    yet gets the safest mode, `hard`).
+    """
+
+    def __init__(self) -> None:
+        self._modes: dict[tuple[uuid.UUID, str, str], str] = {}
+
+    def remember(self, decision: Decision) -> None:
+        self._modes[(decision.tenant_id, decision.source, environment_class(decision.environment))] = \
+            decision.mode
+
+    def mode(self, tenant_id: uuid.UUID | None, source: str, environment: str) -> str:
+        if tenant_id is None:
+            return "hard"
+        return self._modes.get((tenant_id, source, environment_class(environment)), "hard")
+
+
+def unrecorded(modes: ModeMemory, tenant_id: uuid.UUID | None, source: str, environment: str, trigger: str,
+               started: float) -> engine.Unrecorded:
+    """Return (and count, and log) the fail-safe answer for a gate request the database could not record.
+
+    `tenant_id` is None when the caller could not be verified: the answer is then `hard` mode's.
+    """
+    mode = modes.mode(tenant_id, source, environment)
+    reasons = engine.fail_safe_reasons(mode, trigger)
+    if tenant_id is None:
+        reasons.append("caller_unverified")
+    answer = engine.Unrecorded(engine.violation_decision(mode), tuple(reasons), mode, reasons[0])
+    observe_fail_safe(source, answer.decision, reasons, answer.trigger, time.monotonic() - started)
+    log.warning("gate answered fail-safe without a record", extra={
+        "source": source, "tenant_id": str(tenant_id) if tenant_id else None, "trigger": answer.trigger,
+        "decision": answer.decision, "mode": mode, "recorded": False})
+    return answer
 
 
 # The gate's statements, built once per process.
@@ -148,16 +200,21 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     postgresql = session.get_bind().dialect.name == "postgresql"
     params = _opening_params(ctx, inp, stored_key, started, postgresql=postgresql)
     waited = time.monotonic()
-    locked_out: DBAPIError | None = None
+    failed: Exception | None = None
     try:
         rows = _OPENING[postgresql].run(session, params)
     except DBAPIError as exc:
-        if _trigger(exc) != "gate_lock_timeout":
+        # A budget row locked past the lock timeout (PostgreSQL) gets a fail-safe decision; anything else the
+        # database says (down, SQLite's whole file locked past the deadline) leaves nothing to record it in.
+        if trigger_of(exc) != "gate_lock_timeout" or not postgresql:
             raise
-        # The budget stayed locked past the lock timeout: the answer is a fail-safe decision, for which the
-        # policy and the replay check are read again without the lock.
+        failed = exc
+    except (ArithmeticError, ValueError, TypeError, LookupError) as exc:
+        # A stored row the gate cannot read (a corrupted budget): fail-safe, like a failed evaluation.
+        failed = exc
+    if failed is not None:
+        # The policy and the replay check are read again, without the budget.
         session.rollback()
-        locked_out = exc
         rows = _POLICY_AND_STORED.run(session, params)
     budget_wait = time.monotonic() - waited
     row = rows[0] if rows else None
@@ -166,9 +223,10 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
     policy = policies.active(session, ctx.tenant_id, row)
     if row is not None and row.stored_id is not None:
         return _replayed(session.get_one(Decision, row.stored_id), fingerprint, started)
-    if locked_out is not None:
-        _observe_lock(inp.source, "timeout", budget_wait)
-        return _fail_safe(session, ctx, inp, policy, fingerprint, stored_key, started, locked_out)
+    if failed is not None:
+        if isinstance(failed, DBAPIError):
+            _observe_lock(inp.source, "timeout", budget_wait)
+        return _fail_safe(session, ctx, inp, policy, fingerprint, stored_key, started, failed)
     budget = (budgets.LockedBudget(row.budget_id, row.budget_scope_key, row.budget_monthly_limit_usd,
                                    row.budget_reserved_usd) if row is not None and row.budget_id is not None else None)
     # The evaluation is the transaction's first write. When it fails, rolling the whole transaction back (its
@@ -181,8 +239,7 @@ def decide(session: Session, ctx: GateContext, inp: engine.DecisionInput, idempo
         return _after_race(session, ctx, inp.source, stored_key, fingerprint, started)
     except (SQLAlchemyError, _Deadline, ArithmeticError, ValueError, TypeError, LookupError) as exc:
         return _fail_safe(session, ctx, inp, policy, fingerprint, stored_key, started, exc)
-    observe_decision(inp.source, decision.decision, decision.reason_codes, "normal", time.monotonic() - started)
-    return Outcome(decision=decision, replayed=False)
+    return Outcome(decision=decision, replayed=False, started=started)
 
 
 def _fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput, policy: policies.ActivePolicy,
@@ -192,9 +249,7 @@ def _fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput, po
     Raise Unavailable when even that cannot be recorded.
     """
     session.rollback()
-    trigger = _trigger(exc)
-    GATE_FAILURES.labels(inp.source, {"gate_timeout": "timeout", "gate_lock_timeout": "lock_timeout"}
-                         .get(trigger, "evaluation_error")).inc()
+    trigger = trigger_of(exc)
     log.warning("gate failed, answering fail-safe", extra={"trigger": trigger, "error": type(exc).__name__},
                 exc_info=trigger == "gate_evaluation_error")
     try:
@@ -205,8 +260,7 @@ def _fail_safe(session: Session, ctx: GateContext, inp: engine.DecisionInput, po
     except SQLAlchemyError as second:
         raise Unavailable("the gate could not evaluate or record a fail-safe decision",
                           code="gate_unavailable") from second
-    observe_decision(inp.source, decision.decision, decision.reason_codes, "failsafe", time.monotonic() - started)
-    return Outcome(decision=decision, replayed=False)
+    return Outcome(decision=decision, replayed=False, started=started, trigger=trigger)
 
 
 def get(session: Session, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> Decision:
@@ -251,9 +305,7 @@ def _replayed(existing: Decision, fingerprint: str, started: float) -> Outcome:
         raise Conflict("idempotency key was already used for a different request",
                        code="idempotency_key_reused", stored_request_fingerprint=existing.request_fingerprint,
                        request_fingerprint=fingerprint)
-    observe_decision(existing.source, existing.decision, [], "failsafe" if existing.fail_safe else "normal",
-                     time.monotonic() - started)
-    return Outcome(decision=existing, replayed=True)
+    return Outcome(decision=existing, replayed=True, started=started)
 
 
 def _after_race(session: Session, ctx: GateContext, source: str, key: str, fingerprint: str,
@@ -265,7 +317,8 @@ def _after_race(session: Session, ctx: GateContext, source: str, key: str, finge
     return _replayed(winner, fingerprint, started)
 
 
-def _trigger(exc: BaseException) -> str:
+def trigger_of(exc: BaseException) -> str:
+    """Return the fail-safe trigger an error of the gate stands for."""
     if isinstance(exc, _Deadline):
         return "gate_timeout"
     if isinstance(exc, DBAPIError):
@@ -330,7 +383,7 @@ def _lock_funding(session: Session, ctx: GateContext, inp: engine.DecisionInput,
         if not unavailable and engine.needs_credits(inp, state):
             grants = budgets.lock_grants(session, ctx.tenant_id, inp.project_id, ctx.now)
     except DBAPIError as exc:
-        outcome = "timeout" if _trigger(exc) == "gate_lock_timeout" else "error"
+        outcome = "timeout" if trigger_of(exc) == "gate_lock_timeout" else "error"
         raise
     finally:
         _observe_lock(inp.source, outcome, time.monotonic() - waited - reading)

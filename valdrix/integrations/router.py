@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Annotated, Any
@@ -9,11 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from valdrix.config import Settings
 from valdrix.db import transaction
-from valdrix.deps import DB, Admin, ClockDep, KeyRingDep, Member, SettingsDep
+from valdrix.deps import DB, Admin, ClockDep, KeyRingDep, Member, SettingsDep, WritingRoute
 from valdrix.errors import BadRequest, InvalidInput, Unavailable
 from valdrix.integrations import service
 from valdrix.integrations.models import RunTaskJob, RunTaskSettings
@@ -29,7 +29,8 @@ from valdrix.integrations.schemas import (
     RunTaskSettingsView,
 )
 
-router = APIRouter(prefix="/api/v1/enforcement/integrations/terraform-cloud", tags=["integrations"])
+router = APIRouter(prefix="/api/v1/enforcement/integrations/terraform-cloud", tags=["integrations"],
+                   route_class=WritingRoute)
 
 
 def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
@@ -94,7 +95,7 @@ async def run_task(request: Request, tenant: Annotated[str | None, Query(
                                           now=state.clock.now())
             return RunTaskAck(status="queued" if new else "already_queued", job_id=str(job_id))
 
-    return await run_in_threadpool(unit)
+    return await asyncio.get_running_loop().run_in_executor(state.write_executor, unit)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

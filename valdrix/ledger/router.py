@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from valdrix.deps import DB, Admin
+from valdrix.deps import DB, Admin, WritingRoute
 from valdrix.errors import InvalidInput
 from valdrix.jsonio import JSONResponse
 from valdrix.ledger import service
 from valdrix.ledger.models import LedgerEntry
 
-router = APIRouter(prefix="/api/v1/enforcement", tags=["ledger"])
+router = APIRouter(prefix="/api/v1/enforcement", tags=["ledger"], route_class=WritingRoute)
 
 
 def entry_json(row: LedgerEntry) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query, Response
 
 from valdrix.decisions.router import decode_cursor, encode_cursor
-from valdrix.deps import DB, Admin, ClockDep, IdsDep
+from valdrix.deps import DB, Admin, ClockDep, IdsDep, WritingRoute
 from valdrix.notifications import service
 from valdrix.notifications.models import NotificationDelivery, NotificationEvent, NotificationTarget
 from valdrix.notifications.schemas import DeliveryOut, DeliveryPage, TargetCreated, TargetIn, TargetList, TargetOut
 
-router = APIRouter(prefix="/api/v1/enforcement/notifications", tags=["notifications"])
+router = APIRouter(prefix="/api/v1/enforcement/notifications", tags=["notifications"], route_class=WritingRoute)
 
 
 def _masked(target: NotificationTarget) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from valdrix.deps import DB, Admin, ClockDep, Member
+from valdrix.db import transaction
+from valdrix.deps import DB, Admin, ClockDep, Member, WritingRoute
 from valdrix.jsonio import JSONResponse
 from valdrix.policies import service
 from valdrix.policies.models import PolicyVersion
@@ -14,7 +16,7 @@ from valdrix.policies.schemas import PolicyDocument
 from valdrix.simulation import router as simulation
 from valdrix.simulation.schemas import SimulationRequest
 
-router = APIRouter(prefix="/api/v1/enforcement", tags=["policies"])
+router = APIRouter(prefix="/api/v1/enforcement", tags=["policies"], route_class=WritingRoute)
 
 
 def _version(row: PolicyVersion) -> dict[str, Any]:
@@ -39,21 +41,26 @@ DRY_RUN_WINDOW_DAYS = 7
                                               "oneOf": [{"type": "object"},
                                                         {"$ref": "#/components/schemas/SimulationReport"}]}}}},
                                     **simulation.ERRORS})
-def put_policy(document: PolicyDocument, request: Request, db: DB, caller: Admin, clock: ClockDep,
-               dry_run: Annotated[bool, Query(description="Simulate the last 7 days under the document "
-                                              "instead of saving it.")] = False) -> JSONResponse:
+async def put_policy(document: PolicyDocument, request: Request, caller: Admin, clock: ClockDep,
+                     dry_run: Annotated[bool, Query(description="Simulate the last 7 days under the document "
+                                                    "instead of saving it.")] = False) -> JSONResponse:
     """Store a new policy version if the document changed; a no-op PUT creates no version.
 
     With `dry_run=true` the document is not saved: the answer is what it would have decided over the last
-    7 days (`POST /policies/simulate`).
+    7 days (`POST /policies/simulate`), replayed off the write executor. The save is one unit on it.
     """
     if dry_run:
-        report = simulation.run(request, db, caller, SimulationRequest(policy=document,
-                                                                       window_days=DRY_RUN_WINDOW_DAYS),
-                                clock.now(), via="put_dry_run")
+        report = await simulation.run(request, caller, SimulationRequest(policy=document,
+                                                                         window_days=DRY_RUN_WINDOW_DAYS),
+                                      clock.now(), via="put_dry_run")
         return JSONResponse(report.model_dump(mode="json"))
-    row, changed = service.put(db, caller.tenant_id, document, actor=caller.principal_id, now=clock.now())
-    return JSONResponse({**_version(row), "changed": changed})
+
+    def save() -> dict[str, Any]:
+        with transaction(request.app.state.sessions) as db:
+            row, changed = service.put(db, caller.tenant_id, document, actor=caller.principal_id, now=clock.now())
+            return {**_version(row), "changed": changed}
+
+    return JSONResponse(await asyncio.get_running_loop().run_in_executor(request.app.state.write_executor, save))
 
 
 @router.get("/policies/versions")

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from sqlalchemy.orm import Session
 
-from valdrix.auth.service import Caller
-from valdrix.decisions import service
-from valdrix.decisions.router import gate_context
-from valdrix.decisions.schemas import continuation, decision_body
-from valdrix.deps import in_gate_transaction
+from valdrix.decisions import engine, service
+from valdrix.decisions.router import answer
+from valdrix.decisions.schemas import continuation, decision_body, unrecorded_body
 from valdrix.jsonio import JSONResponse
 from valdrix.preflight import translate
 from valdrix.preflight.schemas import TerraformPreflightRequest
@@ -26,10 +23,13 @@ async def preflight(body: TerraformPreflightRequest, request: Request,
     key = translate.idempotency_key(body, idempotency_key)
     inp = translate.to_input(body)
 
-    def work(db: Session, caller: Caller) -> dict[str, Any]:
-        outcome = service.decide(db, gate_context(request, caller), inp, key,
-                                 body.expected_request_fingerprint)
-        return {"run_id": body.run_id, "stage": body.stage, "idempotency_key": key, "replayed": outcome.replayed,
-                **decision_body(outcome.decision), "continuation": continuation(outcome.decision)}
+    run = {"run_id": body.run_id, "stage": body.stage, "idempotency_key": key}
 
-    return JSONResponse(await in_gate_transaction(request, work))
+    def render(outcome: service.Outcome) -> dict[str, Any]:
+        return {**run, "replayed": outcome.replayed, **decision_body(outcome.decision),
+                "continuation": continuation(outcome.decision)}
+
+    def render_unrecorded(unrecorded: engine.Unrecorded) -> dict[str, Any]:
+        return {**run, "replayed": False, **unrecorded_body(inp, unrecorded), "continuation": None}
+
+    return JSONResponse(await answer(request, inp, key, body.expected_request_fingerprint, render, render_unrecorded))

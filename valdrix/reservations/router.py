@@ -9,14 +9,14 @@ from fastapi import APIRouter, Header, Query
 
 from valdrix.decisions.models import Decision
 from valdrix.decisions.router import decode_cursor, encode_cursor
-from valdrix.deps import DB, Admin, ClockDep, SettingsDep
+from valdrix.deps import DB, Admin, ClockDep, SettingsDep, WritingRoute
 from valdrix.jsonio import JSONResponse
 from valdrix.money import monthly
 from valdrix.reservations import service
 from valdrix.reservations.models import Reconciliation
 from valdrix.reservations.schemas import OverdueIn, ReconcileIn
 
-router = APIRouter(prefix="/api/v1/enforcement/reservations", tags=["reservations"])
+router = APIRouter(prefix="/api/v1/enforcement/reservations", tags=["reservations"], route_class=WritingRoute)
 
 
 def _money(value: Any) -> str | None:

@@ -111,3 +111,29 @@ def test_binding_file_shapes(tmp_path: Path) -> None:
                                                     "approval_consume_endpoint": "https://evil.example/x"}}))
     with pytest.raises(StateError):
         read_binding(foreign)
+
+
+class _Unrecorded:
+    """A gate client whose preflight gets the fail-safe answer the server could not record."""
+
+    server = "http://gate"
+
+    def __init__(self, decision: str) -> None:
+        self.decision = decision
+
+    def preflight(self, body: dict[str, object], key: str) -> dict[str, object]:
+        return {"decision_id": None, "recorded": False, "decision": self.decision, "continuation": None,
+                "reason_codes": ["gate_timeout", "hard_mode_fail_closed"], "request_fingerprint": "0" * 64}
+
+
+@pytest.mark.parametrize(("decision", "code", "outcome"), [("DENY", 2, "denied"), ("ALLOW", 0, "allowed"),
+                                                           ("REQUIRE_APPROVAL", 3, "gate_unrecorded")])
+def test_an_unrecorded_answer_is_followed_without_a_state_file(tmp_path: Path, decision: str, code: int,
+                                                                outcome: str) -> None:
+    from valdrix.cli.preflight import _run
+
+    state = tmp_path / "state.json"
+    body = {"run_id": "r", "stage": "s", "project_id": "p", "environment": "prod"}
+    result = _run(_Unrecorded(decision), body, "k", None, state, 1.0, 0.1, False, False, {})  # type: ignore[arg-type]
+    assert (int(result.code), result.outcome) == (code, outcome)
+    assert not state.exists()
