@@ -49,6 +49,7 @@ from valdrix.policies.router import router as policies_router
 from valdrix.preflight.router import router as preflight_router
 from valdrix.pricing.kubernetes import PriceBook
 from valdrix.reservations.router import router as reservations_router
+from valdrix.simulation.router import router as simulation_router
 
 log = logging.getLogger("valdrix")
 
@@ -59,7 +60,7 @@ _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 # Requests are matched against routers in this order: the gate's hot paths come first.
 ROUTERS = (preflight_router, admission_router, decisions_router, approvals_router, policies_router, budgets_router,
            ledger_router, jwks_router, audit_router, reservations_router, costs_router, notifications_router,
-           console_router, integrations_router)
+           console_router, integrations_router, simulation_router)
 # Collectors that read the database at scrape time, built per app from its session factory and clock.
 SCRAPE_COLLECTORS = (QueueBacklogCollector, QueueAgeCollector)
 

@@ -102,6 +102,10 @@ class GateClient:
         """Revoke an approved approval whose token was not used."""
         return self._call("POST", f"{API}/approvals/{approval_id}/revoke", {"notes": notes}, idempotent=False)
 
+    def simulate_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Return the simulation report of a candidate policy (repeating it only adds an audit-trail row)."""
+        return self._call("POST", f"{API}/policies/simulate", body, idempotent=True)
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None, *, idempotent: bool,
               headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> dict[str, Any]:
         retryable = _RETRY_IDEMPOTENT if idempotent else _RETRY_ALWAYS

@@ -17,6 +17,7 @@ TABLE_MODULES = (
     "valdrix.notifications.models",
     "valdrix.console.models",
     "valdrix.integrations.models",
+    "valdrix.audit.models",
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from valdrix.jsonio import JSONResponse, dumps
+from valdrix.jsonio import JSONResponse, dumps, loads
 
 # Everything `json.loads` can hand us from a request body, integers of any size included.
 JSON_VALUES = st.recursive(
@@ -39,3 +39,14 @@ def test_response_renders_with_dumps() -> None:
     response = JSONResponse({"decision": "ALLOW", "metadata": {"owner": "zoë", "id": 2**65}}, status_code=201)
     assert json.loads(response.body) == {"decision": "ALLOW", "metadata": {"owner": "zoë", "id": 2**65}}
     assert response.headers["content-type"] == "application/json"
+
+
+@given(JSON_VALUES)
+def test_loads_reads_every_document_as_the_standard_library_does(value: Any) -> None:
+    text = dumps(value)
+    assert loads(text) == json.loads(text) and loads(text.decode()) == json.loads(text)
+
+
+def test_loads_keeps_integers_beyond_64_bits_exact() -> None:
+    assert loads(b'{"n": 123456789012345678901234567890, "m": [18446744073709551615]}') == {
+        "n": 123456789012345678901234567890, "m": [18446744073709551615]}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from valdrix.decisions.engine import environment_class
+from valdrix.environments import environment_class
 from valdrix.errors import Forbidden
 from valdrix.money import monthly
 from valdrix.policies.schemas import Approval, RoutingRule

@@ -26,8 +26,9 @@ from valdrix.approvals.tokens import TOKEN_TYPE, KeyRing
 from valdrix.auth.service import Caller
 from valdrix.budgets import service as budgets
 from valdrix.db import Statement
-from valdrix.decisions.engine import SOURCES, normalise_environment
+from valdrix.decisions.engine import SOURCES
 from valdrix.decisions.models import Decision
+from valdrix.environments import normalise_environment
 from valdrix.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValdrixError
 from valdrix.ledger import service as ledger
 from valdrix.money import hourly, monthly

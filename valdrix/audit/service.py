@@ -20,6 +20,9 @@ the counts and lineages need.
 
 Limits: a window longer than MAX_WINDOW_DAYS or a stream with more rows than `max_rows` is refused with 422
 before anything is sent — an export is complete or absent, never truncated.
+
+Also here: `record`, which appends to the audit trail (`audit_events`) of tenant actions that change no
+decision, such as a policy simulation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, and_, bindparam, func, select
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import Uuid
 
@@ -41,6 +45,7 @@ from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, reader, unneutralise
+from valdrix.audit.models import AuditEvent
 from valdrix.audit.zipstream import ZipStream
 from valdrix.canonical import SCHEME, canonical_bytes, sha256_bytes, sha256_hex
 from valdrix.decisions.models import Decision
@@ -410,3 +415,11 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
                    parity_ok=all(database[f] == exported[f] for f in database),
                    signature_algorithm=manifests.SIGNATURE_ALGORITHM, signature_kid=signer.active_kid)
     return Parity(summary, _sign(signer, canonical_bytes(summary)))
+
+
+def record(session: Session, tenant_id: uuid.UUID, event: str, *, actor: uuid.UUID | None, now: datetime,
+           details: dict[str, Any]) -> AuditEvent:
+    """Append one audit-trail row for a tenant action that changes no decision, in the caller's transaction."""
+    row = AuditEvent(id=uuid.uuid4(), tenant_id=tenant_id, event=event, actor=actor, details=details, recorded_at=now)
+    session.add(row)
+    return row

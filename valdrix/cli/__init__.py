@@ -48,6 +48,8 @@ COMMANDS = (
             "binding; exit 0 only if the server accepts it.", CLIENT),
     Command("decisions", "valdrix.cli.records:decisions", "Search and explain decisions.", CLIENT),
     Command("approvals", "valdrix.cli.records:approvals", "The approval queue and its history.", CLIENT),
+    Command("policy", "valdrix.cli.policy:app", "Policies: simulate a candidate against recorded decisions.",
+            CLIENT),
     Command("serve", "valdrix.cli.server:serve",
             "Serve the API; on an empty database create the default tenant and print its owner key once.", SERVER),
     Command("migrate", "valdrix.cli.server:migrate", "Migrate the configured database to the newest schema.", SERVER),

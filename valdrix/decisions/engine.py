@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Literal
 
 from valdrix.canonical import digests, is_digest_of, sha256_hex
 from valdrix.costs.engine import Spend
+from valdrix.environments import environment_class, normalise_environment
 from valdrix.money import ZERO, hourly, monthly
 from valdrix.policies.schemas import PolicyDocument
 
@@ -45,28 +47,6 @@ SOURCES: tuple[str, ...] = ("terraform", "k8s_admission", "cloud_event")
 DECISIONS: tuple[str, ...] = ("ALLOW", "ALLOW_WITH_CREDITS", "REQUIRE_APPROVAL", "DENY")
 FAIL_SAFE_TRIGGERS: tuple[str, ...] = ("gate_lock_timeout", "gate_timeout", "gate_evaluation_error")
 CONTEXT_VERSION = "valdrix.computed_context.v2"
-
-_PROD = {"prod", "production", "live"}
-_NONPROD = {"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"}
-
-
-def normalise_environment(raw: str | None) -> str:
-    """Return `prod`, `nonprod`, or the trimmed lower-cased name of any other environment."""
-    value = (raw or "").strip().lower()
-    if value in _PROD:
-        return "prod"
-    if value in _NONPROD or not value:
-        return "nonprod"
-    return value
-
-
-def environment_class(environment: str) -> Literal["prod", "nonprod", "default"]:
-    """Return the policy column (`prod`, `nonprod` or `default`) a normalised environment reads."""
-    if environment == "prod":
-        return "prod"
-    if environment == "nonprod":
-        return "nonprod"
-    return "default"
 
 
 def mode_for(policy: PolicyDocument, source: str, environment: str) -> tuple[str, str]:
@@ -203,8 +183,15 @@ class Evaluation:
     reserve_emergency_credits: Decimal
     waterfall: tuple[Stage, ...]
     risk: Risk
-    computed_context: dict[str, Any]
+    # Builds the computed context when it is first asked for: the gate stores it with every decision, while a
+    # replay of history (`simulation`) needs only the outcome, and building it is a third of an evaluation.
+    build_context: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
     fail_safe_trigger: str | None = None
+
+    @cached_property
+    def computed_context(self) -> dict[str, Any]:
+        """The facts the decision was made on, stored with it (`_context`)."""
+        return self.build_context()
 
     @property
     def reserve_credit(self) -> Decimal:
@@ -454,7 +441,7 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
         decision=decision, reasons=_dedupe(reasons), mode=mode, mode_scope=mode_scope,
         reserve_allocation=monthly(allocation), reserve_reserved_credits=monthly(reserved_credits),
         reserve_emergency_credits=monthly(emergency_credits), waterfall=tuple(wf.stages), risk=risk,
-        computed_context=_context(inp, policy, policy_version, mode, mode_scope, funding, risk, now),
+        build_context=partial(_context, inp, policy, policy_version, mode, mode_scope, funding, risk, now),
     )
 
 
@@ -485,11 +472,14 @@ def fail_safe(inp: DecisionInput, policy: PolicyDocument, policy_version: int, t
     if inp.dry_run:
         reasons.append("dry_run")
     risk = assess_risk(inp)
-    context = _context(inp, policy, policy_version, mode, mode_scope, None, risk, now)
-    context["fail_safe_trigger"] = trigger
+
+    def context() -> dict[str, Any]:
+        context = _context(inp, policy, policy_version, mode, mode_scope, None, risk, now)
+        return {**context, "fail_safe_trigger": trigger}
+
     return Evaluation(decision=violation_decision(mode), reasons=tuple(reasons), mode=mode, mode_scope=mode_scope,
                       reserve_allocation=ZERO, reserve_reserved_credits=ZERO, reserve_emergency_credits=ZERO,
-                      waterfall=(), risk=risk, computed_context=context, fail_safe_trigger=trigger)
+                      waterfall=(), risk=risk, build_context=context, fail_safe_trigger=trigger)
 
 
 def _dedupe(reasons: list[str]) -> tuple[str, ...]:

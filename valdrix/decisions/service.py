@@ -24,6 +24,7 @@ from valdrix.db import Statement
 from valdrix.decisions import engine
 from valdrix.decisions.metrics import LOCK_EVENTS, LOCK_WAIT, observe_decision, observe_fail_safe
 from valdrix.decisions.models import Decision
+from valdrix.environments import environment_class, normalise_environment
 from valdrix.errors import Conflict, NotFound, Unauthenticated, Unavailable
 from valdrix.ledger import service as ledger_service
 from valdrix.money import ZERO
@@ -88,13 +89,13 @@ class ModeMemory:
         self._modes: dict[tuple[uuid.UUID, str, str], str] = {}
 
     def remember(self, decision: Decision) -> None:
-        self._modes[(decision.tenant_id, decision.source, engine.environment_class(decision.environment))] = \
+        self._modes[(decision.tenant_id, decision.source, environment_class(decision.environment))] = \
             decision.mode
 
     def mode(self, tenant_id: uuid.UUID | None, source: str, environment: str) -> str:
         if tenant_id is None:
             return "hard"
-        return self._modes.get((tenant_id, source, engine.environment_class(environment)), "hard")
+        return self._modes.get((tenant_id, source, environment_class(environment)), "hard")
 
 
 def unrecorded(modes: ModeMemory, tenant_id: uuid.UUID | None, source: str, environment: str, trigger: str,
@@ -278,7 +279,7 @@ def search(session: Session, tenant_id: uuid.UUID, *, source: str | None = None,
     query = select(Decision).where(Decision.tenant_id == tenant_id)
     for column, value in ((Decision.source, source), (Decision.decision, decision),
                           (Decision.project_id, project_id),
-                          (Decision.environment, engine.normalise_environment(environment) if environment else None)):
+                          (Decision.environment, normalise_environment(environment) if environment else None)):
         if value is not None:
             query = query.where(column == value)
     if since is not None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, field_validator, model_validator
 
 from valdrix.canonical import sha256_hex
+from valdrix.environments import normalise_environment
 from valdrix.money import Amount, monthly
 
 SCHEMA_VERSION = "valdrix.enforcement.policy.v1"
@@ -59,8 +60,6 @@ class RoutingRule(_Closed):
     @field_validator("environments")
     @classmethod
     def _known_envs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from valdrix.decisions.engine import normalise_environment
-
         return tuple(normalise_environment(v) for v in value)
 
     @field_validator("action_prefixes")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from valdrix.canonical import LEGACY_SCHEME, sha256_hex
 from valdrix.decisions import engine
 from valdrix.decisions.engine import BudgetState, Funding, make_input
+from valdrix.environments import environment_class, normalise_environment
 from valdrix.money import monthly
 from valdrix.policies.schemas import PolicyDocument
 
@@ -37,9 +38,9 @@ def budget(limit: str, reserved: str = "0") -> BudgetState:
 
 
 def test_environment_normalisation() -> None:
-    assert [engine.normalise_environment(e) for e in ("Production", " live ", "staging", "DEV", "", "qa")] == \
+    assert [normalise_environment(e) for e in ("Production", " live ", "staging", "DEV", "", "qa")] == \
         ["prod", "prod", "nonprod", "nonprod", "nonprod", "qa"]
-    assert engine.environment_class("qa") == "default"
+    assert environment_class("qa") == "default"
 
 
 def test_allow_within_budget_reserves_allocation() -> None:

@@ -1,0 +1,1 @@
+"""simulation: what a candidate policy would have decided over stored decisions."""
