@@ -23,6 +23,7 @@ test: $(STAMP)
 	scripts/ensure-postgres.sh
 	scripts/fetch-helm.sh
 	scripts/ensure-chromium.sh
+	scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -34,15 +34,14 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
+# The runbook §2.2 baseline, except its `*/*` rule: issue 23 names the resources the pricer understands and
+# intercepts no subresource but `scale` (tested in test_webhook_rules_name_priced_resources_only).
 BASELINE_WEBHOOK: dict[str, Any] = {
     "name": "gate.enforcement.valdrix.io",
     "failurePolicy": "Ignore",
     "timeoutSeconds": 2,
     "sideEffects": "None",
     "admissionReviewVersions": ["v1"],
-    "rules": [
-        {"apiGroups": ["*"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["*/*"]}
-    ],
     "clientConfig": {
         "service": {
             "namespace": "valdrix",
@@ -227,7 +226,8 @@ def test_default_render_serves_https_and_wires_the_server(helm: str) -> None:
     cron_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert cron_pod["containers"][0]["args"] == ["reconcile", "--once"]
     assert not [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-worker")]
-    assert not by_kind(docs, "PodDisruptionBudget")  # soft default: PDB off
+    # Two replicas by default, so a PDB even under failurePolicy Ignore.
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert not by_kind(docs, "HorizontalPodAutoscaler")
 
 
@@ -368,7 +368,7 @@ def test_api_key_mode_sets_no_admission_shortcut(helm: str, tmp_path: Path) -> N
 
 FULL = (
     "worker:\n  enabled: true\nautoscaling:\n  enabled: true\n"
-    "monitoring:\n  serviceMonitor:\n    enabled: true\n  prometheusRule:\n    enabled: true\n"
+    "monitoring:\n  enabled: true\n"
     "networkPolicy:\n  enabled: true\n  webhookFrom:\n    - ipBlock:\n        cidr: 10.0.0.0/24\n"
     "pricing:\n  kubernetes:\n    cpu_core_hour_usd: '0.031611'\n"
 )
@@ -412,7 +412,7 @@ def _check_custom_resource(doc: dict[str, Any]) -> None:
     elif kind == "ServiceMonitor":
         assert spec["selector"]["matchLabels"]
         for ep in spec["endpoints"]:
-            assert ep["port"] == "http" and ep["path"] == "/metrics"
+            assert ep["port"] in {"http", "metrics"} and ep["path"] == "/metrics"
     elif kind == "PrometheusRule":
         names = set()
         for group in spec["groups"]:

@@ -44,6 +44,26 @@ _MONTHS_PER_YEAR = 12
 
 _WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"})
 
+# The API resources whose objects this module prices, as (API group, resource) -> kind: what an admission
+# webhook or policy must intercept and nothing more. `*/scale` subresources carry a `Scale` object.
+PRICED_RESOURCES: Mapping[tuple[str, str], str] = MappingProxyType({
+    ("", "pods"): "Pod",
+    ("", "services"): "Service",
+    ("", "persistentvolumeclaims"): "PersistentVolumeClaim",
+    ("", "replicationcontrollers"): "ReplicationController",
+    ("", "replicationcontrollers/scale"): "Scale",
+    ("apps", "deployments"): "Deployment",
+    ("apps", "deployments/scale"): "Scale",
+    ("apps", "statefulsets"): "StatefulSet",
+    ("apps", "statefulsets/scale"): "Scale",
+    ("apps", "replicasets"): "ReplicaSet",
+    ("apps", "replicasets/scale"): "Scale",
+    ("apps", "daemonsets"): "DaemonSet",
+    ("batch", "jobs"): "Job",
+    ("batch", "cronjobs"): "CronJob",
+    ("autoscaling", "horizontalpodautoscalers"): "HorizontalPodAutoscaler",
+})
+
 
 class PricingError(ValueError):
     """An object (or price book) that cannot be priced; the message names the field and the problem."""
