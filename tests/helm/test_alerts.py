@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm.test_chart import ROOT, by_kind, helm, one, render  # noqa: F401 (helm is a fixture)
+from tests.helm.test_chart import ROOT, by_kind, one, render
 
 ALERT_TESTS = Path(__file__).resolve().parent / "alerts" / "alerts_test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks"

@@ -3,6 +3,8 @@ naming only priced resources, matchConditions, PDB, worker probes and scraping, 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import re
 import subprocess
@@ -15,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.helm.test_chart import CHART, ROOT, by_kind, helm, one, render, template  # noqa: F401 (fixture)
+from tests.helm.test_chart import CHART, ROOT, by_kind, one, render, template
 from valdrix.pricing.kubernetes import PRICED_RESOURCES
 
 SCHEMA = CHART / "values.schema.json"
@@ -227,12 +229,13 @@ def test_dashboard_covers_the_operator_questions() -> None:
 def _exported_metric_names() -> set[str]:
     from prometheus_client import REGISTRY
 
-    import valdrix.app  # noqa: F401  (registers the API's metrics)
-    import valdrix.jobs.runner  # noqa: F401  (the worker's)
     from valdrix.approvals.metrics import QueueBacklogCollector
     from valdrix.budgets.metrics import BudgetCollector
     from valdrix.observability.metrics import BuildInfo
 
+    # Importing the app and the job runner registers every process-wide metric of the API and the worker.
+    for module in ("valdrix.app", "valdrix.jobs.runner"):
+        importlib.import_module(module)
     families = list(REGISTRY.collect())
     for collector in (QueueBacklogCollector(None, None), BudgetCollector(None, None, 1),  # type: ignore[arg-type]
                       BuildInfo("api")):
@@ -249,8 +252,6 @@ PENDING_ELSEWHERE = {"valdrix_ops_enforcement_notification_deliveries_total": "v
 
 
 def test_dashboard_and_alerts_query_metrics_the_code_exports(helm: str, tmp_path: Path) -> None:
-    import importlib.util
-
     exported = _exported_metric_names()
     rule = one(render(helm, _values(tmp_path, "monitoring:\n  enabled: true\n")), "PrometheusRule")
     queries = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from prometheus_client import REGISTRY
 from sqlalchemy import event
 
 from tests.integration.test_gate_flow import set_mode
@@ -183,12 +184,16 @@ def test_config_map_never_touches_the_database_and_database_down_fail_safe(scrat
 def test_database_down_never_seen_caller_is_denied(scratch_dir: Path) -> None:
     # A PostgreSQL URL nobody listens on: the key cannot be verified, the safest answer is a denial (HTTP 200).
     settings = Settings(database_url=f"postgresql+psycopg://valdrix@127.0.0.1:{free_port()}/none")  # type: ignore[call-arg]
+    labels = {"source": "k8s_admission", "failure_type": "evaluation_error"}
+    before = REGISTRY.get_sample_value("valdrix_ops_enforcement_gate_failures_total", labels) or 0
     with app_server(settings) as (base, _app), httpx.Client(base_url=base,
                                                            headers={"Authorization": "Bearer vxk_x"}) as c:
         res = c.post(PATH, json=envelope(request_for(load("deployment-gpu-trainer.json")))).json()["response"]
         assert res["allowed"] is False and res["status"]["code"] == 403
         assert "hard_mode_fail_closed" in res["status"]["message"]
         assert call(c, CONFIG_MAP).json()["response"]["allowed"] is True
+    # The unrecorded fail-safe is counted where the alerts look (ValdrixGateEvaluationErrors).
+    assert REGISTRY.get_sample_value("valdrix_ops_enforcement_gate_failures_total", labels) == before + 1
 
 
 def test_bad_price_book_refuses_to_start(scratch_dir: Path) -> None:
