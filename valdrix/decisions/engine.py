@@ -6,7 +6,7 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
   {shadow_mode_override | soft_mode_escalation}, plan_limit_exceeded, budget_exceeded,
   enterprise_ceiling_exceeded, {shadow|soft}_mode_{plan_limit|budget|enterprise_ceiling}_{override|escalation},
   unpriced_resources [{shadow_mode_unpriced_resources_override | soft_mode_unpriced_resources_escalation}],
-  credit_waterfall_used, reserved_credit_waterfall_used, emergency_credit_waterfall_used,
+  container_resources_defaulted, credit_waterfall_used, reserved_credit_waterfall_used, emergency_credit_waterfall_used,
   shadow_mode_approval_override, approval_required, dry_run; fail-safe: gate_lock_timeout | gate_timeout |
   gate_evaluation_error, then shadow_mode_fail_open | soft_mode_fail_safe_escalation | hard_mode_fail_closed.
 
@@ -17,6 +17,10 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
 REQUIRE_APPROVAL with `soft_mode_unpriced_resources_escalation`, hard DENY); shadow allows and adds
 `shadow_mode_unpriced_resources_override`. An escalation keeps the reservation the waterfall made, like an
 approval required by policy.
+
+`container_resources_defaulted`: informational, never changes the decision. The Kubernetes adapter priced
+containers that name no cpu/memory request or limit at the namespace's LimitRange or the policy's
+`kubernetes.default_container_resources` (request metadata `pricing.defaulted_containers` > 0).
 """
 
 from __future__ import annotations
@@ -355,6 +359,13 @@ def unpriced_count(metadata: dict[str, Any]) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
+def defaulted_containers(metadata: dict[str, Any]) -> int:
+    """Return `metadata.pricing.defaulted_containers` when it is a non-negative integer, else 0."""
+    pricing = metadata.get("pricing")
+    count = pricing.get("defaulted_containers") if isinstance(pricing, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
 def _unpriced(policy: PolicyDocument, mode: str, decision: str, reasons: list[str]) -> str:
     """Return the decision after the unpriced-resources rule, appending its reasons."""
     rule = policy.entitlements.unpriced_resources
@@ -413,6 +424,8 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
                 reasons.append("emergency_credit_waterfall_used")
     if unpriced_count(inp.metadata):
         decision = _unpriced(policy, mode, decision, reasons)
+    if defaulted_containers(inp.metadata):
+        reasons.append("container_resources_defaulted")
     column = environment_class(inp.environment)
     approval_by_policy = (getattr(policy.approval.require_approval, column)
                           and requested >= policy.entitlements.auto_approve_below_monthly_usd)
