@@ -152,6 +152,9 @@ def decision_input(req: AdmissionRequest, where: ClusterMap, monthly_delta: Deci
     if defaulted_containers:
         # Read by the engine: the decision carries the reason container_resources_defaulted.
         metadata["pricing"] = {"defaulted_containers": defaulted_containers}
+    if _tagged(meta, PROJECT_KEY) is None:
+        # Read by the engine when the policy requires a declared project (reason project_id_missing).
+        metadata["project_declared"] = False
     return engine.make_input(source=SOURCE, project_id=project, environment=environment,
                              action=f"admission.{req.operation.lower()}", resource_reference=reference(req),
                              monthly_delta=monthly_delta, hourly_delta=hourly_delta, metadata=metadata,

@@ -7,7 +7,8 @@ import sys
 import typer
 
 from valdrix import __version__
-from valdrix.cli import approvals, costs, export, keys, preflight, records, server, signing, tenants, worker
+from valdrix.cli import approvals, costs, export, keys, policy, preflight, records, server, signing, tenants, \
+    worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
 server.register(app)
@@ -17,6 +18,7 @@ app.add_typer(keys.app, name="key")
 app.add_typer(signing.app, name="signing-key")
 app.add_typer(export.app, name="export")
 app.add_typer(costs.app, name="costs")
+app.add_typer(policy.app, name="policy")
 app.command("preflight")(preflight.preflight)
 approvals.register(app)
 app.add_typer(records.decisions, name="decisions")

@@ -6,7 +6,9 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
   {shadow_mode_override | soft_mode_escalation}, plan_limit_exceeded, budget_exceeded,
   enterprise_ceiling_exceeded, {shadow|soft}_mode_{plan_limit|budget|enterprise_ceiling}_{override|escalation},
   unpriced_resources [{shadow_mode_unpriced_resources_override | soft_mode_unpriced_resources_escalation}],
-  container_resources_defaulted, credit_waterfall_used, reserved_credit_waterfall_used, emergency_credit_waterfall_used,
+  container_resources_defaulted, project_id_missing [{shadow_mode_project_id_override |
+  soft_mode_project_id_escalation}], credit_waterfall_used, reserved_credit_waterfall_used,
+  emergency_credit_waterfall_used,
   shadow_mode_approval_override, approval_required, dry_run; fail-safe: gate_lock_timeout | gate_timeout |
   gate_evaluation_error, then shadow_mode_fail_open | soft_mode_fail_safe_escalation | hard_mode_fail_closed.
 
@@ -17,6 +19,10 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
 REQUIRE_APPROVAL with `soft_mode_unpriced_resources_escalation`, hard DENY); shadow allows and adds
 `shadow_mode_unpriced_resources_override`. An escalation keeps the reservation the waterfall made, like an
 approval required by policy.
+
+`project_id_missing`: the policy's `kubernetes.require_project_id` is on and the Kubernetes object declares no
+`valdrix.io/project-id` label or annotation (request metadata `project_declared: false`): shadow allows with
+`shadow_mode_project_id_override`, soft asks for approval, hard denies.
 
 `container_resources_defaulted`: informational, never changes the decision. The Kubernetes adapter priced
 containers that name no cpu/memory request or limit at the namespace's LimitRange or the policy's
@@ -44,16 +50,17 @@ DECISIONS: tuple[str, ...] = ("ALLOW", "ALLOW_WITH_CREDITS", "REQUIRE_APPROVAL",
 FAIL_SAFE_TRIGGERS: tuple[str, ...] = ("gate_lock_timeout", "gate_timeout", "gate_evaluation_error")
 CONTEXT_VERSION = "valdrix.computed_context.v2"
 
-_PROD = {"prod", "production", "live"}
-_NONPROD = {"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"}
+# Environment spellings normalised to `prod` / `nonprod` (any other name keeps its own, policy column `default`).
+PROD_ENVIRONMENTS = frozenset({"prod", "production", "live"})
+NONPROD_ENVIRONMENTS = frozenset({"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"})
 
 
 def normalise_environment(raw: str | None) -> str:
     """Return `prod`, `nonprod`, or the trimmed lower-cased name of any other environment."""
     value = (raw or "").strip().lower()
-    if value in _PROD:
+    if value in PROD_ENVIRONMENTS:
         return "prod"
-    if value in _NONPROD or not value:
+    if value in NONPROD_ENVIRONMENTS or not value:
         return "nonprod"
     return value
 
@@ -382,6 +389,18 @@ def _unpriced(policy: PolicyDocument, mode: str, decision: str, reasons: list[st
     return "REQUIRE_APPROVAL"
 
 
+def _project_missing(mode: str, decision: str, reasons: list[str]) -> str:
+    """Return the decision after the project-id rule (an object declaring no valdrix.io/project-id)."""
+    reasons.append("project_id_missing")
+    if mode == "shadow":
+        reasons.append("shadow_mode_project_id_override")
+        return decision
+    if mode == "soft":
+        reasons.append("soft_mode_project_id_escalation")
+        return decision if decision in ("REQUIRE_APPROVAL", "DENY") else "REQUIRE_APPROVAL"
+    return "DENY"
+
+
 _SUFFIX_SUBJECT = {"plan_limit_exceeded": "plan_limit", "budget_exceeded": "budget",
                    "enterprise_ceiling_exceeded": "enterprise_ceiling"}
 
@@ -426,6 +445,8 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
         decision = _unpriced(policy, mode, decision, reasons)
     if defaulted_containers(inp.metadata):
         reasons.append("container_resources_defaulted")
+    if policy.kubernetes.require_project_id and inp.metadata.get("project_declared") is False:
+        decision = _project_missing(mode, decision, reasons)
     column = environment_class(inp.environment)
     approval_by_policy = (getattr(policy.approval.require_approval, column)
                           and requested >= policy.entitlements.auto_approve_below_monthly_usd)

@@ -147,6 +147,10 @@ class Kubernetes(_Closed):
     # memory, when its namespace's LimitRange is not mirrored into the price book (docs/kubernetes-pricing.md).
     # Such decisions carry the reason `container_resources_defaulted`.
     default_container_resources: ContainerResources = ContainerResources()
+    # Off by default. On: a priced change to an object without a `valdrix.io/project-id` label or annotation
+    # is a policy violation of the mode (reason project_id_missing; hard mode denies). Enforceable in the API
+    # server too: `valdrix policy render --format validating-admission-policy`.
+    require_project_id: bool = False
 
 
 class PolicyDocument(_Closed):
