@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.helm.test_chart import CHART, ROOT, by_kind, one, render, template
+from valdrix.policies.schemas import PolicyDocument
 from valdrix.pricing.kubernetes import PRICED_RESOURCES
 
 SCHEMA = CHART / "values.schema.json"
@@ -260,3 +261,40 @@ def test_dashboard_and_alerts_query_metrics_the_code_exports(helm: str, tmp_path
     missing = {m for m in used - exported
                if m not in PENDING_ELSEWHERE or importlib.util.find_spec(PENDING_ELSEWHERE[m]) is not None}
     assert not missing
+
+
+# ------------------------------------------------------------------------------------------ admission policy
+
+
+def test_chart_installs_the_rendered_validating_admission_policy(helm: str, tmp_path: Path) -> None:
+    policy = PolicyDocument().model_dump(mode="json")
+    policy["mode_matrix"]["k8s_admission"]["prod"] = "hard"
+    policy["kubernetes"]["require_project_id"] = True
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    rendered = subprocess.run([sys.executable, "-m", "valdrix", "policy", "render", "--format",
+                               "validating-admission-policy", "--file", str(tmp_path / "policy.json")],
+                              capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    (tmp_path / "vap.yaml").write_text(rendered.stdout)
+    docs = render(helm, extra=("--set", "validatingAdmissionPolicy.enabled=true",
+                               "--set-file", f"validatingAdmissionPolicy.manifests={tmp_path / 'vap.yaml'}"))
+    vap = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert vap["metadata"]["labels"]["app.kubernetes.io/instance"] == "valdrix"
+    assert [v["reason"] for v in vap["spec"]["validations"]] == ["Forbidden", "Forbidden"]
+    assert binding["spec"] == {"policyName": "valdrix-gate", "validationActions": ["Deny"]}
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in (vap, binding):
+        kubernetes_validate.validate(doc, desired_version="1.31", strict=True)
+
+
+@pytest.mark.parametrize(("manifests", "message"), [
+    ("", "needs validatingAdmissionPolicy.manifests"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n", "may hold only ValidatingAdmissionPolicy"),
+], ids=["missing", "other-kind"])
+def test_chart_refuses_bad_admission_policy_manifests(helm: str, tmp_path: Path, manifests: str,
+                                                      message: str) -> None:
+    (tmp_path / "vap.yaml").write_text(manifests)
+    proc = template(helm, extra=("--set", "validatingAdmissionPolicy.enabled=true",
+                                 "--set-file", f"validatingAdmissionPolicy.manifests={tmp_path / 'vap.yaml'}"))
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
