@@ -21,6 +21,7 @@ CHART = ROOT / "deploy" / "helm" / "valdrix"
 GUARDRAILS = Path(__file__).resolve().parent / "guardrails"
 SOFT = CHART / "ci" / "soft-values.yaml"
 HARD = CHART / "ci" / "hard-values.yaml"
+MONITORING = CHART / "ci" / "monitoring-values.yaml"
 RELEASE = "valdrix"
 NAMESPACE = "valdrix"
 K8S_VERSION = "1.31"  # newest minor both kubernetes-validate and the chart's kubeVersion cover comfortably
@@ -91,8 +92,8 @@ def webhook_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "values",
-    [(), (SOFT,), (SOFT, HARD), (HARD,)],
-    ids=["default", "soft", "soft+hard", "hard"],
+    [(), (SOFT,), (SOFT, HARD), (HARD,), (SOFT, HARD, MONITORING)],
+    ids=["default", "soft", "soft+hard", "hard", "hard+monitoring"],
 )
 def test_helm_lint_clean(helm: str, values: tuple[Path, ...]) -> None:
     cmd = [helm, "lint", str(CHART), "--strict", "--namespace", NAMESPACE]
