@@ -7,8 +7,7 @@ import sys
 import typer
 
 from valdrix import __version__
-from valdrix.cli import approvals, costs, export, keys, policy, preflight, records, server, signing, tenants, \
-    worker
+from valdrix.cli import approvals, costs, export, keys, policy, preflight, records, server, signing, tenants, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Valdrix Gate: pre-provision cost enforcement.")
 server.register(app)
