@@ -24,7 +24,7 @@ UNIT = {"reqps": " req/s", "s": " s", "percentunit": "%", "currencyUSD": " USD",
 SAMPLES = {"source": ["k8s_admission", "terraform"], "decision": ["ALLOW", "REQUIRE_APPROVAL", "DENY"],
            "failure_type": ["timeout", "lock_timeout"], "event": ["contended", "timeout"],
            "required_permission": ["approve:prod", "approve:nonprod"], "target_kind": ["slack", "webhook"],
-           "outcome": ["success", "error"], "artifact": ["archive", "parity"], "job": ["approvals.expire"],
+           "outcome": ["delivered", "retry"], "artifact": ["archive", "parity"], "job": ["approvals.expire"],
            "status": ["success", "failure"], "route": ["/api/v1/enforcement/gate/k8s/admission/review"],
            "tenant": ["acme", "acme", "globex", "initech"], "scope": ["payments", "search", "ml", "web"]}
 
