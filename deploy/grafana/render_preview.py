@@ -34,7 +34,12 @@ def _legends(target: dict[str, Any]) -> list[str]:
     names = re.findall(r"\{\{(\w+)\}\}", fmt)
     if not names:
         return [fmt or "value"]
-    samples = {**SAMPLES, "status": ["200", "429"]} if "route" in names else SAMPLES
+    # Label values differ per metric family for a few shared label names.
+    samples = dict(SAMPLES)
+    if "route" in names:
+        samples["status"] = ["200", "429"]
+    if "artifact" in names:
+        samples["outcome"] = ["success", "error"]
     count = max(len(samples.get(n, ["x"])) for n in names)
 
     def value(name: str, i: int) -> str:
