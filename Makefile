@@ -24,6 +24,7 @@ test: $(STAMP)
 	command -v unzip >/dev/null && command -v openssl >/dev/null || apt-get install -y -qq unzip openssl
 	scripts/fetch-helm.sh
 	scripts/ensure-chromium.sh
+	scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

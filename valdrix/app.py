@@ -28,6 +28,7 @@ from valdrix.approvals.router import router as approvals_router
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit.router import router as audit_router
 from valdrix.auth.service import KeyOwners
+from valdrix.budgets.metrics import BudgetCollector
 from valdrix.budgets.router import router as budgets_router
 from valdrix.clock import Clock, IdFactory, SystemClock, UuidFactory
 from valdrix.config import Settings, get_settings
@@ -45,6 +46,7 @@ from valdrix.ledger.router import router as ledger_router
 from valdrix.migrate import head_revision
 from valdrix.notifications.metrics import QueueAgeCollector
 from valdrix.notifications.router import router as notifications_router
+from valdrix.observability.metrics import BuildInfo, RequestMetrics
 from valdrix.policies.router import router as policies_router
 from valdrix.preflight.router import router as preflight_router
 from valdrix.pricing.kubernetes import PriceBook
@@ -195,6 +197,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     scrape = CollectorRegistry(auto_describe=True)
     for collector in SCRAPE_COLLECTORS:
         scrape.register(collector(app.state.reads, app.state.clock))
+    scrape.register(BudgetCollector(app.state.reads, app.state.clock, settings.metrics_budget_scopes))
+    scrape.register(BuildInfo("api"))
     app.state.price_book = book
     app.state.modes = ModeMemory()
     app.state.admission = AdmissionGate(settings, book, app.state.sessions, app.state.clock, app.state.ids,
@@ -278,6 +282,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
 
     app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    # Outermost: a request the guard refuses is counted too.
+    app.add_middleware(RequestMetrics)
     return app
 
 

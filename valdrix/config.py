@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     approval_expiry_interval_seconds: int = Field(default=60, ge=10, le=86400)
     job_lease_seconds: int = Field(default=600, ge=10, le=86400)
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Budget scopes exported as metrics (the most utilised first); bounds the series count (valdrix/budgets/metrics.py).
+    metrics_budget_scopes: int = Field(default=50, ge=0, le=1000)
     # Actual spend in decisions: off (read only for policies with budget_basis=forecast), observe (always read,
     # reported in computed_context), required (missing, stale or unreadable data fails per mode).
     cost_context: Literal["off", "observe", "required"] = "off"

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-_PROD = {"prod", "production", "live"}
-_NONPROD = {"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"}
+PROD_ENVIRONMENTS = frozenset({"prod", "production", "live"})
+NONPROD_ENVIRONMENTS = frozenset({"nonprod", "non-prod", "dev", "development", "test", "testing", "stage", "staging"})
 
 
 def normalise_environment(raw: str | None) -> str:
     """Return `prod`, `nonprod`, or the trimmed lower-cased name of any other environment."""
     value = (raw or "").strip().lower()
-    if value in _PROD:
+    if value in PROD_ENVIRONMENTS:
         return "prod"
-    if value in _NONPROD or not value:
+    if value in NONPROD_ENVIRONMENTS or not value:
         return "nonprod"
     return value
 

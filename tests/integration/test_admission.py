@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+import yaml
+from prometheus_client import REGISTRY
 from sqlalchemy import event
 
 from tests.integration.test_gate_flow import set_mode
@@ -223,12 +225,16 @@ def test_config_map_never_touches_the_database_and_database_down_fail_safe(scrat
 def test_database_down_never_seen_caller_is_denied(scratch_dir: Path) -> None:
     # A PostgreSQL URL nobody listens on: the key cannot be verified, the safest answer is a denial (HTTP 200).
     settings = Settings(database_url=f"postgresql+psycopg://valdrix@127.0.0.1:{free_port()}/none")  # type: ignore[call-arg]
+    labels = {"source": "k8s_admission", "failure_type": "evaluation_error"}
+    before = REGISTRY.get_sample_value("valdrix_ops_enforcement_gate_failures_total", labels) or 0
     with app_server(settings) as (base, _app), httpx.Client(base_url=base,
                                                            headers={"Authorization": "Bearer vxk_x"}) as c:
         res = c.post(PATH, json=envelope(request_for(load("deployment-gpu-trainer.json")))).json()["response"]
         assert res["allowed"] is False and res["status"]["code"] == 403
         assert "hard_mode_fail_closed" in res["status"]["message"]
         assert call(c, CONFIG_MAP).json()["response"]["allowed"] is True
+    # The unrecorded fail-safe is counted where the alerts look (ValdrixGateEvaluationErrors).
+    assert REGISTRY.get_sample_value("valdrix_ops_enforcement_gate_failures_total", labels) == before + 1
 
 
 def test_bad_price_book_refuses_to_start(scratch_dir: Path) -> None:
@@ -298,3 +304,27 @@ def test_approved_request_is_admitted_once_on_reapply(tenant: Tenant) -> None:
         assert call(api_server, obj).json()["response"]["allowed"] is False
         events = [e["event"] for e in owner.get("/api/v1/enforcement/ledger").json()["items"]]
         assert events.count("approval_redeemed") == 1
+
+
+def test_container_without_resources_priced_from_the_tenants_policy_defaults(tenant: Tenant) -> None:
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "third_party"
+    no_resources = yaml.safe_load((fixtures / "k8s-objects" / "examples__tf-serving-deployment-no-resources.yaml")
+                                  .read_text())
+    with tenant.client() as c:
+        budget(c, "default", "1000")
+        first = call(c, no_resources).json()["response"]
+        assert first["allowed"] is True, first
+        assert first["auditAnnotations"]["monthly-delta-usd"] == "2.6942"  # 100m / 128Mi policy defaults
+        stored = c.get(f"/api/v1/enforcement/decisions/{first['auditAnnotations']['decision-id']}").json()
+        assert "container_resources_defaulted" in stored["reason_codes"]
+        doc = c.get("/api/v1/enforcement/policies").json()["document"]
+        doc["kubernetes"]["default_container_resources"] = {"cpu": "1", "memory": "1Gi"}
+        assert c.put("/api/v1/enforcement/policies", json=doc).status_code == 200
+        again = call(c, no_resources).json()["response"]
+        assert again["auditAnnotations"]["monthly-delta-usd"] == "26.1690"
+        # Zero replicas without resources: nothing to decide once the defaults are known.
+        zero = json.loads((fixtures / "admission-reviews" / "kubewarden__deployment_create_without_resources"
+                           ".request.json").read_text())
+        zero["uid"] = str(uuid.uuid4())
+        res = c.post(PATH, json=envelope(zero)).json()["response"]
+        assert res["allowed"] is True and res["auditAnnotations"]["fast-path"] == "non_positive_delta"

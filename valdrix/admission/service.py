@@ -38,6 +38,7 @@ from valdrix.decisions.metrics import observe_decision
 from valdrix.decisions.models import Decision
 from valdrix.errors import NotFound, Unauthenticated, ValdrixError
 from valdrix.money import monthly
+from valdrix.policies import service as policies
 from valdrix.pricing.kubernetes import PriceBook
 
 log = logging.getLogger("valdrix.admission")
@@ -169,9 +170,19 @@ class AdmissionGate:
             self._callers.pop(credential.cache_key, None)
 
     def decide(self, session: Session, caller: Caller, req: AdmissionRequest,
-               change: translate.Priced | translate.ScaleUp, seconds_left: float) -> tuple[Answer, gate.Outcome | None]:
+               change: translate.Priced | translate.ScaleUp | translate.NeedsDefaults,
+               seconds_left: float) -> tuple[Answer, gate.Outcome | None]:
         """Return the answer for a priced change, decided in `session` within `seconds_left`, and the gate's
-        outcome to count once it is committed (None for an admission redeemed by an approval)."""
+        outcome to count once it is committed (None for an admission redeemed by an approval, or answered
+        without a decision once priced with the tenant's container defaults)."""
+        if isinstance(change, translate.NeedsDefaults):
+            # Priced again with the tenant's container defaults, now that the tenant is known.
+            begun = time.monotonic()
+            defaults = translate.container_defaults(policies.current(session, caller.tenant_id).document)
+            retranslated = translate.translate(req, self.book, self.where, defaults)
+            if not isinstance(retranslated, (translate.Priced, translate.ScaleUp)):
+                return self.without_decision(retranslated, begun), None
+            change = retranslated
         if isinstance(change, translate.ScaleUp):
             per_replica = self._per_replica(session, caller.tenant_id, change.reference)
             inp = translate.scale_input(req, self.where, change, per_replica)
@@ -194,6 +205,16 @@ class AdmissionGate:
         outcome = gate.decide(session, ctx, inp, req.uid)
         self.modes.remember(outcome.decision)
         return self.answer(outcome.decision), outcome
+
+    def without_decision(self, outcome: translate.Outcome, started: float) -> Answer:
+        """Return the answer for a change that needs no decision once priced with the tenant's defaults."""
+        if isinstance(outcome, translate.Refused):
+            observe_decision(translate.SOURCE, "DENY", ["invalid_cost_input"], "invalid", time.monotonic() - started)
+            return Answer(False, "DENY", message=f"Valdrix Gate cannot price this object: {outcome.message}",
+                          audit=(("decision", "DENY"), ("invalid-cost-input", outcome.message[:256])))
+        why = outcome.why if isinstance(outcome, translate.Fast) else "no_cost_impact"
+        observe_decision(translate.SOURCE, "ALLOW", [], "fast", time.monotonic() - started)
+        return Answer(True, "ALLOW", audit=(("decision", "ALLOW"), ("fast-path", why)))
 
     def unrecorded(self, caller: Caller | None, inp: engine.DecisionInput | None, trigger: str,
                    started: float) -> Answer:

@@ -13,7 +13,15 @@ from typing import Any
 from valdrix.admission.schemas import AdmissionRequest
 from valdrix.decisions import engine
 from valdrix.money import HOURS_PER_MONTH
-from valdrix.pricing.kubernetes import CostDelta, PriceBook, PricingError, price_change
+from valdrix.policies.schemas import PolicyDocument
+from valdrix.pricing.kubernetes import (
+    ContainerDefaults,
+    CostDelta,
+    PriceBook,
+    PricingError,
+    parse_quantity,
+    price_change,
+)
 
 PROJECT_KEY = "valdrix.io/project-id"
 ENVIRONMENT_KEY = "valdrix.io/environment"
@@ -62,7 +70,21 @@ class ScaleUp:
     new_replicas: int
 
 
-Outcome = Fast | Refused | Priced | ScaleUp
+@dataclass(frozen=True)
+class NeedsDefaults:
+    """Containers name no cpu/memory request or limit and their namespace mirrors no LimitRange: the price
+    depends on the tenant's policy defaults, so translate again with them once the caller is known."""
+
+    containers: int
+
+
+Outcome = Fast | Refused | Priced | ScaleUp | NeedsDefaults
+
+
+def container_defaults(policy: PolicyDocument) -> ContainerDefaults:
+    """Return the policy's `kubernetes.default_container_resources` as pricer input."""
+    resources = policy.kubernetes.default_container_resources
+    return ContainerDefaults(parse_quantity(resources.cpu), parse_quantity(resources.memory))
 
 
 def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -110,7 +132,7 @@ def _replicas(obj: Mapping[str, Any] | None) -> int:
 
 
 def decision_input(req: AdmissionRequest, where: ClusterMap, monthly_delta: Decimal, hourly_delta: Decimal,
-                   breakdown: dict[str, Any]) -> engine.DecisionInput:
+                   breakdown: dict[str, Any], defaulted_containers: int = 0) -> engine.DecisionInput:
     """Return the gate input for a priced request (project/environment resolved as the runbook says)."""
     meta = _meta(subject(req))
     namespace = req.namespace or str(meta.get("namespace") or "default")
@@ -127,14 +149,25 @@ def decision_input(req: AdmissionRequest, where: ClusterMap, monthly_delta: Deci
         "k8s_cluster": where.cluster,
         "cost_breakdown": breakdown,
     }
+    if defaulted_containers:
+        # Read by the engine: the decision carries the reason container_resources_defaulted.
+        metadata["pricing"] = {"defaulted_containers": defaulted_containers}
+    if _tagged(meta, PROJECT_KEY) is None:
+        # Read by the engine when the policy requires a declared project (reason project_id_missing).
+        metadata["project_declared"] = False
     return engine.make_input(source=SOURCE, project_id=project, environment=environment,
                              action=f"admission.{req.operation.lower()}", resource_reference=reference(req),
                              monthly_delta=monthly_delta, hourly_delta=hourly_delta, metadata=metadata,
                              dry_run=bool(req.dry_run))
 
 
-def translate(req: AdmissionRequest, book: PriceBook, where: ClusterMap) -> Outcome:
-    """Return what to do with one admission request (never raises for a malformed object: that is Refused)."""
+def translate(req: AdmissionRequest, book: PriceBook, where: ClusterMap,
+              defaults: ContainerDefaults | None = None) -> Outcome:
+    """Return what to do with one admission request (never raises for a malformed object: that is Refused).
+
+    Without `defaults` (the tenant's policy is not known yet), a change whose price depends on them is
+    NeedsDefaults.
+    """
     if req.operation in ("DELETE", "CONNECT"):
         return Fast(req.operation.lower())
     if req.sub_resource == "status":
@@ -146,7 +179,8 @@ def translate(req: AdmissionRequest, book: PriceBook, where: ClusterMap) -> Outc
             if new <= old:
                 return Fast("non_positive_delta")
             return ScaleUp(reference(req), old, new)
-        delta = price_change(req.operation, req.object, req.old_object, book, cluster=where.cluster)
+        delta = price_change(req.operation, req.object, req.old_object, book, cluster=where.cluster,
+                             defaults=defaults, namespace=req.namespace)
     except PricingError as exc:
         return Refused(str(exc))
     if not delta.cost_impact:
@@ -155,10 +189,14 @@ def translate(req: AdmissionRequest, book: PriceBook, where: ClusterMap) -> Outc
             and not delta.overridden:
         # A controller-made pod (ReplicaSet → Pod) is already paid for by its owner's decision.
         return Fast("owned_by_controller", delta)
+    if delta.needs_defaults:
+        # Pricing such a container at 0 would let a workload without requests past the gate for free.
+        return NeedsDefaults(max((cost.unresourced_containers for cost in (delta.before, delta.after) if cost),
+                                 default=0))
     if delta.monthly_delta_usd <= 0 and delta.hourly_delta_usd <= 0:
         return Fast("non_positive_delta", delta)
-    return Priced(decision_input(req, where, delta.monthly_delta_usd, delta.hourly_delta_usd, delta.breakdown()),
-                  delta)
+    return Priced(decision_input(req, where, delta.monthly_delta_usd, delta.hourly_delta_usd, delta.breakdown(),
+                                 delta.defaulted_containers), delta)
 
 
 def scale_input(req: AdmissionRequest, where: ClusterMap, change: ScaleUp,

@@ -1,17 +1,20 @@
-"""`valdrix policy simulate --file candidate.json`: what a candidate policy would have decided, before saving it.
+"""`valdrix policy simulate|render`: what a candidate policy would have decided, and the policy's portable rules.
 
-Talks to a running gate (`--server` / VALDRIX_SERVER) with an admin key in VALDRIX_API_KEY. Prints a summary
-readable in 80 columns (or the API answer with `--json`); exits 0 when the simulation ran, 1 otherwise.
+`simulate` talks to a running gate (`--server` / VALDRIX_SERVER) with an admin key in VALDRIX_API_KEY. It prints
+a summary readable in 80 columns (or the API answer with `--json`); exits 0 when the simulation ran, 1 otherwise.
+`render` prints Kubernetes manifests of the rules that need no database (read from a file, or with the server
+installed, from the database).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -21,7 +24,11 @@ from rich.table import Table
 from valdrix.cli.continuation import explain_api_error
 from valdrix.client import ApiError, GateClient, TransportFailure
 
-app = typer.Typer(no_args_is_help=True, help="Policies: simulate a candidate against recorded decisions.")
+if TYPE_CHECKING:
+    from valdrix.policies.schemas import PolicyDocument
+
+app = typer.Typer(no_args_is_help=True,
+                  help="Policies: simulate a candidate against recorded decisions, or render the portable rules.")
 out = Console()
 err = Console(stderr=True)
 
@@ -159,3 +166,92 @@ def _change(current: dict[str, Any], candidate: dict[str, Any]) -> str:
     lines += [f"{'  ' if r in current['reason_codes'] else '+ '}{r}" for r in candidate["reason_codes"]]
     lines += [f"- {r}" for r in current["reason_codes"] if r not in candidate["reason_codes"]]
     return "\n".join(lines)
+
+
+class Format(enum.StrEnum):
+    validating_admission_policy = "validating-admission-policy"
+
+
+class Action(enum.StrEnum):
+    deny = "Deny"
+    warn = "Warn"
+    audit = "Audit"
+
+
+def _from_file(path: Path) -> PolicyDocument:
+    import yaml
+    from pydantic import ValidationError
+
+    from valdrix.policies.schemas import PolicyDocument
+
+    try:
+        return PolicyDocument.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]error[/red] cannot read {path}: {exc}")
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        err.print(f"[red]error[/red] {path} is not a valid policy document:\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("render")
+def render_manifests(
+    output_format: Format = typer.Option(..., "--format", help="What to render the policy into."),
+    tenant: str | None = typer.Option(None, help="Render this tenant's active policy (read from the database)."),
+    file: Path | None = typer.Option(None, help="Render this policy document (JSON or YAML) instead."),
+    name: str = typer.Option("valdrix-gate", help="Name of the ValidatingAdmissionPolicy and its binding."),
+    action: list[Action] = typer.Option([Action.deny], help="validationActions of the binding (repeatable)."),
+    exclude_namespace: list[str] = typer.Option(
+        [], help="Namespaces the policy skips besides kube-system, kube-public and kube-node-lease (repeatable)."),
+) -> None:
+    """Print Kubernetes manifests enforcing the policy's database-free rules inside the API server.
+
+    validating-admission-policy: a ValidatingAdmissionPolicy and binding (Kubernetes >= 1.30) denying, in
+    hard-mode environments, objects whose declared valdrix.io/estimated-monthly-delta-usd exceeds
+    hard_deny_above_monthly_usd, and (kubernetes.require_project_id) objects without a valdrix.io/project-id.
+    Namespace environments come from VALDRIX_ADMISSION_NAMESPACE_ENVIRONMENTS. Install with the chart:
+    --set validatingAdmissionPolicy.enabled=true --set-file validatingAdmissionPolicy.manifests=<this output>.
+    """
+    import yaml
+
+    from valdrix.portability import engine as portability
+
+    if (tenant is None) == (file is None):
+        err.print("[red]error[/red] give exactly one of --tenant or --file")
+        raise typer.Exit(2)
+    version: int | None = None
+    if file is not None:
+        document = _from_file(file)
+        digest = document.sha256()
+    else:
+        assert tenant is not None
+        # Reading the database needs the server's libraries (pip install 'valdrix[server]').
+        from valdrix.auth import service as auth
+        from valdrix.cli.session import db_session
+        from valdrix.policies import service as policies
+
+        with db_session() as session:
+            active = policies.current(session, auth.get_tenant(session, tenant).id)
+        document, version, digest = active.document, active.version, active.sha256
+    hard = portability.hard_environment_classes(document)
+    if not hard:
+        err.print("[yellow]note[/yellow] no environment runs k8s_admission in hard mode: the policy admits "
+                      "everything (it enforces hard-mode rules only)")
+    manifests = portability.validating_admission_policy(
+        document, version=version, sha256=digest, name=name,
+        namespace_environments=_namespace_environments(),
+        excluded_namespaces=exclude_namespace, actions=[a.value for a in action])
+    # JSON-compatible YAML, one document per manifest.
+    print(yaml.safe_dump_all(json.loads(json.dumps(manifests)), sort_keys=False, width=100000), end="")
+
+
+def _namespace_environments() -> dict[str, str]:
+    """Return VALDRIX_ADMISSION_NAMESPACE_ENVIRONMENTS (JSON: namespace → environment), as the server reads it."""
+    raw = os.environ.get("VALDRIX_ADMISSION_NAMESPACE_ENVIRONMENTS", "").strip()
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise typer.BadParameter(f"VALDRIX_ADMISSION_NAMESPACE_ENVIRONMENTS is not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise typer.BadParameter("VALDRIX_ADMISSION_NAMESPACE_ENVIRONMENTS must map namespaces to environments")
+    return value

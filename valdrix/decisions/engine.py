@@ -7,7 +7,9 @@ Reason-code catalogue (ordered as they are appended; documented in docs/decision
   enterprise_ceiling_exceeded, {shadow|soft}_mode_{plan_limit|budget|enterprise_ceiling}_{override|escalation},
   unbudgeted_project [{shadow_mode_unbudgeted_project_override | soft_mode_unbudgeted_project_escalation}],
   unpriced_resources [{shadow_mode_unpriced_resources_override | soft_mode_unpriced_resources_escalation}],
-  credit_waterfall_used, reserved_credit_waterfall_used, emergency_credit_waterfall_used,
+  container_resources_defaulted, project_id_missing [{shadow_mode_project_id_override |
+  soft_mode_project_id_escalation}], credit_waterfall_used, reserved_credit_waterfall_used,
+  emergency_credit_waterfall_used,
   shadow_mode_approval_override, approval_required, dry_run; fail-safe: gate_lock_timeout | gate_timeout |
   gate_evaluation_error, then shadow_mode_fail_open | soft_mode_fail_safe_escalation | hard_mode_fail_closed.
 
@@ -23,6 +25,14 @@ approval required by policy.
 (a mistyped project id, or a project nobody budgeted). `entitlements.unbudgeted_projects` decides, exactly
 like `unpriced_resources`: `escalate` (default) → REQUIRE_APPROVAL, `deny` → the mode's violation decision,
 `allow` → unchanged; shadow only records it.
+
+`project_id_missing`: the policy's `kubernetes.require_project_id` is on and the Kubernetes object declares no
+`valdrix.io/project-id` label or annotation (request metadata `project_declared: false`): shadow allows with
+`shadow_mode_project_id_override`, soft asks for approval, hard denies.
+
+`container_resources_defaulted`: informational, never changes the decision. The Kubernetes adapter priced
+containers that name no cpu/memory request or limit at the namespace's LimitRange or the policy's
+`kubernetes.default_container_resources` (request metadata `pricing.defaulted_containers` > 0).
 """
 
 from __future__ import annotations
@@ -361,6 +371,13 @@ def unpriced_count(metadata: dict[str, Any]) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
+def defaulted_containers(metadata: dict[str, Any]) -> int:
+    """Return `metadata.pricing.defaulted_containers` when it is a non-negative integer, else 0."""
+    pricing = metadata.get("pricing")
+    count = pricing.get("defaulted_containers") if isinstance(pricing, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
 def _escalation_rule(rule: str, reason: str, mode: str, decision: str, reasons: list[str]) -> str:
     """Return the decision after a rule that can only raise an allowed decision (`escalate` or `deny`)."""
     if rule in ("ignore", "allow") or decision not in ("ALLOW", "ALLOW_WITH_CREDITS"):
@@ -374,6 +391,18 @@ def _escalation_rule(rule: str, reason: str, mode: str, decision: str, reasons: 
             reasons.append(f"soft_mode_{reason}_escalation")
         return violation_decision(mode)
     return "REQUIRE_APPROVAL"
+
+
+def _project_missing(mode: str, decision: str, reasons: list[str]) -> str:
+    """Return the decision after the project-id rule (an object declaring no valdrix.io/project-id)."""
+    reasons.append("project_id_missing")
+    if mode == "shadow":
+        reasons.append("shadow_mode_project_id_override")
+        return decision
+    if mode == "soft":
+        reasons.append("soft_mode_project_id_escalation")
+        return decision if decision in ("REQUIRE_APPROVAL", "DENY") else "REQUIRE_APPROVAL"
+    return "DENY"
 
 
 _SUFFIX_SUBJECT = {"plan_limit_exceeded": "plan_limit", "budget_exceeded": "budget",
@@ -422,6 +451,10 @@ def evaluate(inp: DecisionInput, policy: PolicyDocument, policy_version: int, fu
     if unpriced_count(inp.metadata):
         decision = _escalation_rule(policy.entitlements.unpriced_resources, "unpriced_resources", mode, decision,
                                     reasons)
+    if defaulted_containers(inp.metadata):
+        reasons.append("container_resources_defaulted")
+    if policy.kubernetes.require_project_id and inp.metadata.get("project_declared") is False:
+        decision = _project_missing(mode, decision, reasons)
     column = environment_class(inp.environment)
     approval_by_policy = (getattr(policy.approval.require_approval, column)
                           and requested >= policy.entitlements.auto_approve_below_monthly_usd)

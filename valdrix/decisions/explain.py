@@ -28,6 +28,9 @@ REASONS = {
     "shadow_mode_approval_override": "Approval would be required; shadow mode lets the change through unreviewed.",
     "dry_run": "A dry run: evaluated only, nothing was reserved.",
     "unpriced_resources": "Some resources of the plan could not be priced.",
+    "container_resources_defaulted": "Containers without cpu/memory requests or limits were priced at the "
+                                     "namespace's LimitRange or the policy's default container resources.",
+    "project_id_missing": "The policy requires a valdrix.io/project-id label or annotation, and the object has none.",
     "gate_lock_timeout": "The gate could not lock the budget in time (fail-safe answer).",
     "gate_timeout": "The gate ran past its deadline (fail-safe answer).",
     "gate_evaluation_error": "The gate failed to evaluate the change (fail-safe answer).",
@@ -39,7 +42,7 @@ REASONS = {
 }
 _SUBJECTS = {"plan_limit": "plan-ceiling", "budget": "budget", "enterprise_ceiling": "enterprise-ceiling",
              "cost_context": "missing-cost-data", "unpriced_resources": "unpriced-resources",
-             "unbudgeted_project": "unbudgeted-project"}
+             "unbudgeted_project": "unbudgeted-project", "project_id": "missing-project-id"}
 _MODE_REASON = re.compile(r"^(shadow|soft|hard)_mode_([a-z_]+)_(override|escalation|closed)$")
 _HOW = {"override": "records the {s} violation but allows the change",
         "escalation": "turns the {s} violation into an approval request",

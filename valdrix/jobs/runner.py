@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 
 import httpx
-from prometheus_client import Counter, start_http_server
+from prometheus_client import REGISTRY, Counter, start_http_server
 from sqlalchemy.orm import Session, sessionmaker
 
 from valdrix.approvals import service as approvals
@@ -32,6 +32,7 @@ from valdrix.db import make_engine, make_sessionmaker, transaction
 from valdrix.integrations.worker import RunTaskWorker
 from valdrix.jobs import service as leases
 from valdrix.notifications import sender
+from valdrix.observability.metrics import BuildInfo
 from valdrix.reservations import service as reservations
 from valdrix.reservations.metrics import SWEEP_RUNS
 
@@ -114,6 +115,7 @@ def loop(settings: Settings, selected: tuple[Job, ...], *, queues: bool = False)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if settings.worker_metrics_port:
+        REGISTRY.register(BuildInfo("worker"))
         start_http_server(settings.worker_metrics_port, addr=settings.host)
     http = httpx.Client(timeout=settings.run_task_http_timeout_seconds)
     notifier = sender.client(settings) if queues else None

@@ -7,11 +7,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from valdrix.canonical import sha256_hex
 from valdrix.environments import normalise_environment
 from valdrix.money import Amount, monthly
+from valdrix.pricing.kubernetes import PricingError, parse_quantity
 
 SCHEMA_VERSION = "valdrix.enforcement.policy.v1"
 
@@ -129,12 +139,43 @@ class Execution(_Closed):
     default_ttl_seconds: int = Field(default=900, ge=60, le=86400, strict=True)
 
 
+def _quantity(value: str) -> str:
+    try:
+        amount = parse_quantity(value)
+    except PricingError as exc:
+        raise ValueError(str(exc)) from None
+    if amount < 0:
+        raise ValueError(f"quantity {value!r} must not be negative")
+    return value
+
+
+# A Kubernetes quantity ("250m", "0.5", "512Mi"), kept as written so the document hash is what was stored.
+KubernetesQuantity = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_quantity)]
+
+
+class ContainerResources(_Closed):
+    cpu: KubernetesQuantity = "100m"
+    memory: KubernetesQuantity = "128Mi"
+
+
+class Kubernetes(_Closed):
+    # What the admission pricer assumes for a container that names neither a request nor a limit for cpu or
+    # memory, when its namespace's LimitRange is not mirrored into the price book (docs/kubernetes-pricing.md).
+    # Such decisions carry the reason `container_resources_defaulted`.
+    default_container_resources: ContainerResources = ContainerResources()
+    # Off by default. On: a priced change to an object without a `valdrix.io/project-id` label or annotation
+    # is a policy violation of the mode (reason project_id_missing; hard mode denies). Enforceable in the API
+    # server too: `valdrix policy render --format validating-admission-policy`.
+    require_project_id: bool = False
+
+
 class PolicyDocument(_Closed):
     schema_version: Literal["valdrix.enforcement.policy.v1"] = "valdrix.enforcement.policy.v1"
     mode_matrix: ModeMatrix = ModeMatrix()
     approval: Approval = Approval()
     entitlements: Entitlements = Entitlements()
     execution: Execution = Execution()
+    kubernetes: Kubernetes = Kubernetes()
     # How budget headroom is measured: active reservations only, or forecast spend plus reservations.
     budget_basis: Literal["reservations", "forecast"] = "reservations"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -43,6 +43,28 @@ _MAX_REPLICAS = 2**31 - 1
 _MONTHS_PER_YEAR = 12
 
 _WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"})
+# Resources a container without a request or limit is given one for (LimitRange, then policy defaults).
+DEFAULTED_RESOURCES = ("cpu", "memory")
+
+# The API resources whose objects this module prices, as (API group, resource) -> kind: what an admission
+# webhook or policy must intercept and nothing more. `*/scale` subresources carry a `Scale` object.
+PRICED_RESOURCES: Mapping[tuple[str, str], str] = MappingProxyType({
+    ("", "pods"): "Pod",
+    ("", "services"): "Service",
+    ("", "persistentvolumeclaims"): "PersistentVolumeClaim",
+    ("", "replicationcontrollers"): "ReplicationController",
+    ("", "replicationcontrollers/scale"): "Scale",
+    ("apps", "deployments"): "Deployment",
+    ("apps", "deployments/scale"): "Scale",
+    ("apps", "statefulsets"): "StatefulSet",
+    ("apps", "statefulsets/scale"): "Scale",
+    ("apps", "replicasets"): "ReplicaSet",
+    ("apps", "replicasets/scale"): "Scale",
+    ("apps", "daemonsets"): "DaemonSet",
+    ("batch", "jobs"): "Job",
+    ("batch", "cronjobs"): "CronJob",
+    ("autoscaling", "horizontalpodautoscalers"): "HorizontalPodAutoscaler",
+})
 
 
 class PricingError(ValueError):
@@ -79,6 +101,37 @@ class NodePoolRates(BaseModel):
     gpu_per_gpu_hour: Price | None = None
 
 
+def _quantity_value(value: object) -> object:
+    parse_quantity(value)  # raises PricingError (a ValueError) with the offending literal
+    return value
+
+
+Quantity = Annotated[str | int | float, BeforeValidator(_quantity_value)]
+
+
+class LimitRangeDefaults(BaseModel):
+    """A namespace's LimitRange `type: Container` defaults, mirrored by the operator (field names as in Kubernetes).
+
+    For a container that names neither a request nor a limit for cpu or memory, the API server sets the
+    request from `defaultRequest`, else from `default` (the default limit, which a missing request copies).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    defaultRequest: dict[str, Quantity] = Field(default_factory=dict)
+    default: dict[str, Quantity] = Field(default_factory=dict)
+
+    def requests(self) -> Mapping[str, Decimal]:
+        """Return the request the API server gives a container that sets none, per defaulted resource."""
+        out = {}
+        for name in DEFAULTED_RESOURCES:
+            for source in (self.defaultRequest, self.default):
+                if name in source:
+                    out[name] = parse_quantity(source[name])
+                    break
+        return MappingProxyType(out)
+
+
 class _ScopeFile(NodePoolRates):
     storage_per_gib_month: Price | None = None
     load_balancer_per_month: Price | None = None
@@ -89,6 +142,7 @@ class _ScopeFile(NodePoolRates):
     default_storage_class: str | None = None
     storage_classes: dict[str, Price] = Field(default_factory=dict)
     node_pools: dict[str, NodePoolRates] = Field(default_factory=dict)
+    limit_ranges: dict[str, LimitRangeDefaults] = Field(default_factory=dict)
 
 
 class _BookFile(BaseModel):
@@ -135,6 +189,8 @@ class ClusterPrices:
     default_storage_class: str | None
     storage_classes: Mapping[str, Decimal]
     node_pools: Mapping[str, NodePoolRates]
+    # namespace -> the request its LimitRange gives a container that sets none, per resource
+    limit_ranges: Mapping[str, Mapping[str, Decimal]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def _resolve_scope(scope: _ScopeFile, base: ClusterPrices | None) -> ClusterPrices:
@@ -149,6 +205,8 @@ def _resolve_scope(scope: _ScopeFile, base: ClusterPrices | None) -> ClusterPric
     )
     storage_classes = {**(base.storage_classes if base else {}), **scope.storage_classes}
     node_pools = {**(base.node_pools if base else {}), **scope.node_pools}
+    limit_ranges = {**(base.limit_ranges if base else {}),
+                    **{namespace: lr.requests() for namespace, lr in scope.limit_ranges.items()}}
     return ClusterPrices(
         rates=rates,
         storage_per_gib_month=pick("storage_per_gib_month"),
@@ -160,6 +218,7 @@ def _resolve_scope(scope: _ScopeFile, base: ClusterPrices | None) -> ClusterPric
         default_storage_class=pick("default_storage_class"),
         storage_classes=MappingProxyType(storage_classes),
         node_pools=MappingProxyType(node_pools),
+        limit_ranges=MappingProxyType(limit_ranges),
     )
 
 
@@ -343,6 +402,9 @@ class ObjectCost:
     notes: tuple[str, ...]
     pod_monthly_usd: Decimal = ZERO
     storage_monthly_usd: Decimal = ZERO
+    # Containers priced at a default cpu/memory request (LimitRange or policy), and those left without one.
+    defaulted_containers: int = 0
+    unresourced_containers: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Return this cost as JSON-ready data (Decimals as strings)."""
@@ -353,6 +415,7 @@ class ObjectCost:
             "storage_monthly_usd": str(self.storage_monthly_usd),
             "floor_monthly_usd": None if self.floor_monthly_usd is None else str(self.floor_monthly_usd),
             "owned_by_controller": self.owned_by_controller,
+            "defaulted_containers": self.defaulted_containers,
             "containers": [line.as_dict() for line in self.containers], "notes": list(self.notes),
         }
 
@@ -368,6 +431,17 @@ class CostDelta:
     overridden: bool
     cost_impact: bool
     notes: tuple[str, ...]
+
+    @property
+    def defaulted_containers(self) -> int:
+        """Containers of the new object priced at a default request (0 when an annotation overrides)."""
+        return 0 if self.overridden or self.after is None else self.after.defaulted_containers
+
+    @property
+    def needs_defaults(self) -> bool:
+        """True when a container was left without a cpu/memory request because no defaults were given."""
+        return not self.overridden and any(
+            cost.unresourced_containers for cost in (self.before, self.after) if cost is not None)
 
     def breakdown(self) -> dict[str, Any]:
         """Return the delta with its before/after breakdown as JSON-ready data (Decimals as strings)."""
@@ -426,21 +500,65 @@ def _request_of(sources: Sequence[tuple[Mapping[str, Any], str]], gpu_names: fro
     return _Req(amount("cpu"), amount("memory"), sum((amount(n) for n in sorted(gpu_names)), ZERO))
 
 
-def _container_request(resource_map: Mapping[str, Any], path: str, gpu_names: frozenset[str]) -> _Req:
+@dataclass(frozen=True)
+class ContainerDefaults:
+    """What a container that names neither a request nor a limit for cpu or memory is priced at, when its
+    namespace has no mirrored LimitRange for it: the policy's `kubernetes.default_container_resources`."""
+
+    cpu: Decimal  # cores
+    memory: Decimal  # bytes
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """Where missing cpu/memory requests come from: the namespace's LimitRange, then the policy defaults."""
+
+    limit_range: Mapping[str, Decimal]
+    policy: ContainerDefaults | None
+
+
+@dataclass(frozen=True)
+class _Container:
+    name: str
+    spec: Mapping[str, Any]
+    req: _Req
+    defaulted: tuple[str, ...] = ()  # "cpu (LimitRange)", "memory (policy default)"
+    missing: tuple[str, ...] = ()  # resources left at 0 because no default was given
+
+
+def _container_request(resource_map: Mapping[str, Any], path: str, gpu_names: frozenset[str],
+                       fill: _Fill) -> tuple[_Req, tuple[str, ...], tuple[str, ...]]:
     # The API server copies a limit into a missing request, so a limits-only container requests its limit.
-    return _request_of([(_opt_mapping(resource_map, "requests", path), f"{path}.requests"),
-                        (_opt_mapping(resource_map, "limits", path), f"{path}.limits")], gpu_names)
+    sources = [(_opt_mapping(resource_map, "requests", path), f"{path}.requests"),
+               (_opt_mapping(resource_map, "limits", path), f"{path}.limits")]
+    named = _request_of(sources, gpu_names)
+    amounts = {"cpu": named.cpu, "memory": named.memory}
+    defaulted: list[str] = []
+    missing: list[str] = []
+    for resource in DEFAULTED_RESOURCES:
+        if any(resource in values for values, _ in sources):
+            continue
+        if resource in fill.limit_range:
+            amounts[resource] = fill.limit_range[resource]
+            defaulted.append(f"{resource} (LimitRange)")
+        elif fill.policy is not None:
+            amounts[resource] = getattr(fill.policy, resource)
+            defaulted.append(f"{resource} (policy default)")
+        else:
+            missing.append(resource)
+    return _Req(amounts["cpu"], amounts["memory"], named.gpu), tuple(defaulted), tuple(missing)
 
 
-def _container_requests(pod_spec: Mapping[str, Any], key: str, path: str,
-                        gpu_names: frozenset[str]) -> list[tuple[str, Mapping[str, Any], _Req]]:
+def _container_requests(pod_spec: Mapping[str, Any], key: str, path: str, gpu_names: frozenset[str],
+                        fill: _Fill) -> list[_Container]:
     out = []
     for index, raw in enumerate(_opt_list(pod_spec, key, path)):
         cpath = f"{path}.{key}[{index}]"
         container = _mapping(raw, cpath)
         name = _opt_str(container, "name", cpath) or f"#{index}"
-        out.append((name, container, _container_request(_opt_mapping(container, "resources", cpath),
-                                                        f"{cpath}.resources", gpu_names)))
+        req, defaulted, missing = _container_request(_opt_mapping(container, "resources", cpath),
+                                                     f"{cpath}.resources", gpu_names, fill)
+        out.append(_Container(name, container, req, defaulted, missing))
     return out
 
 
@@ -485,9 +603,11 @@ class _PodPrice:
     hourly: Decimal
     lines: tuple[_Line, ...]
     notes: tuple[str, ...]
+    defaulted: int = 0  # containers given a default cpu/memory request
+    unresourced: int = 0  # containers left without one (no default was given)
 
 
-def _price_pod(pod_spec: Mapping[str, Any], prices: ClusterPrices, path: str) -> _PodPrice:
+def _price_pod(pod_spec: Mapping[str, Any], prices: ClusterPrices, path: str, fill: _Fill) -> _PodPrice:
     notes: list[str] = []
     rates = prices.rates
     pool = _node_pool(pod_spec, prices)
@@ -499,7 +619,7 @@ def _price_pod(pod_spec: Mapping[str, Any], prices: ClusterPrices, path: str) ->
         else:
             notes.append(f"node pool {name} ({key}) has no price override; cluster rates used")
     gpu_names = prices.gpu_resources
-    apps = _container_requests(pod_spec, "containers", path, gpu_names)
+    apps = _container_requests(pod_spec, "containers", path, gpu_names, fill)
     if not apps:
         raise PricingError(f"{path}.containers must list at least one container")
     # Effective pod request per resource (Kubernetes PodRequests): sidecars (init containers with
@@ -508,15 +628,16 @@ def _price_pod(pod_spec: Mapping[str, Any], prices: ClusterPrices, path: str) ->
     sidecar_total = _Req()
     init_peak = _Req()
     sidecars: list[tuple[str, _Req]] = []
-    for name, container, req in _container_requests(pod_spec, "initContainers", path, gpu_names):
-        if container.get("restartPolicy") == "Always":
-            sidecar_total += req
-            sidecars.append((name, req))
+    inits = _container_requests(pod_spec, "initContainers", path, gpu_names, fill)
+    for init in inits:
+        if init.spec.get("restartPolicy") == "Always":
+            sidecar_total += init.req
+            sidecars.append((init.name, init.req))
             init_peak = init_peak.max(sidecar_total)
         else:
-            init_peak = init_peak.max(req + sidecar_total)
-    running = sum((req for _, _, req in apps), _Req()) + sidecar_total
-    lines = [_Line(name, "container", req, req.hourly(rates)) for name, _, req in apps]
+            init_peak = init_peak.max(init.req + sidecar_total)
+    running = sum((c.req for c in apps), _Req()) + sidecar_total
+    lines = [_Line(c.name, "container", c.req, c.req.hourly(rates)) for c in apps]
     lines += [_Line(name, "sidecar", req, req.hourly(rates)) for name, req in sidecars]
     excess = init_peak.excess_over(running)
     if excess != _Req():
@@ -526,9 +647,14 @@ def _price_pod(pod_spec: Mapping[str, Any], prices: ClusterPrices, path: str) ->
     if overhead_map:
         overhead = _request_of([(overhead_map, f"{path}.overhead")], gpu_names)
         lines.append(_Line("(pod overhead)", "overhead", overhead, overhead.hourly(rates)))
+    defaulted = [c for c in (*apps, *inits) if c.defaulted]
+    for c in defaulted:
+        notes.append(f"container {c.name} sets no request or limit for {', '.join(c.defaulted)}; priced at the default")
+    unresourced = [c for c in (*apps, *inits) if c.missing]
     if all(line.req == _Req() for line in lines):
         notes.append("no resource requests or limits; compute priced at 0")
-    return _PodPrice(sum((line.hourly for line in lines), ZERO), tuple(lines), tuple(notes))
+    return _PodPrice(sum((line.hourly for line in lines), ZERO), tuple(lines), tuple(notes), len(defaulted),
+                     len(unresourced))
 
 
 def _pod_storage(pod_spec: Mapping[str, Any], prices: ClusterPrices, path: str) -> tuple[Decimal, list[str]]:
@@ -668,6 +794,8 @@ class _Estimate:
     flat_monthly: Decimal = ZERO  # not per replica: a PVC, a load balancer
     floor_monthly: Decimal | None = None
     notes: tuple[str, ...] = ()
+    defaulted: int = 0
+    unresourced: int = 0
 
 
 def _pod_template_spec(parent: Mapping[str, Any], path: str) -> Mapping[str, Any]:
@@ -681,15 +809,16 @@ def _pod_template_spec(parent: Mapping[str, Any], path: str) -> Mapping[str, Any
 
 
 def _pods(pod_spec: Mapping[str, Any], replicas: Decimal, pod_hours: Decimal, prices: ClusterPrices,
-          path: str, notes: Sequence[str] = ()) -> _Estimate:
-    pod = _price_pod(pod_spec, prices, path)
+          fill: _Fill, path: str, notes: Sequence[str] = ()) -> _Estimate:
+    pod = _price_pod(pod_spec, prices, path, fill)
     if pod.hourly > MAX_AMOUNT:
         raise PricingError(f"{path}: pod requests cost more than {MAX_AMOUNT} USD per hour")
     ephemeral, storage_notes = _pod_storage(pod_spec, prices, path)
     # Ephemeral volumes live only as long as their pod, so they are prorated like the pod.
     storage = ephemeral * replicas * pod_hours / HOURS_PER_MONTH
     return _Estimate(pod.hourly * pod_hours + ephemeral * pod_hours / HOURS_PER_MONTH, pod_hours, replicas,
-                     pod.lines, storage, notes=(*pod.notes, *storage_notes, *notes))
+                     pod.lines, storage, notes=(*pod.notes, *storage_notes, *notes), defaulted=pod.defaulted,
+                     unresourced=pod.unresourced)
 
 
 def _runtime_hours(sources: Sequence[Mapping[str, Any]], prices: ClusterPrices) -> tuple[Decimal, str]:
@@ -717,15 +846,15 @@ def _target_monthly(value: Decimal | None) -> Decimal | None:
     return value
 
 
-def _estimate(kind: str, obj: Mapping[str, Any], prices: ClusterPrices,
+def _estimate(kind: str, obj: Mapping[str, Any], prices: ClusterPrices, fill: _Fill,
               target_pod_monthly: Decimal | None) -> _Estimate | None:
     """Return the estimate for a priced kind, None for kinds without a direct cost."""
     spec = _opt_mapping(obj, "spec", "object")
     if kind == "Pod":
-        return _pods(spec, ONE, HOURS_PER_MONTH, prices, "spec")
+        return _pods(spec, ONE, HOURS_PER_MONTH, prices, fill, "spec")
     if kind in _WORKLOAD_KINDS:
         replicas = Decimal(_opt_int(spec, "replicas", "spec", 1))
-        estimate = _pods(_pod_template_spec(spec, "spec"), replicas, HOURS_PER_MONTH, prices,
+        estimate = _pods(_pod_template_spec(spec, "spec"), replicas, HOURS_PER_MONTH, prices, fill,
                          "spec.template.spec")
         if kind != "StatefulSet":
             return estimate
@@ -736,17 +865,18 @@ def _estimate(kind: str, obj: Mapping[str, Any], prices: ClusterPrices,
             claims += claim_monthly
             notes.append(f"volume claim template {note}, x {replicas} replicas")
         return _Estimate(estimate.pod_monthly + claims, estimate.pod_hours, replicas, estimate.lines,
-                         estimate.storage_monthly + claims * replicas, notes=(*estimate.notes, *notes))
+                         estimate.storage_monthly + claims * replicas, notes=(*estimate.notes, *notes),
+                         defaulted=estimate.defaulted, unresourced=estimate.unresourced)
     if kind == "DaemonSet":
         nodes = Decimal(prices.daemonset_node_count)
-        return _pods(_pod_template_spec(spec, "spec"), nodes, HOURS_PER_MONTH, prices, "spec.template.spec",
+        return _pods(_pod_template_spec(spec, "spec"), nodes, HOURS_PER_MONTH, prices, fill, "spec.template.spec",
                      [f"DaemonSet priced on {nodes} nodes (price book daemonset_node_count)"])
     if kind == "Job":
         hours, note = _runtime_hours([_annotations(obj, "object")], prices)
-        return _pods(_pod_template_spec(spec, "spec"), _job_pods(spec, "spec"), hours, prices,
+        return _pods(_pod_template_spec(spec, "spec"), _job_pods(spec, "spec"), hours, prices, fill,
                      "spec.template.spec", [f"one-off run: {note}"])
     if kind == "CronJob":
-        return _cronjob(obj, spec, prices)
+        return _cronjob(obj, spec, prices, fill)
     if kind == "PersistentVolumeClaim":
         claim_monthly, note = _price_claim(obj, prices, "object")
         return _Estimate(ZERO, HOURS_PER_MONTH, ONE, storage_monthly=claim_monthly,
@@ -763,7 +893,7 @@ def _estimate(kind: str, obj: Mapping[str, Any], prices: ClusterPrices,
     return None
 
 
-def _cronjob(obj: Mapping[str, Any], spec: Mapping[str, Any], prices: ClusterPrices) -> _Estimate:
+def _cronjob(obj: Mapping[str, Any], spec: Mapping[str, Any], prices: ClusterPrices, fill: _Fill) -> _Estimate:
     schedule = _opt_str(spec, "schedule", "spec")
     if schedule is None:
         raise PricingError("spec.schedule is required")
@@ -779,7 +909,7 @@ def _cronjob(obj: Mapping[str, Any], spec: Mapping[str, Any], prices: ClusterPri
         pod_hours = HOURS_PER_MONTH
         notes.append(f"concurrencyPolicy {spec['concurrencyPolicy']}: capped at {HOURS_PER_MONTH} h/month")
     path = "spec.jobTemplate.spec"
-    return _pods(_pod_template_spec(job_spec, path), _job_pods(job_spec, path), pod_hours, prices,
+    return _pods(_pod_template_spec(job_spec, path), _job_pods(job_spec, path), pod_hours, prices, fill,
                  f"{path}.template.spec", notes)
 
 
@@ -822,11 +952,17 @@ def _owned_by_controller(obj: Mapping[str, Any]) -> bool:
 
 
 def price_object(obj: Mapping[str, Any], book: PriceBook, *, cluster: str = "default",
-                 target_pod_monthly: Decimal | None = None) -> ObjectCost:
+                 target_pod_monthly: Decimal | None = None, defaults: ContainerDefaults | None = None,
+                 namespace: str | None = None) -> ObjectCost:
     """Return the estimated monthly cost of one Kubernetes object; raise PricingError if it is malformed.
 
     `target_pod_monthly` is the monthly cost of one replica of the workload an HPA or Scale object scales
     (e.g. `price_object(deployment, book).pod_monthly_usd`); without it those are priced at 0.
+
+    A container that names neither a request nor a limit for cpu or memory gets the request its namespace's
+    LimitRange gives it (when mirrored into the book's `limit_ranges`), else `defaults`; without either it is
+    priced at 0 for that resource and counted in `unresourced_containers`. `namespace` defaults to the
+    object's `metadata.namespace`, then `default`.
     """
     obj = _mapping(obj, "object")
     kind = obj.get("kind")
@@ -839,7 +975,10 @@ def price_object(obj: Mapping[str, Any], book: PriceBook, *, cluster: str = "def
         notes.append(f"cluster {cluster!r} has no price overrides; default prices used")
     if owned:
         notes.append("created by a controller (ownerReferences controller=true); its owner carries the cost")
-    estimate = _estimate(kind, obj, prices, target_pod_monthly)
+    if namespace is None:
+        namespace = _opt_str(_opt_mapping(obj, "metadata", "object"), "namespace", "metadata") or "default"
+    fill = _Fill(prices.limit_ranges.get(namespace, MappingProxyType({})), defaults)
+    estimate = _estimate(kind, obj, prices, fill, target_pod_monthly)
     if estimate is None:
         return ObjectCost(monthly(ZERO), hourly(ZERO), False, kind, (), ZERO, None, owned,
                           (*notes, f"{kind} has no direct cost"))
@@ -856,7 +995,7 @@ def price_object(obj: Mapping[str, Any], book: PriceBook, *, cluster: str = "def
     floor = None if estimate.floor_monthly is None else monthly(estimate.floor_monthly)
     return ObjectCost(monthly(total), hourly(total / HOURS_PER_MONTH), True, kind, lines, estimate.replicas,
                       floor, owned, (*notes, *estimate.notes), monthly(estimate.pod_monthly),
-                      monthly(estimate.storage_monthly))
+                      monthly(estimate.storage_monthly), estimate.defaulted, estimate.unresourced)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -885,8 +1024,8 @@ def _override_values(obj: Mapping[str, Any]) -> tuple[object, object]:
 
 
 def price_change(operation: str, new: Mapping[str, Any] | None, old: Mapping[str, Any] | None,
-                 book: PriceBook, *, cluster: str = "default",
-                 target_pod_monthly: Decimal | None = None) -> CostDelta:
+                 book: PriceBook, *, cluster: str = "default", target_pod_monthly: Decimal | None = None,
+                 defaults: ContainerDefaults | None = None, namespace: str | None = None) -> CostDelta:
     """Return the monthly/hourly cost delta of a CREATE, UPDATE or DELETE request; raise PricingError.
 
     Override annotations on the new object replace the estimate on CREATE, and on UPDATE only when their
@@ -905,10 +1044,10 @@ def price_change(operation: str, new: Mapping[str, Any] | None, old: Mapping[str
     if op == "DELETE" and old is None:
         return CostDelta(monthly(ZERO), hourly(ZERO), None, None, False, False,
                          ("DELETE without oldObject: nothing to credit",))
-    after = price_object(new, book, cluster=cluster, target_pod_monthly=target_pod_monthly) \
-        if op != "DELETE" and new is not None else None
-    before = price_object(old, book, cluster=cluster, target_pod_monthly=target_pod_monthly) \
-        if op != "CREATE" and old is not None else None
+    after = price_object(new, book, cluster=cluster, target_pod_monthly=target_pod_monthly, defaults=defaults,
+                         namespace=namespace) if op != "DELETE" and new is not None else None
+    before = price_object(old, book, cluster=cluster, target_pod_monthly=target_pod_monthly, defaults=defaults,
+                          namespace=namespace) if op != "CREATE" and old is not None else None
     delta_month = (after.monthly_usd if after else ZERO) - (before.monthly_usd if before else ZERO)
     delta_hour = (after.hourly_usd if after else ZERO) - (before.hourly_usd if before else ZERO)
     cost_impact = any(cost.cost_impact for cost in (before, after) if cost is not None)

@@ -22,10 +22,12 @@ from tests.conftest import FIXTURES
 from valdrix.admission import translate
 from valdrix.admission.schemas import AdmissionReview, parse_review
 from valdrix.errors import BadRequest
+from valdrix.policies.schemas import PolicyDocument
 from valdrix.pricing.kubernetes import PriceBook
 
 BOOK = PriceBook.load(None)
 WHERE = translate.ClusterMap("default", {"team-a": "payments"}, {"team-a": "prod"})
+DEFAULTS = translate.container_defaults(PolicyDocument())
 PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets", "Job": "jobs",
            "CronJob": "cronjobs", "Pod": "pods", "Service": "services", "PersistentVolumeClaim":
            "persistentvolumeclaims", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
@@ -72,7 +74,7 @@ def admission_fixtures() -> list[Path]:
 
 @pytest.mark.parametrize("name,obj", k8s_objects(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_fixture_object_translates(name: str, obj: dict[str, Any]) -> None:
-    outcome = translate.translate(review(obj).request, BOOK, WHERE)
+    outcome = translate.translate(review(obj).request, BOOK, WHERE, DEFAULTS)
     assert isinstance(outcome, translate.Fast | translate.Priced | translate.Refused)
     if isinstance(outcome, translate.Priced):
         assert outcome.inp.monthly_delta > 0
@@ -199,23 +201,28 @@ def test_unknown_fields_are_tolerated() -> None:
 
 
 KUBECTL = [
-    (["create", "deployment", "web", "--image=nginx", "--replicas=3"], "deployments", None),
-    (["create", "job", "pi", "--image=perl"], "jobs", None),
-    (["create", "cronjob", "nightly", "--image=busybox", "--schedule=0 2 * * *"], "cronjobs", None),
-    (["create", "service", "loadbalancer", "edge", "--tcp=80:8080"], "services", Decimal("18.2500")),
+    # kubectl sets no resource requests: priced at the policy defaults (100m / 128Mi, 0.003690725 per hour).
+    # 3 replicas x 0.003690725 x 730 = 8.08268775
+    (["create", "deployment", "web", "--image=nginx", "--replicas=3"], "deployments", Decimal("8.0827"), True),
+    # one 1-hour run (price book job_runtime_hours) = 0.003690725
+    (["create", "job", "pi", "--image=perl"], "jobs", Decimal("0.0037"), True),
+    # 365/12 daily runs x 1 h x 0.003690725 = 0.1122595
+    (["create", "cronjob", "nightly", "--image=busybox", "--schedule=0 2 * * *"], "cronjobs", Decimal("0.1123"), True),
+    (["create", "service", "loadbalancer", "edge", "--tcp=80:8080"], "services", Decimal("18.2500"), False),
 ]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-@pytest.mark.parametrize("args,resource,expected", KUBECTL, ids=lambda v: v[1] if isinstance(v, list) else "")
-def test_objects_from_the_real_kubectl(args: list[str], resource: str, expected: Decimal | None) -> None:
+@pytest.mark.parametrize("args,resource,expected,defaulted", KUBECTL,
+                         ids=lambda v: v[1] if isinstance(v, list) else "")
+def test_objects_from_the_real_kubectl(args: list[str], resource: str, expected: Decimal, defaulted: bool) -> None:
     out = subprocess.run(["kubectl", *args, "--dry-run=client", "-o", "json"], check=True, capture_output=True,
                          text=True, timeout=30).stdout
     obj = json.loads(out)
-    outcome = translate.translate(review(obj).request, BOOK, WHERE)
-    if expected is None:
-        # kubectl sets no resource requests: priced at 0, so answered on the fast path.
-        assert isinstance(outcome, translate.Fast)
-    else:
-        assert isinstance(outcome, translate.Priced) and outcome.inp.monthly_delta == expected
-        assert outcome.inp.resource_reference.startswith(f"{resource}/default/")
+    if defaulted:
+        # Never a free fast path: the price waits for the tenant's container defaults.
+        assert isinstance(translate.translate(review(obj).request, BOOK, WHERE), translate.NeedsDefaults)
+    outcome = translate.translate(review(obj).request, BOOK, WHERE, DEFAULTS)
+    assert isinstance(outcome, translate.Priced) and outcome.inp.monthly_delta == expected
+    assert outcome.inp.resource_reference.startswith(f"{resource}/default/")
+    assert ("pricing" in outcome.inp.metadata) is defaulted

@@ -254,16 +254,60 @@ namespace_selector["properties"]["matchExpressions"]["contains"] = {
     },
 }
 
-resources = {"type": "object"}
+# Kubernetes objects passed through verbatim (affinity terms, tolerations, env, security contexts, ...):
+# their own API server validates them, so the schema leaves their keys open. Everything else is closed
+# by `closed()` below: an unknown key at any level of the chart's own values fails the install.
+K8S_OBJECT = {"type": "object", "additionalProperties": True}
+K8S_LIST = {"type": "array"}
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+resources = {
+    "type": "object",
+    "properties": {"requests": STRING_MAP | {"additionalProperties": True},
+                   "limits": STRING_MAP | {"additionalProperties": True}, "claims": K8S_LIST},
+}
 aux = {
     "type": "object",
     "properties": {
+        "enabled": {"type": "boolean"},
         "resources": resources,
-        "affinity": {"type": "object"},
-        "nodeSelector": {"type": "object"},
-        "tolerations": {"type": "array"},
+        "affinity": K8S_OBJECT,
+        "nodeSelector": STRING_MAP,
+        "tolerations": K8S_LIST,
     },
 }
+PROBE = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string", "pattern": "^(/.*)?$"},
+        "initialDelaySeconds": {"type": "integer", "minimum": 0},
+        "periodSeconds": {"type": "integer", "minimum": 1},
+        "timeoutSeconds": {"type": "integer", "minimum": 1},
+        "failureThreshold": {"type": "integer", "minimum": 1},
+    },
+}
+PROBE_TIMING = {"type": "object", "properties": {k: v for k, v in PROBE["properties"].items() if k != "path"}}
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+DURATION = {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}
+
+
+def with_props(base: dict, **props: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    out["properties"].update(props)
+    return out
+
+
+def closed(node: object) -> None:
+    """Forbid unknown keys in every object schema that lists properties and does not say otherwise."""
+    if not isinstance(node, dict):
+        return
+    if "properties" in node and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    for child in node.get("properties", {}).values():
+        closed(child)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            closed(node[key])
+
 
 schema = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -283,6 +327,7 @@ schema = {
         "enforcementWebhook",
     ],
     "properties": {
+        "global": K8S_OBJECT,
         "nameOverride": {"type": "string"},
         "fullnameOverride": {"type": "string"},
         "image": {
@@ -295,7 +340,7 @@ schema = {
                 "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
             },
         },
-        "imagePullSecrets": {"type": "array"},
+        "imagePullSecrets": K8S_LIST,
         "replicaCount": {"type": "integer", "minimum": 0},
         "autoscaling": {
             "type": "object",
@@ -323,19 +368,22 @@ schema = {
         "antiAffinityPreset": {"enum": ["hard", "soft", "none"]},
         "affinity": {
             "type": "object",
+            "additionalProperties": True,
             "properties": {
                 "podAntiAffinity": {
                     "type": "object",
+                    "additionalProperties": True,
                     "properties": {
                         "requiredDuringSchedulingIgnoredDuringExecution": {
                             "type": "array",
                             "items": {
                                 "type": "object",
+                                "additionalProperties": True,
                                 "required": ["topologyKey"],
                                 "properties": {"topologyKey": {"type": "string", "minLength": 1}},
                             },
                         },
-                        "preferredDuringSchedulingIgnoredDuringExecution": {"type": "array"},
+                        "preferredDuringSchedulingIgnoredDuringExecution": K8S_LIST,
                     },
                 }
             },
@@ -348,26 +396,37 @@ schema = {
                 "whenUnsatisfiable": {"enum": ["ScheduleAnyway", "DoNotSchedule"]},
             },
         },
-        "topologySpreadConstraints": {"type": "array"},
-        "nodeSelector": {"type": "object"},
-        "tolerations": {"type": "array"},
+        "topologySpreadConstraints": K8S_LIST,
+        "nodeSelector": STRING_MAP,
+        "tolerations": K8S_LIST,
+        "priorityClassName": {"type": "string"},
+        "terminationGracePeriodSeconds": {"type": "integer", "minimum": 0},
+        "podAnnotations": STRING_MAP,
+        "podLabels": STRING_MAP,
+        "serviceAccount": {
+            "type": "object",
+            "properties": {
+                "create": {"type": "boolean"},
+                "name": {"type": "string"},
+                "annotations": STRING_MAP,
+                "automountServiceAccountToken": {"type": "boolean"},
+            },
+        },
+        "podSecurityContext": K8S_OBJECT,
+        "securityContext": K8S_OBJECT,
         "resources": resources,
         "service": {
             "type": "object",
             "required": ["httpPort"],
             "properties": {
                 "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
-                "httpPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "httpPort": PORT,
+                "annotations": STRING_MAP,
             },
         },
         "probes": {
             "type": "object",
-            "properties": {
-                "readiness": {
-                    "type": "object",
-                    "properties": {"path": {"type": "string", "pattern": "^(/.*)?$"}},
-                }
-            },
+            "properties": {"liveness": PROBE, "readiness": PROBE, "startup": PROBE},
         },
         "config": {
             "type": "object",
@@ -375,10 +434,11 @@ schema = {
             "properties": {
                 "clusterName": {"type": "string", "minLength": 1},
                 "workers": {"type": "integer", "minimum": 1, "maximum": 64},
+                "gateConcurrency": {"type": "integer", "minimum": 1, "maximum": 200},
                 "gateTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
                 "publicUrl": {"type": "string"},
                 "logLevel": {"enum": ["debug", "info", "warning", "error", "critical"]},
-                "extraEnv": {"type": "array"},
+                "extraEnv": K8S_LIST,
             },
         },
         "database": {
@@ -401,7 +461,8 @@ schema = {
                 "activeKid": {"type": "string"},
             },
         },
-        "pricing": {"type": "object", "properties": {"kubernetes": {"type": "object"}}},
+        # The price book's own format is validated by the server at start-up (docs/kubernetes-pricing.md).
+        "pricing": {"type": "object", "properties": {"kubernetes": K8S_OBJECT}},
         "enforcementWebhook": {
             "type": "object",
             "required": [
@@ -430,7 +491,7 @@ schema = {
                             "pattern": "^([a-z]([-a-z0-9]*[a-z0-9])?)?$",
                             "maxLength": 63,
                         },
-                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        "port": PORT,
                     },
                 },
                 "path": {"type": "string", "pattern": "^/"},
@@ -448,9 +509,11 @@ schema = {
                 "tls": {"type": "object", "properties": {"secretName": {"type": "string"}}},
                 "namespaceSelector": namespace_selector,
                 "objectSelector": label_selector,
+                "excludedUsernames": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "excludedGroups": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "matchConditions": {
                     "type": "array",
-                    "maxItems": 64,
+                    "maxItems": 61,
                     "items": {
                         "type": "object",
                         "required": ["name", "expression"],
@@ -475,6 +538,10 @@ schema = {
                         "type": "object",
                         "required": ["apiGroups", "apiVersions", "operations", "resources"],
                         "properties": {
+                            "apiGroups": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                            "apiVersions": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                            "resources": {"type": "array", "minItems": 1,
+                                          "items": {"type": "string", "minLength": 1}},
                             "operations": {
                                 "type": "array",
                                 "minItems": 1,
@@ -504,20 +571,81 @@ schema = {
                 },
             },
         },
+        "validatingAdmissionPolicy": {
+            "type": "object",
+            "properties": {"enabled": {"type": "boolean"}, "manifests": {"type": "string"}},
+        },
         "networkPolicy": {
             "type": "object",
             "properties": {
-                "enabled": {"type": "boolean"},
-                "webhookFrom": {"type": "array"},
-                "httpFrom": {"type": "array"},
+                "enabled": {"enum": ["auto", True, False]},
+                "webhookFrom": K8S_LIST,
+                "httpFrom": K8S_LIST,
             },
         },
-        "migrations": aux,
-        "reconcile": aux,
-        "worker": aux,
-        "monitoring": {"type": "object"},
+        "migrations": with_props(aux, backoffLimit={"type": "integer", "minimum": 0},
+                                 activeDeadlineSeconds={"type": "integer", "minimum": 1}),
+        "reconcile": with_props(
+            aux,
+            schedule={"type": "string", "minLength": 1},
+            concurrencyPolicy={"enum": ["Allow", "Forbid", "Replace"]},
+            startingDeadlineSeconds={"type": "integer", "minimum": 0},
+            successfulJobsHistoryLimit={"type": "integer", "minimum": 0},
+            failedJobsHistoryLimit={"type": "integer", "minimum": 0},
+            backoffLimit={"type": "integer", "minimum": 0},
+            activeDeadlineSeconds={"type": "integer", "minimum": 1},
+        ),
+        "worker": with_props(
+            aux,
+            replicaCount={"type": "integer", "minimum": 0},
+            metricsPort=PORT,
+            probes={"type": "object", "properties": {"liveness": PROBE_TIMING, "readiness": PROBE_TIMING}},
+        ),
+        "monitoring": {
+            "type": "object",
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "podAnnotations": {"type": "boolean"},
+                "serviceMonitor": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "interval": DURATION,
+                        "scrapeTimeout": DURATION,
+                        "labels": STRING_MAP,
+                    },
+                },
+                "prometheusRule": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "labels": STRING_MAP,
+                        "runbookBaseUrl": {"type": "string", "pattern": "^https?://"},
+                        "gateFailuresPer10m": {"type": "number", "minimum": 0},
+                        "lockEventsPer10m": {"type": "number", "minimum": 0},
+                        "latencyP95Seconds": {"type": "number", "exclusiveMinimum": 0},
+                        "approvalBacklog": {"type": "number", "minimum": 0},
+                        "approvalOldestPendingSeconds": {"type": "number", "minimum": 0},
+                        "budgetUtilisationRatio": {"type": "number", "exclusiveMinimum": 0},
+                        "sweepFailuresPer1h": {"type": "number", "minimum": 0},
+                        "exportErrorsPer1h": {"type": "number", "minimum": 0},
+                    },
+                },
+                "grafanaDashboard": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "label": {"type": "string", "minLength": 1},
+                        "labelValue": {"type": "string"},
+                        "folder": {"type": "string"},
+                        "namespace": {"type": "string"},
+                    },
+                },
+            },
+        },
     },
     "allOf": guardrails,
 }
 
+closed(schema)
 print(json.dumps(schema, indent=2))

@@ -222,9 +222,30 @@ containers:
       - name: VALDRIX_LOG_LEVEL
         value: {{ $root.Values.config.logLevel | toString | quote }}
       {{- end }}
+      {{- with .metricsPort }}
+      - name: VALDRIX_WORKER_METRICS_PORT
+        value: {{ . | quote }}
+      {{- end }}
       {{- with $root.Values.config.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
+    {{- with .metricsPort }}
+    ports:
+      - name: metrics
+        containerPort: {{ int64 . }}
+        protocol: TCP
+    {{- /* The metrics server runs in the worker process: it answers while the process lives. */}}
+    livenessProbe:
+      httpGet:
+        path: /metrics
+        port: metrics
+      {{- toYaml $cfg.probes.liveness | nindent 6 }}
+    readinessProbe:
+      httpGet:
+        path: /metrics
+        port: metrics
+      {{- toYaml $cfg.probes.readiness | nindent 6 }}
+    {{- end }}
     resources:
       {{- toYaml $cfg.resources | nindent 6 }}
     securityContext:
@@ -268,5 +289,49 @@ nodeSelector:
 {{- with $cfg.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* "true" when the ingress NetworkPolicy renders: networkPolicy.enabled true, or auto with clusterTenant. */}}
+{{- define "valdrix.networkPolicyEnabled" -}}
+{{- $on := toString .Values.networkPolicy.enabled -}}
+{{- if or (eq $on "true") (and (eq $on "auto") (eq (include "valdrix.authMode" .) "clusterTenant")) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The fewest API replicas the chart runs: autoscaling.minReplicas when autoscaling, else replicaCount. */}}
+{{- define "valdrix.minApiReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}{{ int64 .Values.autoscaling.minReplicas }}{{- else -}}{{ int64 .Values.replicaCount }}{{- end -}}
+{{- end -}}
+
+{{/* "true" when the API PodDisruptionBudget renders: asked for, or 2 or more replicas. */}}
+{{- define "valdrix.pdbEnabled" -}}
+{{- $pdb := .Values.enforcementWebhook.podDisruptionBudget | default dict -}}
+{{- if or (eq (toString $pdb.enabled) "true") (ge (int64 (include "valdrix.minApiReplicas" .)) 2) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when monitoring part `.part` (serviceMonitor, prometheusRule, grafanaDashboard) renders. */}}
+{{- define "valdrix.monitoring" -}}
+{{- $m := .root.Values.monitoring -}}
+{{- if and (eq (toString $m.enabled) "true") (eq (toString (get (get $m .part) "enabled")) "true") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The webhook's matchConditions: skip the chart's own service account and the configured identities, then
+the operator's own conditions. Identity lists are rendered as JSON arrays, which are CEL list literals.
+*/}}
+{{- define "valdrix.matchConditions" -}}
+{{- $wh := .Values.enforcementWebhook -}}
+- name: not-valdrix-service-account
+  expression: {{ printf "request.userInfo.username != %s" (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "valdrix.serviceAccountName" .) | toJson) | quote }}
+{{- with $wh.excludedUsernames }}
+- name: not-excluded-usernames
+  expression: {{ printf "!(request.userInfo.username in %s)" (toJson .) | quote }}
+{{- end }}
+{{- with $wh.excludedGroups }}
+- name: not-excluded-groups
+  expression: {{ printf "!(has(request.userInfo.groups) && request.userInfo.groups.exists(g, g in %s))" (toJson .) | quote }}
+{{- end }}
+{{- with $wh.matchConditions }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}

@@ -217,7 +217,10 @@ invalid
 {{- fail "valdrix: enforcementWebhook.authentication.mode=mtls requires enforcementWebhook.authentication.mtls.clientCASecretName (or certManager.enabled: true to use the chart CA)" -}}
 {{- end -}}
 {{- end -}}
-{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.webhookFrom) (include "valdrix.webhookEnabled" .) -}}
+{{- if not (has (toString $v.networkPolicy.enabled) (list "auto" "true" "false")) -}}
+{{- fail (printf "valdrix: networkPolicy.enabled must be auto, true or false (got %v)" $v.networkPolicy.enabled) -}}
+{{- end -}}
+{{- if and (eq (toString $v.networkPolicy.enabled) "true") (not $v.networkPolicy.webhookFrom) (include "valdrix.webhookEnabled" .) -}}
 {{- fail "valdrix: networkPolicy.enabled=true requires networkPolicy.webhookFrom (the API server's source, e.g. [{ipBlock: {cidr: 10.0.0.0/24}}])" -}}
 {{- end -}}
 {{- if not (or $v.database.existingSecret $v.database.url) -}}

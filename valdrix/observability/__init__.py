@@ -1,0 +1,1 @@
+"""Process-level telemetry: the build identity and HTTP request counts by route template."""
