@@ -301,4 +301,14 @@ def test_the_api_explorer_is_served_from_vendored_assets(tenant: Tenant, browser
     page.goto(tenant.url + "/docs")
     expect(page.locator(".swagger-ui")).to_be_visible()
     expect(page.get_by_text("POST/api/v1/enforcement/gate/terraform/preflight").first).to_be_visible()
+    # The bearer scheme the document declares gives a working Authorize button: the key entered there is sent.
+    page.get_by_role("button", name="Authorize").first.click()
+    page.locator(".modal-ux input").first.fill(tenant.owner_key)
+    page.locator(".modal-ux button.authorize").first.click()
+    page.locator(".modal-ux button.btn-done").first.click()
+    page.get_by_text("GET/api/v1/enforcement/budgets").first.click()
+    page.get_by_role("button", name="Try it out").first.click()
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/enforcement/budgets")) as answered:
+        page.get_by_role("button", name="Execute").first.click()
+    assert answered.value.status == 200
     assert remote == []
