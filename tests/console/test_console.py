@@ -5,6 +5,7 @@ build/screenshots/ (the README links the committed copies in docs/screenshots/).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -312,3 +313,36 @@ def test_the_api_explorer_is_served_from_vendored_assets(tenant: Tenant, browser
         page.get_by_role("button", name="Execute").first.click()
     assert answered.value.status == 200
     assert remote == []
+
+
+def test_what_would_this_policy_change_do(tenant: Tenant, context: BrowserContext) -> None:
+    with tenant.client() as owner:
+        set_budget(owner, limit="100")
+        for run, amount in (("small", "40"), ("big", "400")):  # soft mode: the big one is escalated
+            assert owner.post("/api/v1/enforcement/gate/terraform/preflight", json={
+                "run_id": run, "project_id": "payments", "environment": "nonprod",
+                "resource_reference": f"aws_instance.{run}", "estimated_monthly_delta_usd": amount}).status_code == 200
+        document = owner.get("/api/v1/enforcement/policies").json()["document"]
+        versions = len(owner.get("/api/v1/enforcement/policies/versions").json()["items"])
+    for column in document["mode_matrix"].values():
+        column.update(default="hard", prod="hard", nonprod="hard")
+    page = context.new_page()
+    sign_in(page, tenant, tenant.owner_key)
+    page.get_by_role("link", name="Policy", exact=True).click()
+    page.fill("#document", json.dumps(document, indent=2))
+    page.get_by_role("button", name="What would this change do?").click()
+    report = page.locator("#report")
+    expect(report.locator("h2").first).to_have_text("1 of 2 decisions would change")
+    expect(report).to_contain_text("REQUIRE_APPROVAL")
+    expect(report.locator("tbody").last).to_contain_text("DENY")
+    page.screenshot(path=str(SHOTS / "policy-simulation.png"), full_page=True)
+    with tenant.client() as owner:  # nothing was saved
+        assert len(owner.get("/api/v1/enforcement/policies/versions").json()["items"]) == versions
+    page.fill("#document", "{not json")
+    page.get_by_role("button", name="What would this change do?").click()
+    expect(page.get_by_role("alert")).to_contain_text("not a valid policy")
+    member = context.browser.new_context().new_page()  # type: ignore[union-attr]
+    sign_in(member, tenant, tenant.key("dev", role="member"))
+    member.goto(tenant.url + "/console/policy")
+    member.get_by_role("button", name="What would this change do?").click()
+    expect(member.get_by_role("alert")).to_contain_text("needs the admin role")

@@ -3,6 +3,7 @@ tokens, and the same services (and so the same permissions) as the API."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -14,17 +15,23 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from valdrix.approvals import service as approvals
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.console import service
+from valdrix.db import transaction
 from valdrix.decisions import service as decisions
 from valdrix.decisions.explain import explain, reason_text
 from valdrix.decisions.router import decode_cursor, encode_cursor
 from valdrix.deps import ClockDep, IdsDep, SettingsDep, WriteDB, WritingRoute, get_keyring
 from valdrix.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated, ValdrixError
 from valdrix.money import monthly
+from valdrix.policies import service as policies
+from valdrix.simulation import router as simulation
+from valdrix.simulation.schemas import SimulationRequest
 
 router = APIRouter(prefix="/console", include_in_schema=False, route_class=WritingRoute)
 STATIC = Path(__file__).parent / "static"
@@ -248,6 +255,50 @@ def decision_page(request: Request, decision_id: uuid.UUID, db: WriteDB, clock: 
     who = service.names(db, {found.created_by, *(e.actor for e in ledger)})
     return page(request, "decision.html", _ctx(signed, d=found, x=explain(found), ledger=ledger, who=who,
                                                nav="decisions"))
+
+
+@router.get("/policy")
+def policy_page(request: Request, db: WriteDB, clock: ClockDep) -> Response:
+    """The policy in force, editable as JSON, with "what would this change do?" before anyone saves it."""
+    now = clock.now()
+    signed = _signed(request, db, now)
+    if signed is None:
+        return _login_redirect(request)
+    active = policies.current(db, signed.caller.tenant_id)
+    document = json.dumps(active.document.model_dump(mode="json"), indent=2)
+    return page(request, "policy.html", _ctx(signed, active=active, document=document, window_days=30,
+                                             report=None, error=None, nav="policy"))
+
+
+@router.post("/policy/simulate")
+async def policy_simulate(request: Request, fields: Form, clock: ClockDep) -> Response:
+    """Replay recorded decisions under the candidate in the form (admin, as `POST /policies/simulate`)."""
+    now = clock.now()
+
+    def read() -> tuple[service.Signed | None, Any]:
+        with transaction(request.app.state.sessions) as db:
+            signed = _signed(request, db, now)
+            return signed, policies.current(db, signed.caller.tenant_id) if signed is not None else None
+
+    signed, active = await run_in_threadpool(read)
+    if signed is None:
+        return _login_redirect(request)
+    if not service.csrf_ok(signed, fields.get("csrf")):
+        return _csrf_refused(request)
+    document = fields.get("document", "")
+    context = _ctx(signed, active=active, document=document, window_days=fields.get("window_days", "30"),
+                   report=None, error=None, nav="policy")
+    if not signed.caller.has_role("admin"):
+        context["error"] = "Simulating a policy needs the admin role, as the API's POST /policies/simulate does."
+        return page(request, "policy.html", context, status=403)
+    try:
+        candidate = SimulationRequest.model_validate({"policy": json.loads(document),
+                                                      "window_days": int(fields.get("window_days", "30"))})
+    except (ValueError, ValidationError) as exc:
+        context["error"] = f"The candidate is not a valid policy: {exc}"
+        return page(request, "policy.html", context, status=422)
+    context["report"] = await simulation.run(request, signed.caller, candidate, now, via="console")
+    return page(request, "policy.html", context)
 
 
 @router.get("/budgets")
