@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from valdrix.admission.schemas import AdmissionReview
 from valdrix.errors import PROBLEM_MEDIA_TYPE, problems
+from valdrix.policies.schemas import PolicyPutOut
 
 PUBLIC_PATHS = frozenset({"/.well-known/jwks.json"})
 # Authenticated by an HMAC signature over the body (a documented header), not by an API key.
@@ -92,6 +93,10 @@ def document(app: FastAPI) -> dict[str, Any]:
     review = AdmissionReview.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     schemas.update(review.pop("$defs", {}))
     schemas["AdmissionReview"] = review
+    # PUT /policies answers one of two models (saved, or a dry run's report): the saved one is referenced there.
+    saved = PolicyPutOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(saved.pop("$defs", {}))
+    schemas["PolicyPutOut"] = saved
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
             if path == REVIEW_PATH:
