@@ -31,6 +31,8 @@ from typing import Any, Literal
 import orjson
 import rfc8785
 
+from valdrix import jsonio
+
 Scheme = Literal["rfc8785", "valdrix.json.v1"]
 SCHEME: Scheme = "rfc8785"
 LEGACY_SCHEME: Scheme = "valdrix.json.v1"
@@ -123,21 +125,72 @@ def _float_seen(_: str) -> Any:
     raise _FloatSeen
 
 
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _jcs_int(literal: str) -> int | float:
+    """Read an integer literal of stored JSON text as JCS reads every number: as the IEEE-754 double it names.
+
+    PostgreSQL's jsonb keeps numbers as `numeric` and prints them without an exponent, so a float such as
+    -5.762416730791998e16 comes back as the literal -57624167307919980: beyond ±(2**53 - 1), a Python int
+    is out of JCS's domain, while the double it denotes is in it and prints as that very literal. It is read
+    as that double only when the literal is exactly the double's shortest decimal form, which is what storing a
+    float writes (nothing is rounded); any other integer beyond the range (the gate refuses those on input)
+    stays an int, so canonicalising it still fails as it would from any other source.
+    """
+    value = int(literal)
+    if -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+        return value
+    try:
+        number = float(value)
+    except OverflowError:
+        return value
+    return number if Decimal(repr(number)) == value else value
+
+
+def _safe_int(literal: str) -> int:
+    value = int(literal)
+    if -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+        return value
+    raise _FloatSeen  # read by _jcs_int instead, maybe as a double
+
+
 # Built once: json.loads with hooks would build a decoder per call.
-_NO_FLOAT_DECODER = json.JSONDecoder(parse_float=_float_seen, parse_constant=_float_seen)
+_NO_FLOAT_DECODER = json.JSONDecoder(parse_float=_float_seen, parse_constant=_float_seen, parse_int=_safe_int)
+_JCS_DECODER = json.JSONDecoder(parse_int=_jcs_int)
+
+
+# A safe integer has at most 16 digits: only a text with a run of 16 digits can hold a literal beyond the range.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_SIXTEEN_DIGITS = b"0" * 16
+
+
+def loads_stored(document: str | bytes) -> Any:
+    """Return the value of JSON `document` as a database stored it, numbers read as JCS reads them.
+
+    As `jsonio.loads`, except that an integer literal beyond ±(2**53 - 1) that is exactly a double's shortest
+    decimal form is read as that double (`_jcs_int`): PostgreSQL's jsonb prints a stored float such as
+    -5.762416730791998e16 as -57624167307919980, and read back as an int it could no longer be hashed.
+    """
+    data = document.encode("utf-8") if isinstance(document, str) else bytes(document)
+    if _SIXTEEN_DIGITS in data.translate(_DIGITS_TO_ZERO):
+        return _JCS_DECODER.decode(data.decode("utf-8"))
+    return jsonio.loads(data)
 
 
 def canonical_json_of_text(document: str | bytes) -> str:
     """Return the canonical JSON (RFC 8785) of the JSON text `document` (e.g. as a database stores it).
 
-    The same result as `canonical_json(json.loads(document))`; the standard parser's hooks tell that the
-    document holds no float or NaN/Infinity literal, which is what lets orjson serialise it without the walk
-    `_plain_json` does for a value of unknown origin. Raise ValueError for text that is not JSON.
+    The same result as `canonical_json(loads_stored(document))`. The standard parser's hooks tell that the
+    document holds no float, no integer beyond ±(2**53 - 1) and no NaN/Infinity literal, which is what lets
+    orjson serialise it without the walk `_plain_json` does for a value of unknown origin.
+    Raise ValueError for text that is not JSON or not canonicalisable.
     """
+    text = document if isinstance(document, str) else document.decode("utf-8")
     try:
-        value = _NO_FLOAT_DECODER.decode(document if isinstance(document, str) else document.decode("utf-8"))
+        value = _NO_FLOAT_DECODER.decode(text)
     except _FloatSeen:
-        return canonical_json(json.loads(document))
+        return canonical_json(_JCS_DECODER.decode(text))
     try:
         data = orjson.dumps(value, option=_FAST)
     except orjson.JSONEncodeError:

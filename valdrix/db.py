@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator, Uuid
 
 from valdrix import jsonio
+from valdrix.canonical import loads_stored
 from valdrix.config import Settings
 from valdrix.errors import ValdrixError
 
@@ -121,7 +122,9 @@ def make_engine(settings: Settings) -> Engine:
     # psycopg prepares nothing by itself: once it has prepared statements of its own on a connection, it
     # deallocates every prepared statement there whenever it rolls a transaction back, `Statement`'s with them.
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                         pool_recycle=1800, connect_args={"prepare_threshold": None})
+                         pool_recycle=1800, connect_args={"prepare_threshold": None},
+                         # jsonb prints a stored float beyond 2**53 as an integer literal: read it back as the float.
+                         json_deserializer=loads_stored)
 
 
 # Execution options: a transaction that only reads (on SQLite: a deferred BEGIN, no lock), and how long a

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
 from tests.integration.test_gate_flow import preflight, set_mode
@@ -263,6 +263,29 @@ def test_empty_window_exports_and_verifies(tenant: Tenant, tmp_path: Path) -> No
     assert manifest["policy_lineage"] == [] and manifest["computed_context_lineage"] == []
     assert manifest["policy_lineage_sha256"] == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
     assert io.BytesIO(zipfile.ZipFile(path).read("decisions.csv")).read().count(b"\r\n") == 1
+
+
+def test_archive_holds_floats_postgresql_prints_as_huge_integers(tenant: Tenant, tmp_path: Path) -> None:
+    # jsonb stores -5.762416730791998e16 as numeric and prints it -57624167307919980, beyond JCS's integer range:
+    # the archive once failed on that cell after its headers were sent, a truncated chunked response.
+    metadata = {"delta": -5.762416730791998e16, "big": 1e21, "nested": [{"x": 2.0 ** 60}]}
+    with tenant.client() as c:
+        r = post(c, "/gate/terraform/preflight", preflight("10", run="f1", metadata=metadata))
+        assert r.status_code == 200, r.text
+        path = archive(c, tmp_path / "f.zip")
+        report = verify(path, jwks(c))
+        parity = c.get(EXPORTS + "/parity")
+    assert report.ok, problems(report)
+    assert parity.status_code == 200 and parity.json()["parity_ok"] is True, parity.text
+    decisions = zipfile.ZipFile(path).read("decisions.csv").decode()
+    assert '""delta"":-57624167307919980' in decisions and '""big"":1e+21' in decisions, decisions
+    engine = make_engine(tenant.settings)  # the gate's own reads of the row hash it (ledger events, replays)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(select(Decision.request_payload).where(Decision.tenant_id == tenant.id)).scalar_one()
+    finally:
+        engine.dispose()
+    assert {k: stored["metadata"][k] for k in metadata} == metadata and canonical_bytes(stored)
 
 
 def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tenant) -> None:

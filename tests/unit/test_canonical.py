@@ -21,6 +21,7 @@ from valdrix.canonical import (
     canonical_json_of_text,
     digests,
     is_digest_of,
+    loads_stored,
     sha256_hex,
 )
 
@@ -89,3 +90,25 @@ def test_a_hash_stored_before_rfc8785_still_matches_its_value() -> None:
 def test_canonical_json_of_text_is_canonical_json_of_the_parsed_text(value: Any) -> None:
     for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
         assert canonical_json_of_text(text) == canonical_json(json.loads(text))
+
+
+@pytest.mark.parametrize("number", [-5.762416730791998e16, 1e17, 2.0**60, 1e21, -1.23e30, 1.7976931348623157e308])
+def test_a_stored_float_printed_as_an_integer_literal_reads_as_the_float(number: float) -> None:
+    # PostgreSQL's jsonb keeps numbers as `numeric` and prints -5.762416730791998e16 as -57624167307919980:
+    # the export reads that text back and must give the float's canonical form, not refuse a huge integer.
+    literal = str(int(Decimal(repr(number))))
+    assert canonical_json_of_text(f'{{"x": {literal}, "y": [1]}}') == canonical_json({"x": number, "y": [1]})
+    assert canonical_json_of_text(literal.encode()) == canonical_json(number)
+
+
+@pytest.mark.parametrize("literal", ["9007199254740993", "-57624167307919984", "1" + "0" * 400])
+def test_an_integer_beyond_the_jcs_range_that_no_float_prints_is_still_refused(literal: str) -> None:
+    with pytest.raises(ValueError, match="not canonically serialisable"):
+        canonical_json_of_text(f'{{"x": {literal}}}')
+
+
+def test_stored_json_reads_such_literals_as_floats_and_leaves_the_rest() -> None:
+    value = loads_stored(b'{"a": -57624167307919980, "b": 9007199254740991, "c": 1.5, "d": "12345678901234567"}')
+    assert value == {"a": -5.762416730791998e16, "b": 9007199254740991, "c": 1.5, "d": "12345678901234567"}
+    assert type(value["a"]) is float and type(value["b"]) is int
+    assert type(loads_stored("9007199254740993")) is int  # no float prints so: left as read, refused when hashed
