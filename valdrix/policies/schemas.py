@@ -166,7 +166,7 @@ class Kubernetes(_Closed):
     # Off by default. On: a priced change to an object without a `valdrix.io/project-id` label or annotation
     # is a policy violation of the mode (reason project_id_missing; hard mode denies). Enforceable in the API
     # server too: `valdrix policy render --format validating-admission-policy`.
-    require_project_id: bool = False
+    require_project_id: StrictBool = False
 
 
 class PolicyDocument(_Closed):
