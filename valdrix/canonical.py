@@ -28,10 +28,13 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-import orjson
 import rfc8785
 
-from valdrix import jsonio
+try:
+    import orjson
+except ImportError:  # the client install (`pip install valdrix`, pure Python): the library alone, the same bytes
+    orjson = None  # type: ignore[assignment]
+
 
 Scheme = Literal["rfc8785", "valdrix.json.v1"]
 SCHEME: Scheme = "rfc8785"
@@ -40,7 +43,7 @@ SCHEMES: tuple[Scheme, ...] = (SCHEME, LEGACY_SCHEME)
 
 # OPT_STRICT_INTEGER refuses integers beyond JCS's ±(2**53 - 1); such a value then takes the library, which names
 # the error. Datetimes go through `_plain` like every other non-JSON type.
-_FAST = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
+_FAST = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME if orjson else 0
 # UTF-8 lead bytes of U+E000 and above: only there can sorting by code point (orjson) and by UTF-16 unit disagree.
 _HIGH_PLANE = re.compile(rb"[\xee-\xf4]")
 _JSON_SCALARS = (str, int, bool, type(None))
@@ -84,7 +87,7 @@ def _plain_json(value: Any) -> bool:
 
 
 def _jcs(value: Any) -> bytes:
-    if _plain_json(value):
+    if orjson is not None and _plain_json(value):
         try:
             data = orjson.dumps(value, option=_FAST)
         except orjson.JSONEncodeError:
@@ -175,6 +178,8 @@ def loads_stored(document: str | bytes) -> Any:
     data = document.encode("utf-8") if isinstance(document, str) else bytes(document)
     if _SIXTEEN_DIGITS in data.translate(_DIGITS_TO_ZERO):
         return _JCS_DECODER.decode(data.decode("utf-8"))
+    from valdrix import jsonio  # the server's reader (orjson); the client never reads stored rows
+
     return jsonio.loads(data)
 
 
@@ -191,6 +196,8 @@ def canonical_json_of_text(document: str | bytes) -> str:
         value = _NO_FLOAT_DECODER.decode(text)
     except _FloatSeen:
         return canonical_json(_JCS_DECODER.decode(text))
+    if orjson is None:
+        return canonical_json(value)
     try:
         data = orjson.dumps(value, option=_FAST)
     except orjson.JSONEncodeError:
