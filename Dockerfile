@@ -8,6 +8,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md* ./
 COPY valdrix ./valdrix
+COPY valdrix_vendor ./valdrix_vendor
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install "$(ls /wheels/*.whl)[server]"
 

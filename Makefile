@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check valdrix tests bench
+	$(BIN)/ruff check valdrix valdrix_vendor tests bench
 	$(BIN)/mypy valdrix
 
 bench: $(STAMP)

@@ -52,6 +52,7 @@ from valdrix.preflight.router import router as preflight_router
 from valdrix.pricing.kubernetes import PriceBook
 from valdrix.reservations.router import router as reservations_router
 from valdrix.simulation.router import router as simulation_router
+from valdrix_vendor import SWAGGER_UI
 
 log = logging.getLogger("valdrix")
 
@@ -252,13 +253,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
         return problem(500, "internal_error", "internal error")
 
     app.mount("/console/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Valdrix Gate API",
-                                   swagger_js_url="/console/static/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/console/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/console/static/swagger/favicon-32x32.png",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png",
                                    swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None})
 
     @app.get("/healthz", include_in_schema=False)
