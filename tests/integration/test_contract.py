@@ -67,7 +67,9 @@ def test_schemathesis_finds_no_failure(tenant: Tenant, server: LiveServer) -> No
     run = subprocess.run(
         [str(Path(sys.executable).with_name("st")), "--config-file", str(CONFIG), "--no-color", "run",
          f"{server.url}/openapi.json", "--header", f"Authorization: Bearer {tenant.owner_key}",
-         "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--workers", "2",
+         "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
+         # One worker: CPython 3.11 can fail ast.parse in threads (gh-106905), inside schemathesis itself.
+         "--workers", "1",
          "--request-timeout", "30"],
         capture_output=True, text=True, timeout=600, check=False)
     elapsed = time.monotonic() - started
