@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.host import reference_loop_ms  # noqa: E402
+from bench.keepalive import KeepAliveClient  # noqa: E402
 from tests.live import _wait_ready, make_tenant  # noqa: E402
 from tests.pg import create_database, free_port, postgres_cluster  # noqa: E402
 from valdrix.config import Settings  # noqa: E402
@@ -60,47 +61,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Client:
-    """A minimal keep-alive HTTP/1.1 client for the load: requests are pre-serialised bytes, so the generator
-    costs a few tens of microseconds per request and does not take the CPU the server is measured on."""
-
-    def __init__(self, host: str, port: int, key: str) -> None:
-        self.host, self.port = host, port
-        self.head = (f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
-                     "Content-Type: application/json\r\n").encode()
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    def request(self, body: dict[str, Any]) -> bytes:
-        payload = json.dumps(body).encode()
-        return self.head + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
-
-    async def send(self, request: bytes) -> tuple[int, dict[str, str]]:
-        """Return the status and lower-cased headers of one exchange on an idle (or new) connection."""
-        if self.idle:
-            reader, writer = self.idle.pop()
-            try:
-                return await self._exchange(reader, writer, request)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise
-                # The server closed this keep-alive connection while it was idle: retry on a new one.
-                writer.close()
-        return await self._exchange(*await asyncio.open_connection(self.host, self.port), request)
-
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        request: bytes) -> tuple[int, dict[str, str]]:
-        writer.write(request)
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
-        await reader.readexactly(int(headers.get("content-length", "0")))
-        self.idle.append((reader, writer))
-        return int(head[0].split()[1]), headers
-
-    def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
-
-
 async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> dict[str, Any]:
     """Offer rate x seconds requests open-loop (rate 0: 500 requests one at a time, the uncontended cost)."""
     total = rate * seconds if rate else 500
@@ -108,13 +68,14 @@ async def run_phase(base: str, key: str, make: Any, rate: int, seconds: int) -> 
     client: list[float] = []
     errors: Counter[str] = Counter()
     host, port = base.removeprefix("http://").split(":")
-    http = Client(host, int(port), key)
-    requests = [http.request(make()) for _ in range(total + 1)]  # every body built before the clock starts
+    http = KeepAliveClient(host, int(port), key)
+    # Every request is built before the clock starts.
+    requests = [http.request("POST", PATH, make()) for _ in range(total + 1)]
 
     async def one(request: bytes) -> None:
         sent = time.perf_counter()
         try:
-            status, headers = await http.send(request)
+            status, headers, _ = await http.send(request)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             errors[type(exc).__name__] += 1
             return
