@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property, partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from valdrix.canonical import digests, is_digest_of, sha256_hex
 from valdrix.costs.engine import Spend
@@ -163,8 +163,9 @@ class Funding:
     tenant_has_budgets: bool = False
 
 
-@dataclass(frozen=True)
-class Stage:
+# Stage and Risk are named tuples rather than frozen dataclasses: an evaluation builds six of them, and a
+# frozen dataclass's __init__ (one object.__setattr__ per field) costs several times a tuple's.
+class Stage(NamedTuple):
     stage: str
     status: str
     available_usd: Decimal | None
@@ -175,8 +176,7 @@ class Stage:
                 "available_usd": "unbounded" if self.available_usd is None else str(self.available_usd)}
 
 
-@dataclass(frozen=True)
-class Risk:
+class Risk(NamedTuple):
     level: str
     score: int
     factors: tuple[str, ...]
@@ -221,30 +221,38 @@ _HIGH_IMPACT = {"gpu", "db", "database", "cluster", "k8s", "kubernetes", "wareho
                 "rds", "postgres", "postgresql", "mysql", "elasticsearch", "sql"}
 _CRITICAL = {"critical", "high", "tier0", "tier1", "p0", "sev0"}
 _MEDIUM = {"medium", "tier2", "p1", "sev1"}
+_NOT_TOKEN = re.compile(r"[^a-z0-9]+")
 
 
 def assess_risk(inp: DecisionInput, *, anomaly: bool = False) -> Risk:
     """Return the additive risk score and class; resource words match whole tokens, not substrings."""
     score, factors = 0, list[str]()
     if inp.environment == "prod":
-        score, factors = score + 3, [*factors, "production_environment"]
+        score += 3
+        factors.append("production_environment")
     if any(word in inp.action for word in _DESTRUCTIVE):
-        score, factors = score + 2, [*factors, "destructive_action"]
+        score += 2
+        factors.append("destructive_action")
     criticality = str(inp.metadata.get("criticality") or inp.metadata.get("business_criticality") or "").lower()
     if criticality in _CRITICAL:
-        score, factors = score + 2, [*factors, "criticality_high"]
+        score += 2
+        factors.append("criticality_high")
     elif criticality in _MEDIUM:
-        score, factors = score + 1, [*factors, "criticality_medium"]
+        score += 1
+        factors.append("criticality_medium")
     text = " ".join(str(inp.metadata.get(k) or "") for k in ("resource_class", "resource_type"))
-    tokens = set(re.split(r"[^a-z0-9]+", f"{text} {inp.resource_reference}".lower()))
-    if tokens & _HIGH_IMPACT:
-        score, factors = score + 1, [*factors, "high_impact_resource_class"]
+    if not _HIGH_IMPACT.isdisjoint(_NOT_TOKEN.split(f"{text} {inp.resource_reference}".lower())):
+        score += 1
+        factors.append("high_impact_resource_class")
     if inp.monthly_delta >= 5000:
-        score, factors = score + 2, [*factors, "large_monthly_delta"]
+        score += 2
+        factors.append("large_monthly_delta")
     elif inp.monthly_delta >= 1000:
-        score, factors = score + 1, [*factors, "moderate_monthly_delta"]
+        score += 1
+        factors.append("moderate_monthly_delta")
     if anomaly:
-        score, factors = score + 1, [*factors, "anomaly_spike_signal"]
+        score += 1
+        factors.append("anomaly_spike_signal")
     level = "high" if score >= 6 else "medium" if score >= 3 else "low"
     return Risk(level=level, score=score, factors=tuple(factors))
 
