@@ -46,6 +46,9 @@ SCHEMES: tuple[Scheme, ...] = (SCHEME, LEGACY_SCHEME)
 _FAST = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME if orjson else 0
 # UTF-8 lead bytes of U+E000 and above: only there can sorting by code point (orjson) and by UTF-16 unit disagree.
 _HIGH_PLANE = re.compile(rb"[\xee-\xf4]")
+# In orjson's compact output: a character from U+E000 up, or a number token with a fraction or an exponent (a
+# float). A string holding such text (`"a:1.5"`) also matches: it only takes the slower, equally exact path.
+_NOT_FAST = re.compile(rb"[\xee-\xf4]|(?:\A|[\[,:])-?[0-9]+[.eE]")
 _JSON_SCALARS = (str, int, bool, type(None))
 
 
@@ -186,23 +189,28 @@ def loads_stored(document: str | bytes) -> Any:
 def canonical_json_of_text(document: str | bytes) -> str:
     """Return the canonical JSON (RFC 8785) of the JSON text `document` (e.g. as a database stores it).
 
-    The same result as `canonical_json(loads_stored(document))`. The standard parser's hooks tell that the
-    document holds no float, no integer beyond ±(2**53 - 1) and no NaN/Infinity literal, which is what lets
-    orjson serialise it without the walk `_plain_json` does for a value of unknown origin.
+    The same result as `canonical_json(loads_stored(document))`. orjson parses and prints it when its output
+    provably is the JCS form: no float in it (orjson prints every float with a `.` or an exponent, and reads an
+    integer beyond 64 bits as a float, so `_NOT_FAST` sees those too), no integer beyond ±(2**53 - 1)
+    (OPT_STRICT_INTEGER refuses it), no character from U+E000 up (key order); orjson refuses what JSON does not
+    allow (NaN, infinity, a lone surrogate), which the standard parser then reads as before. An audit export
+    canonicalises several stored documents per row, so this is its hot path.
     Raise ValueError for text that is not JSON or not canonicalisable.
     """
+    if orjson is not None:
+        try:
+            data = orjson.dumps(orjson.loads(document), option=_FAST)
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            pass
+        else:
+            if not _NOT_FAST.search(data):
+                return data.decode("utf-8")
     text = document if isinstance(document, str) else document.decode("utf-8")
     try:
         value = _NO_FLOAT_DECODER.decode(text)
     except _FloatSeen:
         return canonical_json(_JCS_DECODER.decode(text))
-    if orjson is None:
-        return canonical_json(value)
-    try:
-        data = orjson.dumps(value, option=_FAST)
-    except orjson.JSONEncodeError:
-        return canonical_json(value)
-    return canonical_json(value) if _HIGH_PLANE.search(data) else data.decode("utf-8")
+    return canonical_json(value)
 
 
 def sha256_hex(value: Any, scheme: Scheme = SCHEME) -> str:

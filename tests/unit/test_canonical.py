@@ -92,6 +92,28 @@ def test_canonical_json_of_text_is_canonical_json_of_the_parsed_text(value: Any)
         assert canonical_json_of_text(text) == canonical_json(json.loads(text))
 
 
+# What a database hands back: every JSON type, any text (high planes, surrogate pairs, controls), integers at and
+# beyond the JCS and 64-bit ranges, floats, in both ensure_ascii forms and PostgreSQL's `", "`/`": "` layout.
+stored_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([2**53 - 1, -(2**53) + 1, 2**53, 2**64])
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text() | st.text(alphabet="a:,[1.5e\ue000\U0001f600"),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text() | st.text(alphabet="a\ue000\U0001f600", max_size=2), inner, max_size=4), max_leaves=20)
+
+
+@given(stored_values)
+def test_stored_text_canonicalises_to_the_rfc8785_librarys_bytes(value: Any) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False), json.dumps(value, separators=(",", ":"))):
+        try:
+            expected = rfc8785.dumps(loads_stored(text)).decode("utf-8")
+        except rfc8785.CanonicalizationError:
+            with pytest.raises(ValueError):
+                canonical_json_of_text(text)
+            continue
+        assert canonical_json_of_text(text) == expected
+        assert canonical_json_of_text(text.encode("utf-8")) == expected
+
+
 @pytest.mark.parametrize("number", [-5.762416730791998e16, 1e17, 2.0**60, 1e21, -1.23e30, 1.7976931348623157e308])
 def test_a_stored_float_printed_as_an_integer_literal_reads_as_the_float(number: float) -> None:
     # PostgreSQL's jsonb keeps numbers as `numeric` and prints -5.762416730791998e16 as -57624167307919980:
