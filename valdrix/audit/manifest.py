@@ -45,7 +45,7 @@ class Lineage:
 
     def __init__(self) -> None:
         self._policies: Counter[tuple[int, str, str]] = Counter()
-        self._contexts: dict[tuple[str, ...], tuple[int, Any]] = {}
+        self._contexts: dict[tuple[str, ...], list[Any]] = {}
 
     def add(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
             context_cell: str) -> None:
@@ -56,13 +56,13 @@ class Lineage:
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
         data = context_cell.encode("utf-8")
         context = orjson.loads(data)
-        if not isinstance(context, dict):
-            context = {}
-        key = (*(_text(context.get(k)) for k in CONTEXT_KEYS),
-               "true" if context.get("budget_scope") is not None else "false")
-        count, digest = self._contexts.get(key) or (0, hashlib.sha256())
-        digest.update(f"{decision_id} {hashlib.sha256(data).hexdigest()}\n".encode("ascii"))
-        self._contexts[key] = (count + 1, digest)
+        get = context.get if isinstance(context, dict) else _NOTHING.get
+        key = (*[_text(get(k)) for k in CONTEXT_KEYS], "true" if get("budget_scope") is not None else "false")
+        entry = self._contexts.get(key)
+        if entry is None:
+            entry = self._contexts[key] = [0, hashlib.sha256()]
+        entry[0] += 1
+        entry[1].update(f"{decision_id} {hashlib.sha256(data).hexdigest()}\n".encode("ascii"))
 
     def referenced_policies(self) -> list[tuple[int, str]]:
         """Return the (version, sha256) pairs cited, sorted."""
@@ -82,6 +82,9 @@ class Lineage:
             entry.update(budget_configured=key[-1] == "true", decision_count=count, contexts_sha256=digest.hexdigest())
             entries.append(entry)
         return entries
+
+
+_NOTHING: dict[str, Any] = {}
 
 
 def _text(value: Any) -> str:
