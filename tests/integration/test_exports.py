@@ -33,6 +33,8 @@ from valdrix.canonical import canonical_bytes
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine
 from valdrix.decisions.models import Decision
+from valdrix.errors import InvalidInput
+from valdrix.ledger.models import LedgerEntry
 
 EXPORTS = "/api/v1/enforcement/exports"
 
@@ -411,3 +413,32 @@ def test_the_documented_standard_tools_verify_a_real_archive_and_reject_tamperin
     assert "ledger.csv: OK" in outputs["original"] and "lineage hashes: OK" in outputs["original"]
     assert "ledger.csv: FAILED" in outputs["member"]
     assert "Signature Verification Failure" in outputs["manifest"]
+
+
+def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveServer, tenant: Tenant,
+                                                                 tmp_path: Path) -> None:
+    """Decisions within the limit start the archive at once; a ledger beyond it ends it with an error before the
+    manifest, so the partial download cannot verify (never a silently truncated archive)."""
+    engine = make_engine(server.settings)
+    win = service.window(None, None, datetime.now(UTC).date())
+    try:
+        with tenant.client() as c:
+            populate(c)
+            keys = jwks(c)
+        with engine.begin() as conn:
+            table = LedgerEntry.__table__
+            row = dict(conn.execute(select(table).where(table.c.tenant_id == tenant.id)).mappings().first() or {})
+            row.pop("seq")
+            conn.execute(insert(table), [{**row, "id": uuid.uuid4(), "event": "decision_created"}])
+        chunks = service.archive(engine, tenant.id, win, max_rows=4, signer=KeyRing.from_settings(server.settings))
+        data = b""
+        with pytest.raises(InvalidInput) as refused:
+            for chunk in chunks:
+                data += chunk
+        assert refused.value.code == "export_too_many_rows" and refused.value.extra["file"] == "ledger.csv"
+    finally:
+        engine.dispose()
+    assert data.startswith(b"PK\x03\x04") and b"manifest.json" not in data
+    path = tmp_path / "a.zip"
+    path.write_bytes(data)
+    assert "cannot open" in problems(verify(path, keys))
