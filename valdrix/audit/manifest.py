@@ -57,7 +57,8 @@ class Lineage:
         data = context_cell.encode("utf-8")
         context = orjson.loads(data)
         get = context.get if isinstance(context, dict) else _NOTHING.get
-        key = (*[_text(get(k)) for k in CONTEXT_KEYS], "true" if get("budget_scope") is not None else "false")
+        key = (*["" if (v := get(k)) is None else str(v) for k in CONTEXT_KEYS],
+               "true" if get("budget_scope") is not None else "false")
         entry = self._contexts.get(key)
         if entry is None:
             entry = self._contexts[key] = [0, hashlib.sha256()]
@@ -85,10 +86,6 @@ class Lineage:
 
 
 _NOTHING: dict[str, Any] = {}
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,10 @@ def _decision_count(conn: Connection, params: dict[str, Any]) -> int:
 
 def _counts(conn: Connection, params: dict[str, Any], max_rows: int) -> dict[str, int]:
     """Return each stream's row count; raise InvalidInput (export_too_many_rows) when one exceeds `max_rows`."""
-    database = {s.file: int(conn.execute(s.count(), params).scalar_one()) for s in STREAMS}
+    # The policy join of decisions.csv matches at most one version ((tenant, version) is unique), so the index
+    # count of the window's decisions is that stream's count.
+    database = {s.file: _decision_count(conn, params) if s is DECISIONS else int(conn.execute(s.count(), params)
+                                                                                   .scalar_one()) for s in STREAMS}
     for file, rows in database.items():
         _limit(file, rows, max_rows)
     return database
@@ -447,7 +450,7 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
     reading their keys through the archive's own queries. The lineages equal the archive manifest's.
     """
     _require_ed25519(signer)
-    with snapshot(engine) as conn:
+    with snapshot(engine) as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-parity") as fetcher:
         params = _params(tenant_id, win)
         database = _counts(conn, params, max_rows)
         lineage = manifests.Lineage()
@@ -455,7 +458,7 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
         encoder = CsvEncoder([Column(h, "text") for h in _LINEAGE_COLUMNS], finishers)
         at = tuple(range(len(_LINEAGE_COLUMNS)))
         exported = {DECISIONS.file: 0}
-        for batch in conn.execute(query.execution_options(yield_per=BATCH_ROWS), params).partitions():
+        for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
             _lineage_add(lineage, encoder.fields(batch), at)
             exported[DECISIONS.file] += len(batch)
         for stream in (APPROVALS, LEDGER):
