@@ -136,8 +136,10 @@ def _sqlite_datetimes(values: Sequence[Any]) -> list[str]:
 
 def _sqlite_decimals(scale: int) -> Finish:
     # The stored binary float rounded to the column's scale: what SQLAlchemy's Numeric returns on SQLite.
+    pattern = f"%.{scale}f"  # formats as f"{v:.{scale}f}" does, without parsing the spec per value
+
     def finish(values: Sequence[Any]) -> list[str]:
-        return ["" if v is None else f"{v:.{scale}f}" for v in values]
+        return ["" if v is None else pattern % v for v in values]
     return finish
 
 
