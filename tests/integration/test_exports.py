@@ -418,7 +418,7 @@ def test_the_documented_standard_tools_verify_a_real_archive_and_reject_tamperin
 def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveServer, tenant: Tenant,
                                                                  tmp_path: Path) -> None:
     """Decisions within the limit start the archive at once; a ledger beyond it ends it with an error before the
-    manifest, so the partial download cannot verify (never a silently truncated archive)."""
+    manifest, so the partial download cannot verify and the HTTP client sees a failed transfer."""
     engine = make_engine(server.settings)
     win = service.window(None, None, datetime.now(UTC).date())
     try:
@@ -438,6 +438,11 @@ def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveS
         assert refused.value.code == "export_too_many_rows" and refused.value.extra["file"] == "ledger.csv"
     finally:
         engine.dispose()
+    small = server.settings.model_copy(update={"export_max_rows": 4})
+    with thread_server(small, server.backend) as limited, tenant.client() as c:
+        c.base_url = httpx.URL(limited.url)
+        with pytest.raises(httpx.TransportError):  # the response ends without its last chunk
+            c.get(EXPORTS + "/archive")
     assert data.startswith(b"PK\x03\x04") and b"manifest.json" not in data
     path = tmp_path / "a.zip"
     path.write_bytes(data)
