@@ -48,9 +48,8 @@ Kind = Literal["text", "int", "decimal", "bool", "datetime", "uuid", "json"]
 # Turns one column of a batch, as stored, into its CSV fields.
 Finish = Callable[[Sequence[Any]], Sequence[str]]
 _FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "'")
+_LEADS = frozenset(_FORMULA_LEADS)
 _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
-# A field is quoted when it holds one of these (RFC 4180; Python's csv QUOTE_MINIMAL with CRLF records).
-_SPECIAL = ('"', ",", "\r", "\n")
 # Stored JSON texts up to this length are remembered per export with their cells: reason codes, empty details
 # and the like repeat on most rows.
 _MEMO_TEXT = 128
@@ -90,10 +89,12 @@ def unfield(text: str) -> str:
 def _text_fields(values: Sequence[Any]) -> Sequence[str]:
     """Return the fields of a column of stored text (NULL read as ""): neutralised, quoted where needed.
 
-    Most columns of a batch need neither, which a few substring tests over the joined column tell.
+    Most columns of a batch need neither, which four substring tests over the joined column and the set of
+    first characters tell.
     """
-    joined = "\x00" + "\x00".join(values)
-    if any(c in joined for c in _SPECIAL) or any("\x00" + lead in joined for lead in _FORMULA_LEADS):
+    joined = "".join(values)
+    if '"' in joined or "," in joined or "\r" in joined or "\n" in joined or not _LEADS.isdisjoint(
+            {v[:1] for v in values}):
         return [field(neutralise(v)) for v in values]
     return values
 
