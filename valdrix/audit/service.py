@@ -52,7 +52,7 @@ from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, reader, unfield, unneutralise
 from valdrix.audit.models import AuditEvent
 from valdrix.audit.zipstream import ZipStream
-from valdrix.canonical import SCHEME, canonical_bytes, sha256_bytes, sha256_hex
+from valdrix.canonical import SCHEME, canonical_bytes, canonical_json_of_text, sha256_bytes, sha256_hex
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
 from valdrix.ledger.models import LedgerEntry
@@ -454,12 +454,17 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
         params = _params(tenant_id, win)
         database = _counts(conn, params, max_rows)
         lineage = manifests.Lineage()
+        # The lineage columns as stored, only the decision id finished as its cell: the stored text is what the
+        # archive's neutralised, quoted cells of it give back, and the context is canonicalised without quoting.
         query, finishers = DECISIONS.query(conn.dialect.name, _LINEAGE_COLUMNS)
-        encoder = CsvEncoder([Column(h, "text") for h in _LINEAGE_COLUMNS], finishers)
-        at = tuple(range(len(_LINEAGE_COLUMNS)))
+        finish_id = finishers[0]
         exported = {DECISIONS.file: 0}
         for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
-            _lineage_add(lineage, encoder.fields(batch), at)
+            ids, versions, schemas, shas, contexts = zip(*batch, strict=True)
+            for decision_id, version, schema, sha, context in zip(finish_id(ids) if finish_id else ids, versions,
+                                                                   schemas, shas, contexts, strict=True):
+                lineage.add(decision_id, int(version), schema, sha,
+                            "" if context is None else canonical_json_of_text(context))
             exported[DECISIONS.file] += len(batch)
         for stream in (APPROVALS, LEDGER):
             exported[stream.file] = sum(len(batch) for batch in conn.execute(
