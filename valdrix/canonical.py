@@ -198,11 +198,23 @@ def canonical_json_of_text(document: str | bytes) -> str:
     provably is the JCS form (`_fast`); otherwise the standard parser reads it as JCS reads numbers.
     Raise ValueError for text that is not JSON or not canonicalisable.
     """
-    return _fast(document) or _exact(document)
+    fast = _fast(document)
+    return fast[0] if fast else _exact(document)
 
 
-def _fast(document: str | bytes) -> str | None:
-    """Return the canonical JSON of `document` as orjson prints it, or None when that might not be the JCS form.
+def canonical_json_and_value_of_text(document: str | bytes) -> tuple[str, Any]:
+    """Return `canonical_json_of_text(document)` and the value it denotes (as parsing it gives, up to the order
+    of object members), parsing the document once where orjson serves."""
+    fast = _fast(document)
+    if fast:
+        return fast
+    text = _exact(document)
+    return text, orjson.loads(text) if orjson is not None else json.loads(text)
+
+
+def _fast(document: str | bytes) -> tuple[str, Any] | None:
+    """Return the canonical JSON of `document` as orjson prints it and its value, or None when that might not be
+    the JCS form.
 
     orjson's output is the JCS form when it holds no float (orjson prints every float with a `.` or an
     exponent, and reads an integer beyond 64 bits as a float, so `_FLOAT_*` see those too), no integer beyond
@@ -213,13 +225,14 @@ def _fast(document: str | bytes) -> str | None:
     if orjson is None:
         return None
     try:
-        data = orjson.dumps(orjson.loads(document), option=_FAST)
+        value = orjson.loads(document)
+        data = orjson.dumps(value, option=_FAST)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
     if (_FLOAT_AFTER_KEY(data) or _FLOAT_AFTER_COMMA(data) or _FLOAT_AFTER_BRACKET(data) or _FLOAT_DOCUMENT(data)
             or (not data.isascii() and _HIGH_PLANE.search(data))):
         return None
-    return data.decode("utf-8")
+    return data.decode("utf-8"), value
 
 
 def _exact(document: str | bytes) -> str:

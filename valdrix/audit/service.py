@@ -49,10 +49,10 @@ from sqlalchemy.types import Uuid
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
-from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, reader, unfield, unneutralise
+from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, field, reader, unfield, unneutralise
 from valdrix.audit.models import AuditEvent
 from valdrix.audit.zipstream import ZipStream
-from valdrix.canonical import SCHEME, canonical_bytes, canonical_json_of_text, sha256_bytes, sha256_hex
+from valdrix.canonical import SCHEME, canonical_bytes, canonical_json_and_value_of_text, sha256_bytes, sha256_hex
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
 from valdrix.ledger.models import LedgerEntry
@@ -285,11 +285,30 @@ def _counts(conn: Connection, params: dict[str, Any], max_rows: int) -> dict[str
     return database
 
 
-def _lineage_add(lineage: manifests.Lineage, fields: list[Sequence[str]], at: tuple[int, ...]) -> None:
+class _ContextFields:
+    """Finishes the computed_context column as `formats` does JSON, keeping the batch's canonical texts and
+    their values for the lineage, so each context is parsed once."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.values: list[Any] = []
+
+    def __call__(self, stored: Sequence[Any]) -> list[str]:
+        if None in stored:
+            raise ValueError("a decision has no computed_context")
+        pairs = [canonical_json_and_value_of_text(document) for document in stored]
+        self.texts = [text for text, _ in pairs]
+        self.values = [value for _, value in pairs]
+        return [field(text) for text in self.texts]
+
+
+def _lineage_add(lineage: manifests.Lineage, fields: list[Sequence[str]], at: tuple[int, ...],
+                 contexts: _ContextFields) -> None:
     """Count a batch's decisions, given column by column as CSV fields, into the lineages."""
-    for decision_id, version, schema, sha, context in zip(*(fields[i] for i in at), strict=True):
-        lineage.add(decision_id, int(version), unneutralise(unfield(schema)), unneutralise(unfield(sha)),
-                    unfield(context))
+    for decision_id, version, schema, sha, text, value in zip(*(fields[i] for i in at[:-1]), contexts.texts,
+                                                              contexts.values, strict=True):
+        lineage.add_parsed(decision_id, int(version), unneutralise(unfield(schema)), unneutralise(unfield(sha)),
+                           text, value)
 
 
 def _sign(signer: KeyRing, data: bytes) -> bytes:
@@ -330,11 +349,14 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
             zipped.start(stream.file)
             digest = _MemberDigest(stream.file, zipped, worker)
             query, finishers = stream.query(conn.dialect.name)
+            at = tuple(stream.index(h) for h in _LINEAGE_COLUMNS) if stream is DECISIONS else ()
+            contexts = _ContextFields()
+            if at:
+                finishers[at[-1]] = contexts
             encoder = CsvEncoder(stream.columns, finishers)
             digest.write(encoder.header())
             digest.wait()
             yield zipped.take()
-            at = tuple(stream.index(h) for h in _LINEAGE_COLUMNS) if stream is DECISIONS else ()
             rows = 0
             for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
                 rows += len(batch)
@@ -342,7 +364,7 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
                     raise _too_many(stream.file, rows, max_rows)
                 fields = encoder.fields(batch)
                 if at:
-                    _lineage_add(lineage, fields, at)
+                    _lineage_add(lineage, fields, at, contexts)
                 data = encoder.encode(fields)
                 digest.wait()
                 chunk = zipped.take() if zipped.pending >= CHUNK_BYTES else b""
@@ -463,8 +485,10 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
             ids, versions, schemas, shas, contexts = zip(*batch, strict=True)
             for decision_id, version, schema, sha, context in zip(finish_id(ids) if finish_id else ids, versions,
                                                                    schemas, shas, contexts, strict=True):
-                lineage.add(decision_id, int(version), schema, sha,
-                            "" if context is None else canonical_json_of_text(context))
+                if context is None:
+                    raise ValueError("a decision has no computed_context")
+                lineage.add_parsed(decision_id, int(version), schema, sha,
+                                   *canonical_json_and_value_of_text(context))
             exported[DECISIONS.file] += len(batch)
         for stream in (APPROVALS, LEDGER):
             exported[stream.file] = sum(len(batch) for batch in conn.execute(
