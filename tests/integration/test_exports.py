@@ -447,3 +447,26 @@ def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveS
     path = tmp_path / "a.zip"
     path.write_bytes(data)
     assert "cannot open" in problems(verify(path, keys))
+
+
+def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: LiveServer, tenant: Tenant,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client gone mid-stream: closing the iterator (as the server does) waits for the batch being read and
+    the one being deflated, then ends the snapshot."""
+    monkeypatch.setattr(service, "BATCH_ROWS", 1)
+    monkeypatch.setattr(service, "CHUNK_BYTES", 1)
+    engine = make_engine(server.settings)
+    win = service.window(None, None, datetime.now(UTC).date())
+    try:
+        with tenant.client() as c:
+            populate(c)
+        before = {t.name for t in threading.enumerate()}
+        chunks = service.archive(engine, tenant.id, win, max_rows=1000, signer=KeyRing.from_settings(server.settings))
+        for _ in range(3):  # the header, then two single-row batches: a read and a deflate are under way
+            next(chunks)
+        assert engine.pool.checkedout() == 1
+        chunks.close()
+        assert engine.pool.checkedout() == 0
+        assert not {t.name for t in threading.enumerate() if t.is_alive()} - before
+    finally:
+        engine.dispose()
