@@ -320,8 +320,10 @@ def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
             signer: KeyRing) -> Iterator[bytes]:
     """Return the window's archive as an iterator of ZIP bytes, read from one snapshot as it is consumed.
 
-    The snapshot is opened and the limits checked now, so InvalidInput (export_too_many_rows) and Unavailable
-    (no Ed25519 key ring) are raised before any byte; the iterator closes the snapshot when it ends or is closed.
+    The snapshot is opened and the decisions counted now, so InvalidInput (export_too_many_rows for
+    decisions.csv) and Unavailable (no Ed25519 key ring) are raised before any byte; an approval or ledger
+    stream past `max_rows` raises InvalidInput from the iterator, before the manifest. The iterator closes the
+    snapshot and its worker threads when it ends or is closed.
     """
     _require_ed25519(signer)
     stack = ExitStack()
