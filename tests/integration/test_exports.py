@@ -441,12 +441,20 @@ def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveS
     small = server.settings.model_copy(update={"export_max_rows": 4})
     with thread_server(small, server.backend) as limited, tenant.client() as c:
         c.base_url = httpx.URL(limited.url)
+        refusals = rejected_archives(c)
         with pytest.raises(httpx.TransportError):  # the response ends without its last chunk
             c.get(EXPORTS + "/archive")
+        assert rejected_archives(c) == refusals + 1
     assert data.startswith(b"PK\x03\x04") and b"manifest.json" not in data
     path = tmp_path / "a.zip"
     path.write_bytes(data)
     assert "cannot open" in problems(verify(path, keys))
+
+
+def rejected_archives(client: httpx.Client) -> float:
+    series = 'valdrix_ops_enforcement_export_events_total{artifact="archive",outcome="rejected_limit"} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(series)]
+    return float(lines[0].removeprefix(series)) if lines else 0.0
 
 
 def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: LiveServer, tenant: Tenant,
