@@ -46,6 +46,14 @@ SCHEMES: tuple[Scheme, ...] = (SCHEME, LEGACY_SCHEME)
 _FAST = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME if orjson else 0
 # UTF-8 lead bytes of U+E000 and above: only there can sorting by code point (orjson) and by UTF-16 unit disagree.
 _HIGH_PLANE = re.compile(rb"[\xee-\xf4]")
+# A float in orjson's compact output: a number token with a fraction or an exponent (orjson prints every float
+# so), after a key, in an array, or the whole document. A string holding such text (`"a\\":1.5"`, `",1.5"`)
+# also matches: it only takes the slower, equally exact path. Three patterns with a literal first byte are
+# searched several times faster than one alternation.
+_FLOAT_AFTER_KEY = re.compile(rb'":-?[0-9]+[.eE]').search
+_FLOAT_AFTER_COMMA = re.compile(rb",-?[0-9]+[.eE]").search
+_FLOAT_AFTER_BRACKET = re.compile(rb"\[-?[0-9]+[.eE]").search
+_FLOAT_DOCUMENT = re.compile(rb"-?[0-9]+[.eE]").match
 _JSON_SCALARS = (str, int, bool, type(None))
 
 
@@ -186,23 +194,54 @@ def loads_stored(document: str | bytes) -> Any:
 def canonical_json_of_text(document: str | bytes) -> str:
     """Return the canonical JSON (RFC 8785) of the JSON text `document` (e.g. as a database stores it).
 
-    The same result as `canonical_json(loads_stored(document))`. The standard parser's hooks tell that the
-    document holds no float, no integer beyond ±(2**53 - 1) and no NaN/Infinity literal, which is what lets
-    orjson serialise it without the walk `_plain_json` does for a value of unknown origin.
+    The same result as `canonical_json(loads_stored(document))`. orjson parses and prints it when its output
+    provably is the JCS form (`_fast`); otherwise the standard parser reads it as JCS reads numbers.
     Raise ValueError for text that is not JSON or not canonicalisable.
     """
+    fast = _fast(document)
+    return fast[0] if fast else _exact(document)
+
+
+def canonical_json_and_value_of_text(document: str | bytes) -> tuple[str, Any]:
+    """Return `canonical_json_of_text(document)` and the value it denotes (as parsing it gives, up to the order
+    of object members), parsing the document once where orjson serves."""
+    fast = _fast(document)
+    if fast:
+        return fast
+    text = _exact(document)
+    return text, orjson.loads(text) if orjson is not None else json.loads(text)
+
+
+def _fast(document: str | bytes) -> tuple[str, Any] | None:
+    """Return the canonical JSON of `document` as orjson prints it and its value, or None when that might not be
+    the JCS form.
+
+    orjson's output is the JCS form when it holds no float (orjson prints every float with a `.` or an
+    exponent, and reads an integer beyond 64 bits as a float, so `_FLOAT_*` see those too), no integer beyond
+    ±(2**53 - 1) (OPT_STRICT_INTEGER refuses it) and no character from U+E000 up (key order). orjson refuses
+    what JSON does not allow (NaN, infinity, a lone surrogate), which the standard parser then reads. An audit
+    export canonicalises several stored documents per row, so this is its hot path.
+    """
+    if orjson is None:
+        return None
+    try:
+        value = orjson.loads(document)
+        data = orjson.dumps(value, option=_FAST)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+    if (_FLOAT_AFTER_KEY(data) or _FLOAT_AFTER_COMMA(data) or _FLOAT_AFTER_BRACKET(data) or _FLOAT_DOCUMENT(data)
+            or (not data.isascii() and _HIGH_PLANE.search(data))):
+        return None
+    return data.decode("utf-8"), value
+
+
+def _exact(document: str | bytes) -> str:
     text = document if isinstance(document, str) else document.decode("utf-8")
     try:
         value = _NO_FLOAT_DECODER.decode(text)
     except _FloatSeen:
         return canonical_json(_JCS_DECODER.decode(text))
-    if orjson is None:
-        return canonical_json(value)
-    try:
-        data = orjson.dumps(value, option=_FAST)
-    except orjson.JSONEncodeError:
-        return canonical_json(value)
-    return canonical_json(value) if _HIGH_PLANE.search(data) else data.decode("utf-8")
+    return canonical_json(value)
 
 
 def sha256_hex(value: Any, scheme: Scheme = SCHEME) -> str:

@@ -33,6 +33,8 @@ from valdrix.canonical import canonical_bytes
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine
 from valdrix.decisions.models import Decision
+from valdrix.errors import InvalidInput
+from valdrix.ledger.models import LedgerEntry
 
 EXPORTS = "/api/v1/enforcement/exports"
 
@@ -411,3 +413,68 @@ def test_the_documented_standard_tools_verify_a_real_archive_and_reject_tamperin
     assert "ledger.csv: OK" in outputs["original"] and "lineage hashes: OK" in outputs["original"]
     assert "ledger.csv: FAILED" in outputs["member"]
     assert "Signature Verification Failure" in outputs["manifest"]
+
+
+def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveServer, tenant: Tenant,
+                                                                 tmp_path: Path) -> None:
+    """Decisions within the limit start the archive at once; a ledger beyond it ends it with an error before the
+    manifest, so the partial download cannot verify and the HTTP client sees a failed transfer."""
+    engine = make_engine(server.settings)
+    win = service.window(None, None, datetime.now(UTC).date())
+    try:
+        with tenant.client() as c:
+            populate(c)
+            keys = jwks(c)
+        with engine.begin() as conn:
+            table = LedgerEntry.__table__
+            row = dict(conn.execute(select(table).where(table.c.tenant_id == tenant.id)).mappings().first() or {})
+            row.pop("seq")
+            conn.execute(insert(table), [{**row, "id": uuid.uuid4(), "event": "decision_created"}])
+        chunks = service.archive(engine, tenant.id, win, max_rows=4, signer=KeyRing.from_settings(server.settings))
+        data = b""
+        with pytest.raises(InvalidInput) as refused:
+            for chunk in chunks:
+                data += chunk
+        assert refused.value.code == "export_too_many_rows" and refused.value.extra["file"] == "ledger.csv"
+    finally:
+        engine.dispose()
+    small = server.settings.model_copy(update={"export_max_rows": 4})
+    with thread_server(small, server.backend) as limited, tenant.client() as c:
+        c.base_url = httpx.URL(limited.url)
+        refusals = rejected_archives(c)
+        with pytest.raises(httpx.TransportError):  # the response ends without its last chunk
+            c.get(EXPORTS + "/archive")
+        assert rejected_archives(c) == refusals + 1
+    assert data.startswith(b"PK\x03\x04") and b"manifest.json" not in data
+    path = tmp_path / "a.zip"
+    path.write_bytes(data)
+    assert "cannot open" in problems(verify(path, keys))
+
+
+def rejected_archives(client: httpx.Client) -> float:
+    series = 'valdrix_ops_enforcement_export_events_total{artifact="archive",outcome="rejected_limit"} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(series)]
+    return float(lines[0].removeprefix(series)) if lines else 0.0
+
+
+def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: LiveServer, tenant: Tenant,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client gone mid-stream: closing the iterator (as the server does) waits for the batch being read and
+    the one being deflated, then ends the snapshot."""
+    monkeypatch.setattr(service, "BATCH_ROWS", 1)
+    monkeypatch.setattr(service, "CHUNK_BYTES", 1)
+    engine = make_engine(server.settings)
+    win = service.window(None, None, datetime.now(UTC).date())
+    try:
+        with tenant.client() as c:
+            populate(c)
+        before = {t.name for t in threading.enumerate()}
+        chunks = service.archive(engine, tenant.id, win, max_rows=1000, signer=KeyRing.from_settings(server.settings))
+        for _ in range(3):  # the header, then two single-row batches: a read and a deflate are under way
+            next(chunks)
+        assert engine.pool.checkedout() == 1
+        chunks.close()
+        assert engine.pool.checkedout() == 0
+        assert not {t.name for t in threading.enumerate() if t.is_alive()} - before
+    finally:
+        engine.dispose()

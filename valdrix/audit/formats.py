@@ -21,18 +21,19 @@ with `'` also gets one, which makes the escape reversible: a reader strips exact
 cell that has one (`unneutralise`). Typed columns are never neutralised: our own formatting of a number, hash,
 UUID, timestamp or JSON object cannot form a formula, and a negative amount must stay a number.
 
-Reading: an export reads rows at database speed, so each kind is formatted by the database where its text form
-already is the cell (PostgreSQL `numeric::text`, `to_char` in UTC, `uuid::text`; a CASE for booleans), and
-otherwise finished in Python from the stored form, which is the same on every row (SQLite stores UTC
-datetimes as `YYYY-MM-DD HH:MM:SS.ffffff`, UUIDs as 32 hex digits, Numeric as a binary float rounded to the
-column's scale on read, JSON as text). `tests/integration/test_exports.py` checks both backends give the same
-bytes for the same rows.
+Reading: an export reads rows at database speed, so the database hands back each cell as its finished CSV
+field wherever SQL can form it — PostgreSQL `numeric::text`, `to_char` in UTC, `uuid::text`; integers; a
+CASE for booleans — and Python finishes the rest a column of a batch at a time: text (neutralised and quoted,
+which most columns of a batch need not be: substring tests over the joined column tell), JSON
+(canonicalised), and on SQLite UUIDs (32 hex digits), datetimes (stored as `YYYY-MM-DD HH:MM:SS.ffffff`,
+another layout parsed) and Numeric (a binary float rounded to the column's scale, as SQLAlchemy reads it;
+SQLite's printf rounds differently beyond 15 digits). A record is then one join of its fields.
+`tests/integration/test_exports.py` checks both backends give the same bytes for the same rows.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,13 +45,15 @@ from valdrix.canonical import canonical_json_of_text
 
 DIALECT = "valdrix.audit.csv.v2"
 Kind = Literal["text", "int", "decimal", "bool", "datetime", "uuid", "json"]
-Finish = Callable[[Any], str]
+# Turns one column of a batch, as stored, into its CSV fields.
+Finish = Callable[[Sequence[Any]], Sequence[str]]
 _FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "'")
+_LEADS = frozenset(_FORMULA_LEADS)
 _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
-# A field is quoted when it holds one of these (RFC 4180; Python's csv QUOTE_MINIMAL with CRLF records).
-_NEEDS_QUOTES = re.compile(r'[",\r\n]').search
-# Kinds whose cells may hold a comma, quote or line break; the others are digits, hex, dates and words.
-_QUOTABLE: tuple[Kind, ...] = ("text", "json")
+# Stored JSON texts up to this length are remembered per export with their cells: reason codes, empty details
+# and the like repeat on most rows.
+_MEMO_TEXT = 128
+_MEMO_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,53 @@ def unneutralise(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def _sqlite_uuid(stored: str) -> str:
-    return f"{stored[:8]}-{stored[8:12]}-{stored[12:16]}-{stored[16:20]}-{stored[20:]}".lower()
+def field(cell: str) -> str:
+    """Return the CSV field of `cell`: quoted, its quotes doubled, when it holds a comma, quote or line break."""
+    if '"' in cell or "," in cell or "\n" in cell or "\r" in cell:
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+def unfield(text: str) -> str:
+    """Return the cell of a CSV field as `field` writes it."""
+    return text[1:-1].replace('""', '"') if text.startswith('"') else text
+
+
+def _text_fields(values: Sequence[Any]) -> Sequence[str]:
+    """Return the fields of a column of stored text (NULL read as ""): neutralised, quoted where needed.
+
+    Most columns of a batch need neither, which four substring tests over the joined column and the set of
+    first characters tell.
+    """
+    joined = "".join(values)
+    if '"' in joined or "," in joined or "\r" in joined or "\n" in joined or not _LEADS.isdisjoint(
+            {v[:1] for v in values}):
+        return [field(neutralise(v)) for v in values]
+    return values
+
+
+def _json_fields(memo: dict[str, str]) -> Finish:
+    def finish(values: Sequence[Any]) -> list[str]:
+        out: list[str] = []
+        append, remembered = out.append, memo.get
+        for stored in values:
+            if stored is None:
+                append("")
+                continue
+            cell = remembered(stored)
+            if cell is None:
+                cell = field(canonical_json_of_text(stored))
+                if len(stored) <= _MEMO_TEXT:
+                    if len(memo) >= _MEMO_ENTRIES:
+                        memo.clear()
+                    memo[stored] = cell
+            append(cell)
+        return out
+    return finish
+
+
+def _sqlite_uuids(values: Sequence[Any]) -> list[str]:
+    return ["" if v is None else f"{v[:8]}-{v[8:12]}-{v[12:16]}-{v[16:20]}-{v[20:]}".lower() for v in values]
 
 
 def _sqlite_datetime(stored: str) -> str:
@@ -83,67 +131,68 @@ def _sqlite_datetime(stored: str) -> str:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _sqlite_decimal(scale: int) -> Finish:
+def _sqlite_datetimes(values: Sequence[Any]) -> list[str]:
+    return ["" if v is None else _sqlite_datetime(v) for v in values]
+
+
+def _sqlite_decimals(scale: int) -> Finish:
     # The stored binary float rounded to the column's scale: what SQLAlchemy's Numeric returns on SQLite.
-    return lambda stored: f"{stored:.{scale}f}"
+    pattern = f"%.{scale}f"  # formats as f"{v:.{scale}f}" does, without parsing the spec per value
+
+    def finish(values: Sequence[Any]) -> list[str]:
+        return ["" if v is None else pattern % v for v in values]
+    return finish
 
 
 def reader(expr: ColumnElement[Any], kind: Kind, dialect: str) -> tuple[ColumnElement[Any], Finish | None]:
-    """Return the SQL reading `expr` as a cell of `kind` on `dialect`, and the Python step finishing it (if any).
+    """Return the SQL reading `expr` as a field of `kind` on `dialect`, and the Python step finishing it (if any).
 
-    Without a finishing step the SQL yields the cell itself, NULL as the empty string; a finishing step is
-    given the stored value (never NULL, which becomes the empty cell).
+    Without a finishing step the SQL yields the CSV field itself, NULL as the empty field; a finishing step is
+    given a batch's stored values of the column (None for NULL) and returns their fields.
     """
     if kind == "bool":
         return case((expr, "true"), (~expr, "false"), else_=""), None
     if kind == "int":
         return func.coalesce(cast(expr, Text()), ""), None
     if kind == "text":
-        return type_coerce(expr, String()), neutralise
+        return func.coalesce(type_coerce(expr, String()), ""), _text_fields
     postgresql = dialect == "postgresql"
     if kind == "json":
-        return (cast(expr, Text()) if postgresql else type_coerce(expr, String())), canonical_json_of_text
+        return (cast(expr, Text()) if postgresql else type_coerce(expr, String())), _json_fields({})
     if postgresql:
         if kind == "datetime":
             return func.coalesce(func.to_char(func.timezone("UTC", expr), _PG_TIMESTAMP), ""), None
         return func.coalesce(cast(expr, Text()), ""), None
     if kind == "decimal":
         scale = expr.type.scale if isinstance(expr.type, Numeric) and expr.type.scale is not None else 0
-        return type_coerce(expr, String()), _sqlite_decimal(scale)
-    return type_coerce(expr, String()), _sqlite_uuid if kind == "uuid" else _sqlite_datetime
+        return type_coerce(expr, String()), _sqlite_decimals(scale)
+    if kind == "uuid":
+        return type_coerce(expr, String()), _sqlite_uuids
+    return type_coerce(expr, String()), _sqlite_datetimes
 
 
 class CsvEncoder:
-    """Turns rows of read values into dialect bytes, a batch at a time (the caller hashes and stores the bytes)."""
+    """Turns batches of read rows into dialect bytes (the caller hashes and stores the bytes)."""
 
     def __init__(self, columns: Sequence[Column], finishers: Sequence[Finish | None]) -> None:
         self.columns = tuple(columns)
         self._finish = [(i, f) for i, f in enumerate(finishers) if f is not None]
-        self._quotable = [i for i, c in enumerate(self.columns) if c.kind in _QUOTABLE]
 
     def header(self) -> bytes:
         """Return the header record."""
-        return self.encode([[c.header for c in self.columns]])
+        return self.encode([[field(c.header)] for c in self.columns])
 
-    def cells(self, rows: Iterable[Sequence[Any]]) -> list[list[str]]:
-        """Return the cells of `rows`: each finished from its stored value, NULL as the empty cell."""
-        finish = self._finish
-        out = []
-        for row in rows:
-            cells = list(row)
-            for i, step in finish:
-                value = cells[i]
-                cells[i] = "" if value is None else step(value)
-            out.append(cells)
-        return out
+    def fields(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[str]]:
+        """Return the fields of `rows` column by column, each column finished as a whole."""
+        if not rows:
+            return [[] for _ in self.columns]
+        fields: list[Sequence[str]] = list(zip(*rows, strict=True))
+        for i, finish in self._finish:
+            fields[i] = finish(fields[i])
+        return fields
 
-    def encode(self, rows: Iterable[list[str]]) -> bytes:
-        """Return the records of rows of cells (the lists are quoted in place)."""
-        quotable = self._quotable
-        lines = []
-        for cells in rows:
-            for i in quotable:
-                if _NEEDS_QUOTES(cells[i]):
-                    cells[i] = '"' + cells[i].replace('"', '""') + '"'
-            lines.append(",".join(cells))
+    @staticmethod
+    def encode(fields: Sequence[Sequence[str]]) -> bytes:
+        """Return the records of fields given column by column."""
+        lines = list(map(",".join, zip(*fields, strict=True)))
         return ("\r\n".join(lines) + "\r\n").encode("utf-8") if lines else b""

@@ -45,7 +45,7 @@ class Lineage:
 
     def __init__(self) -> None:
         self._policies: Counter[tuple[int, str, str]] = Counter()
-        self._contexts: dict[tuple[str, ...], tuple[int, Any]] = {}
+        self._contexts: dict[tuple[str, ...], list[Any]] = {}
 
     def add(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
             context_cell: str) -> None:
@@ -53,16 +53,30 @@ class Lineage:
 
         Raise ValueError when the cell is not JSON.
         """
+        self.add_parsed(decision_id, policy_version, policy_schema_version, policy_sha256, context_cell,
+                        orjson.loads(context_cell))
+
+    def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
+                   context_cell: str, context: Any) -> None:
+        """As `add`, given the value the cell denotes (as parsed from any text of it, so the exporter parses once).
+
+        A grouping value that is an array or object is read again from the cell: its text form (`str`) follows
+        the member order, which is the cell's.
+        """
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
-        data = context_cell.encode("utf-8")
-        context = orjson.loads(data)
-        if not isinstance(context, dict):
-            context = {}
-        key = (*(_text(context.get(k)) for k in CONTEXT_KEYS),
-               "true" if context.get("budget_scope") is not None else "false")
-        count, digest = self._contexts.get(key) or (0, hashlib.sha256())
-        digest.update(f"{decision_id} {hashlib.sha256(data).hexdigest()}\n".encode("ascii"))
-        self._contexts[key] = (count + 1, digest)
+        get = context.get if isinstance(context, dict) else _NOTHING.get
+        values = [get(k) for k in CONTEXT_KEYS]
+        if any(type(v) in _CONTAINERS for v in values):
+            reread = orjson.loads(context_cell)
+            get = reread.get if isinstance(reread, dict) else _NOTHING.get
+            values = [get(k) for k in CONTEXT_KEYS]
+        key = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
+        entry = self._contexts.get(key)
+        if entry is None:
+            entry = self._contexts[key] = [0, hashlib.sha256()]
+        entry[0] += 1
+        digest = hashlib.sha256(context_cell.encode("utf-8")).hexdigest()
+        entry[1].update(f"{decision_id} {digest}\n".encode("ascii"))
 
     def referenced_policies(self) -> list[tuple[int, str]]:
         """Return the (version, sha256) pairs cited, sorted."""
@@ -84,8 +98,8 @@ class Lineage:
         return entries
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+_NOTHING: dict[str, Any] = {}
+_CONTAINERS = (dict, list)
 
 
 @dataclass(frozen=True)

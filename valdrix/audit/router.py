@@ -40,9 +40,13 @@ def _counted(artifact: str, build: Callable[[], T], *, done: bool = True) -> T:
 
 
 def _metered(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Stream `chunks`, counting the archive once its last byte is produced, or its failure mid-stream."""
+    """Stream `chunks`, counting the archive once its last byte is produced, or its failure mid-stream (a row
+    limit an approval or ledger stream passes counts as a refusal)."""
     try:
         yield from chunks
+    except InvalidInput as exc:
+        EXPORT_EVENTS.labels("archive", "rejected_limit" if exc.code in _LIMIT_CODES else "error").inc()
+        raise
     except Exception:
         EXPORT_EVENTS.labels("archive", "error").inc()
         raise

@@ -13,13 +13,17 @@ same snapshot, concurrent gate writes can neither add nor hide rows between them
 
 Streaming: the archive is produced as the rows are read — each batch is formatted (mostly by the database,
 see formats.py), hashed, deflated and handed to the response — and the manifest, over the digests and
-lineages computed on the way, is written last, then its signature and the ZIP's central directory. The first
-bytes leave as soon as the counts are known; memory holds one batch; an interrupted download has no manifest
-and no central directory, so it cannot verify. Parity is one pass over the same snapshot reading only what
-the counts and lineages need.
+lineages computed on the way and the database's counts taken after the rows (same snapshot), is written last,
+then its signature and the ZIP's central directory. Before the first byte only the window's decisions are
+counted, from the index on (tenant, created_at): that query fixes the snapshot and checks the row limit, so
+the first bytes leave at once whatever the window. Memory holds one batch; an interrupted download has no
+manifest and no central directory, so it cannot verify. Parity is one pass over the same snapshot reading
+only what the counts and lineages need.
 
-Limits: a window longer than MAX_WINDOW_DAYS or a stream with more rows than `max_rows` is refused with 422
-before anything is sent — an export is complete or absent, never truncated.
+Limits: a window longer than MAX_WINDOW_DAYS or more decisions than `max_rows` is refused with 422 before
+anything is sent. Approval and ledger rows are counted as they stream: a stream passing `max_rows` (a window
+whose decisions fit but whose ledger does not) ends the export with an error before its manifest, so the
+client sees a failed download that cannot verify — an export is complete or absent, never truncated.
 
 Also here: `record`, which appends to the audit trail (`audit_events`) of tenant actions that change no
 decision, such as a policy simulation.
@@ -30,13 +34,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, bindparam, func, select
+from sqlalchemy import Connection, Engine, Result, Row, Select, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import Uuid
@@ -44,10 +49,10 @@ from sqlalchemy.types import Uuid
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
-from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, reader, unneutralise
+from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, field, reader, unfield, unneutralise
 from valdrix.audit.models import AuditEvent
 from valdrix.audit.zipstream import ZipStream
-from valdrix.canonical import SCHEME, canonical_bytes, sha256_bytes, sha256_hex
+from valdrix.canonical import SCHEME, canonical_bytes, canonical_json_and_value_of_text, sha256_bytes, sha256_hex
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
 from valdrix.ledger.models import LedgerEntry
@@ -254,20 +259,56 @@ def _params(tenant_id: uuid.UUID, win: Window) -> dict[str, Any]:
     return {"tenant_id": tenant_id, "start_at": win.start_at, "end_before": win.end_before}
 
 
+def _too_many(file: str, rows: int, max_rows: int) -> InvalidInput:
+    return InvalidInput(f"{file} would hold {rows} rows, more than the export limit of {max_rows}; narrow the "
+                        "window", code="export_too_many_rows", file=file, rows=rows, max_rows=max_rows)
+
+
+def _limit(file: str, rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise _too_many(file, rows, max_rows)
+
+
+def _decision_count(conn: Connection, params: dict[str, Any]) -> int:
+    """Return the number of the window's decisions, read from the (tenant, created_at) index alone."""
+    return int(conn.execute(select(func.count()).select_from(Decision).where(_IN_WINDOW), params).scalar_one())
+
+
 def _counts(conn: Connection, params: dict[str, Any], max_rows: int) -> dict[str, int]:
     """Return each stream's row count; raise InvalidInput (export_too_many_rows) when one exceeds `max_rows`."""
-    database = {s.file: int(conn.execute(s.count(), params).scalar_one()) for s in STREAMS}
+    # The policy join of decisions.csv matches at most one version ((tenant, version) is unique), so the index
+    # count of the window's decisions is that stream's count.
+    database = {s.file: _decision_count(conn, params) if s is DECISIONS else int(conn.execute(s.count(), params)
+                                                                                   .scalar_one()) for s in STREAMS}
     for file, rows in database.items():
-        if rows > max_rows:
-            raise InvalidInput(f"{file} would hold {rows} rows, more than the export limit of {max_rows}; "
-                               "narrow the window", code="export_too_many_rows", file=file, rows=rows,
-                               max_rows=max_rows)
+        _limit(file, rows, max_rows)
     return database
 
 
-def _lineage_add(lineage: manifests.Lineage, cells: list[Any], at: tuple[int, ...]) -> None:
-    decision_id, version, schema, sha, context = (cells[i] for i in at)
-    lineage.add(decision_id, int(version), unneutralise(schema), unneutralise(sha), context)
+class _ContextFields:
+    """Finishes the computed_context column as `formats` does JSON, keeping the batch's canonical texts and
+    their values for the lineage, so each context is parsed once."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.values: list[Any] = []
+
+    def __call__(self, stored: Sequence[Any]) -> list[str]:
+        if None in stored:
+            raise ValueError("a decision has no computed_context")
+        pairs = [canonical_json_and_value_of_text(document) for document in stored]
+        self.texts = [text for text, _ in pairs]
+        self.values = [value for _, value in pairs]
+        return [field(text) for text in self.texts]
+
+
+def _lineage_add(lineage: manifests.Lineage, fields: list[Sequence[str]], at: tuple[int, ...],
+                 contexts: _ContextFields) -> None:
+    """Count a batch's decisions, given column by column as CSV fields, into the lineages."""
+    for decision_id, version, schema, sha, text, value in zip(*(fields[i] for i in at[:-1]), contexts.texts,
+                                                              contexts.values, strict=True):
+        lineage.add_parsed(decision_id, int(version), unneutralise(unfield(schema)), unneutralise(unfield(sha)),
+                           text, value)
 
 
 def _sign(signer: KeyRing, data: bytes) -> bytes:
@@ -279,48 +320,65 @@ def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
             signer: KeyRing) -> Iterator[bytes]:
     """Return the window's archive as an iterator of ZIP bytes, read from one snapshot as it is consumed.
 
-    The snapshot is opened and the limits checked now, so InvalidInput (export_too_many_rows) and Unavailable
-    (no Ed25519 key ring) are raised before any byte; the iterator closes the snapshot when it ends or is closed.
+    The snapshot is opened and the decisions counted now, so InvalidInput (export_too_many_rows for
+    decisions.csv) and Unavailable (no Ed25519 key ring) are raised before any byte; an approval or ledger
+    stream past `max_rows` raises InvalidInput from the iterator, before the manifest. The iterator closes the
+    snapshot and its worker threads when it ends or is closed.
     """
     _require_ed25519(signer)
     stack = ExitStack()
     try:
         conn = stack.enter_context(snapshot(engine))
         params = _params(tenant_id, win)
-        database = _counts(conn, params, max_rows)
+        _limit(DECISIONS.file, _decision_count(conn, params), max_rows)
     except BaseException:
         stack.close()
         raise
-    return _archive_bytes(stack, conn, params, database, tenant_id, win, signer)
+    return _archive_bytes(stack, conn, params, max_rows, tenant_id, win, signer)
 
 
-def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], database: dict[str, int],
+def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], max_rows: int,
                    tenant_id: uuid.UUID, win: Window, signer: KeyRing) -> Iterator[bytes]:
     with stack:
+        # Three stages overlap on the host's cores (the database driver, hashlib and zlib release the GIL): one
+        # worker reads the next batch and another hashes and deflates the last while this thread formats.
+        fetcher = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-export-read"))
+        worker = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-export"))
         zipped = ZipStream()
         lineage = manifests.Lineage()
         files = []
         for stream in STREAMS:
             zipped.start(stream.file)
-            digest = _MemberDigest(stream.file, zipped)
+            digest = _MemberDigest(stream.file, zipped, worker)
             query, finishers = stream.query(conn.dialect.name)
+            at = tuple(stream.index(h) for h in _LINEAGE_COLUMNS) if stream is DECISIONS else ()
+            contexts = _ContextFields()
+            if at:
+                finishers[at[-1]] = contexts
             encoder = CsvEncoder(stream.columns, finishers)
             digest.write(encoder.header())
+            digest.wait()
             yield zipped.take()
-            at = tuple(stream.index(h) for h in _LINEAGE_COLUMNS) if stream is DECISIONS else ()
             rows = 0
-            for batch in conn.execute(query.execution_options(yield_per=BATCH_ROWS), params).partitions():
-                cells = encoder.cells(batch)
-                for row in cells if at else ():
-                    _lineage_add(lineage, row, at)
-                digest.write(encoder.encode(cells))
-                rows += len(cells)
-                if zipped.pending >= CHUNK_BYTES:
-                    yield zipped.take()
+            for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
+                rows += len(batch)
+                if rows > max_rows:
+                    raise _too_many(stream.file, rows, max_rows)
+                fields = encoder.fields(batch)
+                if at:
+                    _lineage_add(lineage, fields, at, contexts)
+                data = encoder.encode(fields)
+                digest.wait()
+                chunk = zipped.take() if zipped.pending >= CHUNK_BYTES else b""
+                digest.write(data)
+                if chunk:
+                    yield chunk
             files.append(digest.finish(rows))
+        # The database's own counts, after the rows and from their snapshot: the manifest's parity cross-check.
+        database = _counts(conn, params, max_rows)
         policies = _policies(conn, tenant_id, lineage.referenced_policies())
         zipped.start("policies.json")
-        digest = _MemberDigest("policies.json", zipped)
+        digest = _MemberDigest("policies.json", zipped, worker)
         digest.write(canonical_bytes(policies))
         files.append(digest.finish(len(policies)))
         counts = {f.name.removesuffix(".csv"): {"database": database[f.name], "exported": f.rows}
@@ -337,21 +395,48 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], d
         yield zipped.take()
 
 
-class _MemberDigest:
-    """Hashes and sizes one member's bytes as they are written into the ZIP stream."""
+def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Sequence[Row[Any]]]:
+    """Yield the batches of `result`, the next one fetched on `fetcher` while the caller works on this one."""
+    batches = result.partitions()
+    ahead = fetcher.submit(next, batches, None)
+    while (batch := ahead.result()) is not None:
+        ahead = fetcher.submit(next, batches, None)
+        yield batch
 
-    def __init__(self, name: str, zipped: ZipStream) -> None:
+
+class _MemberDigest:
+    """Hashes, sizes and deflates one member's bytes into the ZIP stream on the export's worker thread.
+
+    One write is in flight at a time, so bytes enter the member in order; hashlib and zlib release the GIL on
+    large buffers, so that work overlaps the formatting of the next batch on another core.
+    """
+
+    def __init__(self, name: str, zipped: ZipStream, worker: ThreadPoolExecutor) -> None:
         self.name = name
         self._zipped = zipped
+        self._worker = worker
+        self._pending: Future[None] | None = None
         self._digest = hashlib.sha256()
         self._size = 0
 
     def write(self, data: bytes) -> None:
+        """Queue `data` behind the previous write."""
+        self.wait()
+        self._pending = self._worker.submit(self._write, data)
+
+    def _write(self, data: bytes) -> None:
         self._digest.update(data)
         self._size += len(data)
         self._zipped.write(data)
 
+    def wait(self) -> None:
+        """Return when every queued write is in the ZIP stream (raising what a write raised)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def finish(self, rows: int) -> manifests.FileDigest:
+        self.wait()
         self._zipped.finish()
         return manifests.FileDigest(self.name, self._digest.hexdigest(), self._size, rows)
 
@@ -389,17 +474,23 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
     reading their keys through the archive's own queries. The lineages equal the archive manifest's.
     """
     _require_ed25519(signer)
-    with snapshot(engine) as conn:
+    with snapshot(engine) as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-parity") as fetcher:
         params = _params(tenant_id, win)
         database = _counts(conn, params, max_rows)
         lineage = manifests.Lineage()
+        # The lineage columns as stored, only the decision id finished as its cell: the stored text is what the
+        # archive's neutralised, quoted cells of it give back, and the context is canonicalised without quoting.
         query, finishers = DECISIONS.query(conn.dialect.name, _LINEAGE_COLUMNS)
-        encoder = CsvEncoder([], finishers)
-        at = tuple(range(len(_LINEAGE_COLUMNS)))
+        finish_id = finishers[0]
         exported = {DECISIONS.file: 0}
-        for batch in conn.execute(query.execution_options(yield_per=BATCH_ROWS), params).partitions():
-            for row in encoder.cells(batch):
-                _lineage_add(lineage, row, at)
+        for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
+            ids, versions, schemas, shas, contexts = zip(*batch, strict=True)
+            for decision_id, version, schema, sha, context in zip(finish_id(ids) if finish_id else ids, versions,
+                                                                   schemas, shas, contexts, strict=True):
+                if context is None:
+                    raise ValueError("a decision has no computed_context")
+                lineage.add_parsed(decision_id, int(version), schema, sha,
+                                   *canonical_json_and_value_of_text(context))
             exported[DECISIONS.file] += len(batch)
         for stream in (APPROVALS, LEDGER):
             exported[stream.file] = sum(len(batch) for batch in conn.execute(

@@ -20,9 +20,11 @@ import csv
 import hashlib
 import io
 import json
+import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +37,10 @@ from valdrix.audit.manifest import FILES, LINEAGE_FIELDS, SIGNATURE_ALGORITHM, L
 from valdrix.canonical import Scheme, canonical_json, is_digest_of, sha256_hex
 
 MEMBERS = (*FILES, "manifest.json", "manifest.sig")
+# A decision_id already in the form str(uuid.UUID(...)) gives (the exporter's) needs no parsing.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+# Inflated bytes read ahead of the CSV parser at a time.
+_PIECE = 1 << 20
 # Row-level discrepancies listed per check before the rest are summarised as a count.
 MAX_LISTED = 20
 _LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "policy_sha256", "computed_context")
@@ -198,22 +204,39 @@ def _jwk(jwks: dict[str, Any], kid: str) -> Ed25519PublicKey | None:
 
 
 class _Hashed(io.RawIOBase):
-    """A member's bytes as they are read, hashed and counted on the way (so it is read once)."""
+    """A member's bytes as they are read, hashed and counted on the way (so it is read once).
 
-    def __init__(self, member: IO[bytes]) -> None:
+    The next piece is inflated and hashed on `worker` while the caller parses this one: zipfile's zlib and
+    hashlib release the GIL, so that work takes another core.
+    """
+
+    def __init__(self, member: IO[bytes], worker: ThreadPoolExecutor) -> None:
         self._member = member
+        self._worker = worker
         self.digest = hashlib.sha256()
         self.size = 0
+        self._piece = memoryview(b"")
+        self._ahead: Future[bytes] | None = worker.submit(self._next)
+
+    def _next(self) -> bytes:
+        data = self._member.read(_PIECE)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._member.read(len(buffer))
-        buffer[:len(data)] = data
-        self.digest.update(data)
-        self.size += len(data)
-        return len(data)
+        if not self._piece:
+            if self._ahead is None:
+                return 0
+            self._piece = memoryview(self._ahead.result())
+            self._ahead = self._worker.submit(self._next) if self._piece else None
+        size = min(len(buffer), len(self._piece))
+        buffer[:size] = self._piece[:size]
+        self._piece = self._piece[size:]
+        return size
 
     def drain(self) -> None:
         """Read what a failed parse left, so the digest covers the whole member."""
@@ -231,8 +254,8 @@ def _csv_member(report: Report, zipped: zipfile.ZipFile, names: set[str], name: 
     if name not in names:
         digest_check.fail("member missing")
         return
-    with zipped.open(name) as member:
-        hashed = _Hashed(member)
+    with zipped.open(name) as member, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
+        hashed = _Hashed(member, worker)
         count: int | None = None
         try:
             reader = csv.reader(io.TextIOWrapper(io.BufferedReader(hashed, 1 << 16), encoding="utf-8", newline=""))
@@ -281,7 +304,7 @@ class _Rows:
             if len(row) != width:
                 raise ValueError(f"record {count + 1} has {len(row)} cells, the header {width}")
             try:
-                decision_id = str(uuid.UUID(row[i_id]))
+                decision_id = row[i_id] if _UUID(row[i_id]) else str(uuid.UUID(row[i_id]))
                 version = int(row[i_version])
                 sha = unneutralise(row[i_sha])
                 self.lineage.add(decision_id, version, unneutralise(row[i_schema]), sha, row[i_context])

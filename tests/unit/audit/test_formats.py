@@ -8,8 +8,9 @@ import io
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import String, column
 
-from valdrix.audit.formats import Column, CsvEncoder, neutralise, unneutralise
+from valdrix.audit.formats import Column, CsvEncoder, Finish, neutralise, reader, unfield, unneutralise
 
 
 @pytest.mark.parametrize(("raw", "shown"), [
@@ -29,22 +30,47 @@ def test_neutralisation_is_reversible(raw: str) -> None:
 COLUMNS = (Column("name", "text"), Column("amount", "decimal"), Column("doc", "json"), Column("at", "datetime"))
 
 
+def finishers(columns: tuple[Column, ...], dialect: str = "postgresql") -> list[Finish | None]:
+    return [reader(column(c.header, String()), c.kind, dialect)[1] for c in columns]
+
+
 def test_records_are_rfc4180_crlf_minimally_quoted_utf8_and_finished_per_column() -> None:
-    encoder = CsvEncoder(COLUMNS, [neutralise, None, None, None])
-    cells = encoder.cells([("a,\"b\"\nc", "1.0000", '{"a":[1,"x"]}', "2026-01-01T00:00:00.000000+00:00"),
-                           ("=ünï", "", "[]", ""), (None, "-2.5000", "{}", "")])
-    assert cells[0][0] == 'a,"b"\nc' and cells[1][0] == "'=ünï" and cells[2][0] == ""
-    data = encoder.header() + encoder.encode(cells)
+    encoder = CsvEncoder(COLUMNS, finishers(COLUMNS))
+    fields = encoder.fields([("a,\"b\"\nc", "1.0000", '{"a": [1, "x"]}', "2026-01-01T00:00:00.000000+00:00"),
+                             ("=ünï", "", "[]", ""), ("", "-2.5000", "{}", ""), ("x", "", None, "")])
+    assert list(fields[0]) == ['"a,""b""\nc"', "'=ünï", "", "x"]
+    data = encoder.header() + encoder.encode(fields)
     assert data == ('name,amount,doc,at\r\n"a,""b""\nc",1.0000,"{""a"":[1,""x""]}",2026-01-01T00:00:00.000000+00:00\r\n'
-                    "'=ünï,,[],\r\n,-2.5000,{},\r\n").encode()
+                    "'=ünï,,[],\r\n,-2.5000,{},\r\nx,,,\r\n").encode()
     rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert rows[1][0] == 'a,"b"\nc' and rows[1][2] == '{"a":[1,"x"]}'
-    assert encoder.encode([]) == b""
+    assert encoder.encode(encoder.fields([])) == b""
 
 
 @given(st.lists(st.tuples(st.text(), st.text()), max_size=5))
-def test_encoding_is_what_the_csv_module_writes(rows: list[tuple[str, str]]) -> None:
-    encoder = CsvEncoder((Column("a", "text"), Column("b", "json")), [None, None])
+def test_text_fields_are_what_the_csv_module_writes_of_the_neutralised_text(rows: list[tuple[str, str]]) -> None:
+    columns = (Column("a", "text"), Column("b", "text"))
+    encoder = CsvEncoder(columns, finishers(columns))
     expected = io.StringIO()
-    csv.writer(expected, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerows(rows)
-    assert encoder.encode([list(r) for r in rows]) == expected.getvalue().encode("utf-8")
+    csv.writer(expected, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerows(
+        [[neutralise(a), neutralise(b)] for a, b in rows])
+    assert encoder.encode(encoder.fields(rows)) == expected.getvalue().encode("utf-8")
+    assert [unneutralise(unfield(f)) for f in encoder.fields(rows)[0]] == [a for a, _ in rows]
+
+
+@pytest.mark.parametrize(("stored", "cell"), [
+    ("0123456789abcdef0123456789ABCDEF", "01234567-89ab-cdef-0123-456789abcdef"), (None, ""),
+])
+def test_sqlite_uuids_are_hyphenated_lower_case(stored: str | None, cell: str) -> None:
+    (finish,) = finishers((Column("id", "uuid"),), "sqlite")
+    assert finish is not None and list(finish([stored])) == [cell]
+
+
+@pytest.mark.parametrize(("stored", "cell"), [
+    ("2026-01-05 10:00:00.000001", "2026-01-05T10:00:00.000001+00:00"),
+    ("2026-01-05 10:00:00", "2026-01-05T10:00:00.000000+00:00"),
+    ("2026-01-05T12:00:00+02:00", "2026-01-05T10:00:00.000000+00:00"), (None, ""),
+])
+def test_sqlite_datetimes_in_any_layout_are_utc_with_microseconds(stored: str | None, cell: str) -> None:
+    (finish,) = finishers((Column("at", "datetime"),), "sqlite")
+    assert finish is not None and list(finish([stored])) == [cell]

@@ -7,8 +7,10 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from valdrix.audit.manifest import FileDigest, Lineage, build, encode
-from valdrix.canonical import canonical_json, sha256_hex
+from valdrix.canonical import canonical_json, canonical_json_and_value_of_text, canonical_json_of_text, sha256_hex
 
 
 def context(**extra: Any) -> str:
@@ -72,3 +74,18 @@ def test_context_digest_is_the_sha256_of_the_canonical_context() -> None:
     lineage.add("d1", 1, "s", "a" * 64, context())
     expected = hashlib.sha256(f"d1 {sha256_hex(json.loads(context()))}\n".encode()).hexdigest()
     assert lineage.context_lineage()[0]["contexts_sha256"] == expected
+
+
+@pytest.mark.parametrize("stored", [
+    '{"mode": "soft", "risk_class": "low", "budget_scope": "p", "x": [1, 2]}',
+    '{"mode": {"z": 1, "a": [2, {"y": 3, "b": 4}]}, "risk_class": ["b", "a"]}',  # grouping values that are containers
+    '{"mode": 1.5, "context_version": 7, "fail_safe_trigger": true}', "[1]", "null",
+])
+def test_a_context_parsed_once_by_the_exporter_groups_as_the_verifier_parses_it(stored: str) -> None:
+    text, value = canonical_json_and_value_of_text(stored)
+    assert text == canonical_json_of_text(stored)
+    exporter, verifier = Lineage(), Lineage()
+    exporter.add_parsed("d1", 1, "s", "h", text, value)
+    verifier.add("d1", 1, "s", "h", text)
+    assert exporter.context_lineage() == verifier.context_lineage()
+    assert exporter.policy_lineage() == verifier.policy_lineage()
