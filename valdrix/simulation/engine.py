@@ -1,9 +1,9 @@
 """Pure what-if replay: a stored decision and a candidate policy in, what the candidate would have decided out.
 
-A decision stores its input (the columns and `request_payload`) and the state the gate read under lock
-(`computed_context`: budget, credit headroom, tenant total, spend, the clock). Replaying feeds exactly those to
-`decisions.engine.evaluate` with the candidate policy, so under the policy that made a decision the replay
-returns the stored outcome. Each decision is replayed against the state recorded *at its time*: a candidate
+A decision stores its input (the columns, and the caller's metadata in `request_payload`) and the state the gate
+read under lock (`computed_context`: budget, credit headroom, tenant total, spend, the clock). Replaying feeds
+exactly those to `decisions.engine.evaluate` with the candidate policy, so under the policy that made a decision
+the replay returns the stored outcome. Each decision is replayed against the state recorded *at its time*: a candidate
 that would have denied an earlier request does not free headroom for a later one (first-order what-if).
 
 Where the candidate needs state the gate did not read for that decision, the decision is not replayable and
@@ -87,7 +87,9 @@ class StoredDecision:
     reason_codes: tuple[str, ...]
     reserved_allocation: Decimal
     reserved_credit: Decimal
-    request_payload: dict[str, Any]
+    # The caller's metadata, as the gate stored it in `request_payload` (the only part of it the engine reads);
+    # None when the stored request has none.
+    metadata: Any
     computed_context: dict[str, Any]
     # The routing of its approval request, when it has one.
     route: Route | None = None
@@ -149,7 +151,7 @@ def replay(stored: StoredDecision, policy: PolicyDocument, policy_version: int |
 
 
 def _input(stored: StoredDecision) -> engine.DecisionInput:
-    metadata = stored.request_payload["metadata"]
+    metadata = stored.metadata
     if not isinstance(metadata, dict):
         raise TypeError("metadata is not an object")
     return engine.DecisionInput(

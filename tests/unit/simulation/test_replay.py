@@ -153,7 +153,7 @@ def store(world: World, policy: PolicyDocument, inp: gate.DecisionInput) -> Stor
         monthly_delta=inp.monthly_delta, hourly_delta=inp.hourly_delta, dry_run=inp.dry_run,
         fail_safe=ev.fail_safe_trigger is not None, policy_version=1, decision=ev.decision,
         reason_codes=ev.reasons, reserved_allocation=ev.reserve_allocation, reserved_credit=ev.reserve_credit,
-        request_payload=json.loads(json.dumps({"metadata": metadata})),
+        metadata=json.loads(json.dumps(metadata)),
         computed_context=json.loads(json.dumps(ev.computed_context)), route=route)
 
 
@@ -202,7 +202,7 @@ def test_missing_or_old_context_is_not_replayable() -> None:
     old = replace(stored, computed_context={**stored.computed_context,
                                             "context_version": "valdrix.computed_context.v1"})
     broken = replace(stored, computed_context={k: v for k, v in stored.computed_context.items() if k != "spend"})
-    no_metadata = replace(stored, request_payload={})
+    no_metadata = replace(stored, metadata=None)
     for case, reason in ((old, "computed_context_unsupported"), (broken, "stored_decision_incomplete"),
                          (no_metadata, "stored_decision_incomplete")):
         try:
