@@ -264,24 +264,21 @@ def _too_many(file: str, rows: int, max_rows: int) -> InvalidInput:
                         "window", code="export_too_many_rows", file=file, rows=rows, max_rows=max_rows)
 
 
-def _limit(file: str, rows: int, max_rows: int) -> None:
-    if rows > max_rows:
-        raise _too_many(file, rows, max_rows)
-
-
 def _decision_count(conn: Connection, params: dict[str, Any]) -> int:
     """Return the number of the window's decisions, read from the (tenant, created_at) index alone."""
     return int(conn.execute(select(func.count()).select_from(Decision).where(_IN_WINDOW), params).scalar_one())
 
 
-def _counts(conn: Connection, params: dict[str, Any], max_rows: int) -> dict[str, int]:
-    """Return each stream's row count; raise InvalidInput (export_too_many_rows) when one exceeds `max_rows`."""
+def _counts(conn: Connection, params: dict[str, Any], max_rows: int,
+            streams: Sequence[TableStream] = STREAMS) -> dict[str, int]:
+    """Return each of `streams`' row count; raise InvalidInput (export_too_many_rows) when one exceeds `max_rows`."""
     # The policy join of decisions.csv matches at most one version ((tenant, version) is unique), so the index
     # count of the window's decisions is that stream's count.
     database = {s.file: _decision_count(conn, params) if s is DECISIONS else int(conn.execute(s.count(), params)
-                                                                                   .scalar_one()) for s in STREAMS}
+                                                                                   .scalar_one()) for s in streams}
     for file, rows in database.items():
-        _limit(file, rows, max_rows)
+        if rows > max_rows:
+            raise _too_many(file, rows, max_rows)
     return database
 
 
@@ -330,15 +327,15 @@ def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
     try:
         conn = stack.enter_context(snapshot(engine))
         params = _params(tenant_id, win)
-        _limit(DECISIONS.file, _decision_count(conn, params), max_rows)
+        decisions = _counts(conn, params, max_rows, (DECISIONS,))
     except BaseException:
         stack.close()
         raise
-    return _archive_bytes(stack, conn, params, max_rows, tenant_id, win, signer)
+    return _archive_bytes(stack, conn, params, max_rows, decisions, tenant_id, win, signer)
 
 
 def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], max_rows: int,
-                   tenant_id: uuid.UUID, win: Window, signer: KeyRing) -> Iterator[bytes]:
+                   decisions: dict[str, int], tenant_id: uuid.UUID, win: Window, signer: KeyRing) -> Iterator[bytes]:
     with stack:
         # Three stages overlap on the host's cores (the database driver, hashlib and zlib release the GIL): one
         # worker reads the next batch and another hashes and deflates the last while this thread formats.
@@ -374,8 +371,9 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
                 if chunk:
                     yield chunk
             files.append(digest.finish(rows))
-        # The database's own counts, after the rows and from their snapshot: the manifest's parity cross-check.
-        database = _counts(conn, params, max_rows)
+        # The database's own counts of the other streams, after the rows and from their snapshot (the decisions
+        # were counted before the first byte): the manifest's parity cross-check.
+        database = {**decisions, **_counts(conn, params, max_rows, (APPROVALS, LEDGER))}
         policies = _policies(conn, tenant_id, lineage.referenced_policies())
         zipped.start("policies.json")
         digest = _MemberDigest("policies.json", zipped, worker)
