@@ -6,16 +6,19 @@ last member. Sizes are always ZIP64, so a member may exceed 4 GiB. Timestamps ar
 and attributes constant, so the same members give the same bytes. Readers (Python's zipfile, Info-ZIP
 `unzip`, 7-Zip, Java) read the central directory; a truncated stream has none, so it does not open.
 
-The standard library's zipfile writes this layout too, but sets a member's compression level only through a
-private attribute; an export deflates at level 1, where CSV compresses at about twice level 6's speed.
+The standard library's zipfile writes this layout too, but only with zlib, and sets a member's compression
+level only through a private attribute. Members are deflated by ISA-L (`isal`), which writes standard DEFLATE
+(any inflater reads it) at level 1 about five times as fast as zlib's level 1, and smaller: 211 MiB of export
+CSV took 0.34 s to 31 MiB against zlib's 1.69 s to 35 MiB here.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Any
+
+from isal import isal_zlib
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _DESCRIPTOR = struct.Struct("<IIQQ")
@@ -83,14 +86,14 @@ class ZipStream:
         self._emit(_LOCAL.pack(0x04034B50, _VERSION, _FLAGS, _DEFLATE, 0, _DATE_1980, 0, _FFFFFFFF, _FFFFFFFF,
                                len(encoded), len(extra)) + encoded + extra)
         self._member = (encoded, offset)
-        self._compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
+        self._compressor = isal_zlib.compressobj(LEVEL, isal_zlib.DEFLATED, -15)
         self._crc = self._size = self._compressed = 0
 
     def write(self, data: bytes) -> None:
         """Add `data` to the current member."""
         if self._member is None:
             raise RuntimeError("no member started")
-        self._crc = zlib.crc32(data, self._crc)
+        self._crc = isal_zlib.crc32(data, self._crc)
         self._size += len(data)
         out = self._compressor.compress(data)
         self._compressed += len(out)
