@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +28,7 @@ from valdrix.approvals.metrics import QueueBacklogCollector
 from valdrix.approvals.router import jwks_router
 from valdrix.approvals.router import router as approvals_router
 from valdrix.approvals.tokens import KeyRing
+from valdrix.audit.processes import FormattingPool
 from valdrix.audit.router import router as audit_router
 from valdrix.auth.service import KeyOwners
 from valdrix.budgets.metrics import BudgetCollector
@@ -173,6 +176,13 @@ def _metrics(scrape: CollectorRegistry) -> Response:
     return Response(generate_latest(registry) + generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # Started by the first export, if any; joined here so no formatting process outlives the server.
+    await asyncio.get_running_loop().run_in_executor(None, app.state.export_pool.shutdown)
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory | None = None) -> FastAPI:
     """Return the Valdrix Gate ASGI application bound to `settings`; raise PricingError for a bad price book."""
     book = PriceBook.load(settings.k8s_price_book_file)
@@ -180,7 +190,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     # The API explorer is served from vendored assets (docs below), never from a CDN: it works air-gapped.
     app = FastAPI(title="Valdrix Gate", version=__version__, default_response_class=JSONResponse,
                   telemetry={"tracing": False, "metrics": False, "logs": False}, docs_url=None, redoc_url=None,
-                  generate_unique_id_function=lambda route: route.name)
+                  generate_unique_id_function=lambda route: route.name, lifespan=_lifespan)
     engine = make_engine(settings)
     app.state.settings = settings
     app.state.engine = engine
@@ -193,6 +203,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, ids: IdFactory
     # silently replaced by an ephemeral key that other replicas could not verify.
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.key_owners = KeyOwners()
+    app.state.export_pool = FormattingPool(settings.export_processes)
     if app.state.keyring is None:
         log.warning("no signing keys configured (VALDRIX_SIGNING_KEYS_DIR): approval tokens are unavailable")
     scrape = CollectorRegistry(auto_describe=True)

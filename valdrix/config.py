@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
 
     # Audit exports: no table stream of an archive may exceed this many rows (larger windows get 422).
     export_max_rows: int = Field(default=1_000_000, ge=1)
+    # Processes per server process that format export batches beside the request's thread (0: in-process only;
+    # valdrix/audit/processes.py). Default: one fewer than the host's cores, at most 4.
+    export_processes: int = Field(default_factory=lambda: max(0, min(4, (os.cpu_count() or 1) - 1)), ge=0, le=64)
     # Reservations older than this are released in full by the overdue sweep (docs/reconciliation.md).
     reservation_sla_seconds: int = Field(default=86400, ge=60, le=604800)
     # A reconciliation is `matched` when |actual - reserved| <= max(tolerance_usd, tolerance_percent % of reserved).

@@ -156,9 +156,9 @@ class _NotingProtocol(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-def _config(app: ASGIApp, settings: Settings, **extra: Any) -> uvicorn.Config:
+def _config(app: ASGIApp, settings: Settings, *, lifespan: bool, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(app, log_level=settings.log_level, access_log=settings.access_log,
-                          timeout_graceful_shutdown=10, lifespan="off", **extra)
+                          timeout_graceful_shutdown=10, lifespan="on" if lifespan else "off", **extra)
 
 
 def tls_settings(settings: Settings) -> ReloadingTLS | None:
@@ -172,12 +172,14 @@ async def serve_sockets(app: ASGIApp, settings: Settings, http: socket.socket | 
                         https: socket.socket | None) -> None:
     """Serve `app` on the given listening sockets until SIGINT/SIGTERM or until any of the servers stops."""
     servers: list[tuple[uvicorn.Server, socket.socket]] = []
+    # The listeners share one application, whose lifespan (start-up, and the shutdown that stops its export
+    # formatting processes) runs once per process: in the first server.
     if http is not None:
-        servers.append((uvicorn.Server(_config(app, settings)), http))
+        servers.append((uvicorn.Server(_config(app, settings, lifespan=True)), http))
     tls = tls_settings(settings)
     if https is not None and tls is not None:
         certificates = ClientCertificates()
-        config = _config(certificates.app(app), settings, http=certificates.protocol_class(),
+        config = _config(certificates.app(app), settings, lifespan=not servers, http=certificates.protocol_class(),
                          ssl_context_factory=lambda _c, _d: tls.base)
         servers.append((uvicorn.Server(config), https))
     # Everything built so far (modules, app, mappers, compiled statements) lives as long as the process: moved

@@ -11,7 +11,7 @@ import subprocess
 import threading
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 from tests.integration.test_gate_flow import preflight, set_mode
 from tests.live import LiveServer, Tenant, post, thread_server
 from valdrix.approvals.tokens import KeyRing
-from valdrix.audit import service
+from valdrix.audit import service, streams
+from valdrix.audit.processes import FormattingPool
 from valdrix.audit.verify import Report, verify
 from valdrix.canonical import canonical_bytes
 from valdrix.cli import app as cli_app
@@ -76,6 +77,14 @@ def rewrite(source: Path, target: Path, member: str, change: Callable[[bytes], b
 def problems(report: Report) -> str:
     return "\n".join(report.problems())
 
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[FormattingPool]:
+    """One formatting process for the archives this module streams in-process, stopped after them."""
+    formatting = FormattingPool(1)
+    yield formatting
+    formatting.shutdown()
 
 def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tenant: Tenant, tmp_path: Path) -> None:
     with tenant.client() as c:
@@ -299,11 +308,11 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
         with tenant.client() as c:
             populate(c)
             with service.snapshot(engine) as conn:
-                counted = conn.execute(service.DECISIONS.count(), params).scalar_one()
+                counted = conn.execute(streams.DECISIONS.count(), params).scalar_one()
                 assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
-                rows = conn.execute(service.DECISIONS.query(conn.dialect.name)[0], params).all()
+                rows = conn.execute(streams.DECISIONS.query(conn.dialect.name)[0], params).all()
             with service.snapshot(engine) as conn:
-                after = conn.execute(service.DECISIONS.count(), params).scalar_one()
+                after = conn.execute(streams.DECISIONS.count(), params).scalar_one()
     finally:
         engine.dispose()
     assert counted == len(rows) == 4
@@ -311,7 +320,7 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
 
 
 def test_the_archive_streams_from_one_snapshot_while_the_gate_writes(server: LiveServer, tenant: Tenant,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, pool: FormattingPool) -> None:
     """Decisions committed after the first bytes left are in neither the rows nor the counts; cut short, the
     download cannot verify."""
     engine = make_engine(server.settings)
@@ -320,7 +329,7 @@ def test_the_archive_streams_from_one_snapshot_while_the_gate_writes(server: Liv
         with tenant.client() as c:
             populate(c)
             chunks = service.archive(engine, tenant.id, win, max_rows=1000,
-                                     signer=KeyRing.from_settings(server.settings))
+                                     signer=KeyRing.from_settings(server.settings), pool=pool)
             first = next(chunks)
             assert first.startswith(b"PK\x03\x04") and b"decisions.csv" in first
             for run in ("late-1", "late-2"):
@@ -416,7 +425,7 @@ def test_the_documented_standard_tools_verify_a_real_archive_and_reject_tamperin
 
 
 def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveServer, tenant: Tenant,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path, pool: FormattingPool) -> None:
     """Decisions within the limit start the archive at once; a ledger beyond it ends it with an error before the
     manifest, so the partial download cannot verify and the HTTP client sees a failed transfer."""
     engine = make_engine(server.settings)
@@ -430,7 +439,8 @@ def test_a_stream_past_the_row_limit_ends_the_archive_unverifiable(server: LiveS
             row = dict(conn.execute(select(table).where(table.c.tenant_id == tenant.id)).mappings().first() or {})
             row.pop("seq")
             conn.execute(insert(table), [{**row, "id": uuid.uuid4(), "event": "decision_created"}])
-        chunks = service.archive(engine, tenant.id, win, max_rows=4, signer=KeyRing.from_settings(server.settings))
+        chunks = service.archive(engine, tenant.id, win, max_rows=4, signer=KeyRing.from_settings(server.settings),
+                                 pool=pool)
         data = b""
         with pytest.raises(InvalidInput) as refused:
             for chunk in chunks:
@@ -458,7 +468,8 @@ def rejected_archives(client: httpx.Client) -> float:
 
 
 def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: LiveServer, tenant: Tenant,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       pool: FormattingPool) -> None:
     """A client gone mid-stream: closing the iterator (as the server does) waits for the batch being read and
     the one being deflated, then ends the snapshot."""
     monkeypatch.setattr(service, "BATCH_ROWS", 1)
@@ -469,7 +480,8 @@ def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: 
         with tenant.client() as c:
             populate(c)
         before = {t.name for t in threading.enumerate()}
-        chunks = service.archive(engine, tenant.id, win, max_rows=1000, signer=KeyRing.from_settings(server.settings))
+        chunks = service.archive(engine, tenant.id, win, max_rows=1000, signer=KeyRing.from_settings(server.settings),
+                                 pool=pool)
         for _ in range(3):  # the header, then two single-row batches: a read and a deflate are under way
             next(chunks)
         assert engine.pool.checkedout() == 1

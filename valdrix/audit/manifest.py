@@ -58,25 +58,19 @@ class Lineage:
 
     def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
                    context_cell: str, context: Any) -> None:
-        """As `add`, given the value the cell denotes (as parsed from any text of it, so the exporter parses once).
+        """As `add`, given the value the cell denotes (as parsed from any text of it, so the exporter parses once)."""
+        self.add_entry(decision_id, policy_version, policy_schema_version, policy_sha256,
+                       *context_entry(context_cell, context))
 
-        A grouping value that is an array or object is read again from the cell: its text form (`str`) follows
-        the member order, which is the cell's.
-        """
+    def add_entry(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
+                  group: tuple[str, ...], context_sha256: str) -> None:
+        """Count one decision in, given its context's `context_entry` (which a formatting process may compute)."""
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
-        get = context.get if isinstance(context, dict) else _NOTHING.get
-        values = [get(k) for k in CONTEXT_KEYS]
-        if any(type(v) in _CONTAINERS for v in values):
-            reread = orjson.loads(context_cell)
-            get = reread.get if isinstance(reread, dict) else _NOTHING.get
-            values = [get(k) for k in CONTEXT_KEYS]
-        key = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
-        entry = self._contexts.get(key)
+        entry = self._contexts.get(group)
         if entry is None:
-            entry = self._contexts[key] = [0, hashlib.sha256()]
+            entry = self._contexts[group] = [0, hashlib.sha256()]
         entry[0] += 1
-        digest = hashlib.sha256(context_cell.encode("utf-8")).hexdigest()
-        entry[1].update(f"{decision_id} {digest}\n".encode("ascii"))
+        entry[1].update(f"{decision_id} {context_sha256}\n".encode("ascii"))
 
     def referenced_policies(self) -> list[tuple[int, str]]:
         """Return the (version, sha256) pairs cited, sorted."""
@@ -96,6 +90,23 @@ class Lineage:
             entry.update(budget_configured=key[-1] == "true", decision_count=count, contexts_sha256=digest.hexdigest())
             entries.append(entry)
         return entries
+
+
+def context_entry(context_cell: str, context: Any) -> tuple[tuple[str, ...], str]:
+    """Return a decision's computed-context lineage group and the SHA-256 (hex) of its context cell, given the
+    value the cell denotes (as parsed from any text of it).
+
+    A grouping value that is an array or object is read again from the cell: its text form (`str`) follows the
+    member order, which is the cell's.
+    """
+    get = context.get if isinstance(context, dict) else _NOTHING.get
+    values = [get(k) for k in CONTEXT_KEYS]
+    if any(type(v) in _CONTAINERS for v in values):
+        reread = orjson.loads(context_cell)
+        get = reread.get if isinstance(reread, dict) else _NOTHING.get
+        values = [get(k) for k in CONTEXT_KEYS]
+    group = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
+    return group, hashlib.sha256(context_cell.encode("utf-8")).hexdigest()
 
 
 _NOTHING: dict[str, Any] = {}

@@ -61,7 +61,7 @@ def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsD
     def build() -> service.Parity:
         win = service.window(start, end, clock.now().date())
         return service.parity(request.app.state.engine, caller.tenant_id, win, max_rows=settings.export_max_rows,
-                              signer=keyring)
+                              signer=keyring, pool=request.app.state.export_pool)
 
     result = _counted("parity", build)
     return JSONResponse({**result.summary, "summary_sha256": result.summary_sha256,
@@ -79,7 +79,7 @@ def archive(request: Request, caller: Admin, clock: ClockDep, settings: Settings
     def build() -> tuple[Iterator[bytes], service.Window]:
         win = service.window(start, end, clock.now().date())
         chunks = service.archive(request.app.state.engine, caller.tenant_id, win,
-                                 max_rows=settings.export_max_rows, signer=keyring)
+                                 max_rows=settings.export_max_rows, signer=keyring, pool=request.app.state.export_pool)
         return chunks, win
 
     chunks, win = _counted("archive", build, done=False)

@@ -34,28 +34,35 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Result, Row, Select, and_, bindparam, func, select
+from sqlalchemy import Connection, Engine, Result, Row, func, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
-from sqlalchemy.types import Uuid
 
-from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
-from valdrix.audit.formats import DIALECT, Column, CsvEncoder, Finish, Kind, field, reader, unfield, unneutralise
+from valdrix.audit.formats import DIALECT
 from valdrix.audit.models import AuditEvent
+from valdrix.audit.processes import FormattingPool, batch_formatter, batch_lineage
+from valdrix.audit.streams import (
+    APPROVALS,
+    DECISIONS,
+    IN_WINDOW,
+    LEDGER,
+    STREAMS,
+    TableStream,
+    formatter,
+    lineage_query,
+)
 from valdrix.audit.zipstream import ZipStream
-from valdrix.canonical import SCHEME, canonical_bytes, canonical_json_and_value_of_text, sha256_bytes, sha256_hex
+from valdrix.canonical import SCHEME, canonical_bytes, sha256_bytes, sha256_hex
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
-from valdrix.ledger.models import LedgerEntry
 from valdrix.policies.models import PolicyVersion
 
 MAX_WINDOW_DAYS = 366
@@ -104,139 +111,6 @@ def window(start: date | None, end: date | None, today: date) -> Window:
     return Window(start, end)
 
 
-@dataclass(frozen=True)
-class TableStream:
-    """One table exported as one CSV member: its columns and its rows of a window, in a fixed order."""
-
-    file: str
-    fields: tuple[tuple[str, ColumnElement[Any], Kind], ...]
-    build: Callable[[Select[Any]], Select[Any]]
-
-    @property
-    def columns(self) -> tuple[Column, ...]:
-        return tuple(Column(header, kind) for header, _, kind in self.fields)
-
-    def index(self, header: str) -> int:
-        """Return the position of the column named `header`."""
-        return [h for h, _, _ in self.fields].index(header)
-
-    def query(self, dialect: str, headers: tuple[str, ...] | None = None) -> tuple[Select[Any], list[Finish | None]]:
-        """Return the rows query (all columns, or those named) read as cells on `dialect`, and their finishers."""
-        chosen = [f for f in self.fields if headers is None or f[0] in headers]
-        readers = [reader(expr, kind, dialect) for _, expr, kind in chosen]
-        query = self.build(select(*(sql.label(header) for (header, _, _), (sql, _) in zip(chosen, readers,
-                                                                                         strict=True))))
-        return query, [finish for _, finish in readers]
-
-    def count(self) -> Select[Any]:
-        """Return the query counting this stream's rows (same filter, same snapshot)."""
-        return select(func.count()).select_from(self.keys().order_by(None).subquery())
-
-    def keys(self) -> Select[Any]:
-        """Return the query of this stream's first column only (what parity reads to count exported rows)."""
-        header, expr, _ = self.fields[0]
-        return self.build(select(expr.label(header)))
-
-
-def _stream(file: str, fields: list[tuple[str, Any, Kind]], build: Callable[[Select[Any]], Select[Any]]) -> TableStream:
-    return TableStream(file, tuple(fields), build)
-
-
-_TENANT: BindParameter[uuid.UUID] = bindparam("tenant_id", type_=Uuid())
-_IN_WINDOW = and_(Decision.tenant_id == _TENANT, Decision.created_at >= bindparam("start_at"),
-                  Decision.created_at < bindparam("end_before"))
-
-DECISIONS = _stream("decisions.csv", [
-    ("decision_id", Decision.id, "uuid"),
-    ("created_at", Decision.created_at, "datetime"),
-    ("updated_at", Decision.updated_at, "datetime"),
-    ("source", Decision.source, "text"),
-    ("environment", Decision.environment, "text"),
-    ("project_id", Decision.project_id, "text"),
-    ("action", Decision.action, "text"),
-    ("resource_reference", Decision.resource_reference, "text"),
-    ("decision", Decision.decision, "text"),
-    ("reason_codes", Decision.reason_codes, "json"),
-    ("mode", Decision.mode, "text"),
-    ("fail_safe", Decision.fail_safe, "bool"),
-    ("dry_run", Decision.dry_run, "bool"),
-    ("policy_version", Decision.policy_version, "int"),
-    ("policy_schema_version", PolicyVersion.schema_version, "text"),
-    ("policy_sha256", Decision.policy_sha256, "text"),
-    ("request_fingerprint", Decision.request_fingerprint, "text"),
-    ("idempotency_key", Decision.idempotency_key, "text"),
-    ("estimated_monthly_delta_usd", Decision.estimated_monthly_delta_usd, "decimal"),
-    ("estimated_hourly_delta_usd", Decision.estimated_hourly_delta_usd, "decimal"),
-    ("budget_scope", Decision.budget_scope, "text"),
-    ("reserved_allocation_usd", Decision.reserved_allocation_usd, "decimal"),
-    ("reserved_credit_usd", Decision.reserved_credit_usd, "decimal"),
-    ("reservation_active", Decision.reservation_active, "bool"),
-    ("approval_request_id", Decision.approval_request_id, "uuid"),
-    ("created_by", Decision.created_by, "uuid"),
-    ("computed_context", Decision.computed_context, "json"),
-    ("request_payload", Decision.request_payload, "json"),
-    ("response_payload", Decision.response_payload, "json"),
-], lambda q: q.outerjoin(PolicyVersion, and_(PolicyVersion.tenant_id == Decision.tenant_id,
-                                             PolicyVersion.version == Decision.policy_version))
-    .where(_IN_WINDOW).order_by(Decision.created_at, Decision.id))
-
-LEDGER = _stream("ledger.csv", [
-    ("seq", LedgerEntry.seq, "int"),
-    ("ledger_id", LedgerEntry.id, "uuid"),
-    ("decision_id", LedgerEntry.decision_id, "uuid"),
-    ("event", LedgerEntry.event, "text"),
-    ("recorded_at", LedgerEntry.recorded_at, "datetime"),
-    ("source", LedgerEntry.source, "text"),
-    ("environment", LedgerEntry.environment, "text"),
-    ("project_id", LedgerEntry.project_id, "text"),
-    ("decision", LedgerEntry.decision, "text"),
-    ("reason_codes", LedgerEntry.reason_codes, "json"),
-    ("policy_version", LedgerEntry.policy_version, "int"),
-    ("policy_sha256", LedgerEntry.policy_sha256, "text"),
-    ("request_fingerprint", LedgerEntry.request_fingerprint, "text"),
-    ("estimated_monthly_delta_usd", LedgerEntry.estimated_monthly_delta_usd, "decimal"),
-    ("estimated_hourly_delta_usd", LedgerEntry.estimated_hourly_delta_usd, "decimal"),
-    ("reserved_total_usd", LedgerEntry.reserved_total_usd, "decimal"),
-    ("reservation_active", LedgerEntry.reservation_active, "bool"),
-    ("approval_request_id", LedgerEntry.approval_request_id, "uuid"),
-    ("request_payload_sha256", LedgerEntry.request_payload_sha256, "text"),
-    ("response_payload_sha256", LedgerEntry.response_payload_sha256, "text"),
-    ("details", LedgerEntry.details, "json"),
-    ("actor", LedgerEntry.actor, "uuid"),
-], lambda q: q.join(Decision, Decision.id == LedgerEntry.decision_id)
-    .where(_IN_WINDOW).order_by(LedgerEntry.seq))
-
-APPROVALS = _stream("approvals.csv", [
-    ("approval_id", ApprovalRequest.id, "uuid"),
-    ("decision_id", ApprovalRequest.decision_id, "uuid"),
-    ("status", ApprovalRequest.status, "text"),
-    ("requested_by", ApprovalRequest.requested_by, "uuid"),
-    ("reviewed_by", ApprovalRequest.reviewed_by, "uuid"),
-    ("review_notes", ApprovalRequest.review_notes, "text"),
-    ("routing_rule_id", ApprovalRequest.routing_rule_id, "text"),
-    ("required_permission", ApprovalRequest.required_permission, "text"),
-    ("routing", ApprovalRequest.routing, "json"),
-    ("expires_at", ApprovalRequest.expires_at, "datetime"),
-    ("approved_at", ApprovalRequest.approved_at, "datetime"),
-    ("denied_at", ApprovalRequest.denied_at, "datetime"),
-    ("expired_at", ApprovalRequest.expired_at, "datetime"),
-    # The token's jti and lifecycle are audit facts; its hash and sealed form are credentials and stay out.
-    ("token_jti", ApprovalRequest.token_jti, "text"),
-    ("token_expires_at", ApprovalRequest.token_expires_at, "datetime"),
-    ("token_picked_up_at", ApprovalRequest.token_picked_up_at, "datetime"),
-    ("token_consumed_at", ApprovalRequest.token_consumed_at, "datetime"),
-    ("token_consumed_by", ApprovalRequest.token_consumed_by, "uuid"),
-    ("created_at", ApprovalRequest.created_at, "datetime"),
-    ("updated_at", ApprovalRequest.updated_at, "datetime"),
-], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id)
-    .where(_IN_WINDOW).order_by(ApprovalRequest.created_at, ApprovalRequest.id))
-
-# Archive member order; approvals are one more stream keyed by the window's decisions.
-STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)
-# The decisions.csv columns both lineages are built from, in Lineage.add's order.
-_LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "policy_sha256", "computed_context")
-
-
 @contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """Yield a connection inside one read-only transaction that sees a single consistent database snapshot."""
@@ -266,46 +140,20 @@ def _too_many(file: str, rows: int, max_rows: int) -> InvalidInput:
 
 def _decision_count(conn: Connection, params: dict[str, Any]) -> int:
     """Return the number of the window's decisions, read from the (tenant, created_at) index alone."""
-    return int(conn.execute(select(func.count()).select_from(Decision).where(_IN_WINDOW), params).scalar_one())
+    return int(conn.execute(select(func.count()).select_from(Decision).where(IN_WINDOW), params).scalar_one())
 
 
 def _counts(conn: Connection, params: dict[str, Any], max_rows: int,
-            streams: Sequence[TableStream] = STREAMS) -> dict[str, int]:
-    """Return each of `streams`' row count; raise InvalidInput (export_too_many_rows) when one exceeds `max_rows`."""
+            chosen: Sequence[TableStream] = STREAMS) -> dict[str, int]:
+    """Return each `chosen` stream's row count; raise InvalidInput (export_too_many_rows) past `max_rows`."""
     # The policy join of decisions.csv matches at most one version ((tenant, version) is unique), so the index
     # count of the window's decisions is that stream's count.
     database = {s.file: _decision_count(conn, params) if s is DECISIONS else int(conn.execute(s.count(), params)
-                                                                                   .scalar_one()) for s in streams}
+                                                                                   .scalar_one()) for s in chosen}
     for file, rows in database.items():
         if rows > max_rows:
             raise _too_many(file, rows, max_rows)
     return database
-
-
-class _ContextFields:
-    """Finishes the computed_context column as `formats` does JSON, keeping the batch's canonical texts and
-    their values for the lineage, so each context is parsed once."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.values: list[Any] = []
-
-    def __call__(self, stored: Sequence[Any]) -> list[str]:
-        if None in stored:
-            raise ValueError("a decision has no computed_context")
-        pairs = [canonical_json_and_value_of_text(document) for document in stored]
-        self.texts = [text for text, _ in pairs]
-        self.values = [value for _, value in pairs]
-        return [field(text) for text in self.texts]
-
-
-def _lineage_add(lineage: manifests.Lineage, fields: list[Sequence[str]], at: tuple[int, ...],
-                 contexts: _ContextFields) -> None:
-    """Count a batch's decisions, given column by column as CSV fields, into the lineages."""
-    for decision_id, version, schema, sha, text, value in zip(*(fields[i] for i in at[:-1]), contexts.texts,
-                                                              contexts.values, strict=True):
-        lineage.add_parsed(decision_id, int(version), unneutralise(unfield(schema)), unneutralise(unfield(sha)),
-                           text, value)
 
 
 def _sign(signer: KeyRing, data: bytes) -> bytes:
@@ -313,14 +161,14 @@ def _sign(signer: KeyRing, data: bytes) -> bytes:
     return signature
 
 
-def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
-            signer: KeyRing) -> Iterator[bytes]:
+def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing,
+            pool: FormattingPool) -> Iterator[bytes]:
     """Return the window's archive as an iterator of ZIP bytes, read from one snapshot as it is consumed.
 
     The snapshot is opened and the decisions counted now, so InvalidInput (export_too_many_rows for
     decisions.csv) and Unavailable (no Ed25519 key ring) are raised before any byte; an approval or ledger
     stream past `max_rows` raises InvalidInput from the iterator, before the manifest. The iterator closes the
-    snapshot and its worker threads when it ends or is closed.
+    snapshot and its worker threads when it ends or is closed. Batches are formatted on `pool`.
     """
     _require_ed25519(signer)
     stack = ExitStack()
@@ -331,46 +179,40 @@ def archive(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int,
     except BaseException:
         stack.close()
         raise
-    return _archive_bytes(stack, conn, params, max_rows, decisions, tenant_id, win, signer)
+    return _archive_bytes(stack, conn, params, max_rows, decisions, tenant_id, win, signer, pool)
 
 
 def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], max_rows: int,
-                   decisions: dict[str, int], tenant_id: uuid.UUID, win: Window, signer: KeyRing) -> Iterator[bytes]:
+                   decisions: dict[str, int], tenant_id: uuid.UUID, win: Window, signer: KeyRing,
+                   pool: FormattingPool) -> Iterator[bytes]:
     with stack:
-        # Three stages overlap on the host's cores (the database driver, hashlib and zlib release the GIL): one
-        # worker reads the next batch and another hashes and deflates the last while this thread formats.
+        # The stages overlap on the host's cores: a thread reads the next batch (the database driver releases
+        # the GIL), formatting processes and this thread format batches, and another thread hashes and deflates
+        # (hashlib and ISA-L release the GIL).
         fetcher = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-export-read"))
         worker = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-export"))
         zipped = ZipStream()
         lineage = manifests.Lineage()
         files = []
+        dialect = conn.dialect.name
         for stream in STREAMS:
             zipped.start(stream.file)
             digest = _MemberDigest(stream.file, zipped, worker)
-            query, finishers = stream.query(conn.dialect.name)
-            at = tuple(stream.index(h) for h in _LINEAGE_COLUMNS) if stream is DECISIONS else ()
-            contexts = _ContextFields()
-            if at:
-                finishers[at[-1]] = contexts
-            encoder = CsvEncoder(stream.columns, finishers)
-            digest.write(encoder.header())
+            formatted = formatter(stream.file, dialect)
+            digest.write(formatted.encoder.header())
             digest.wait()
             yield zipped.take()
-            rows = 0
-            for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
-                rows += len(batch)
-                if rows > max_rows:
-                    raise _too_many(stream.file, rows, max_rows)
-                fields = encoder.fields(batch)
-                if at:
-                    _lineage_add(lineage, fields, at, contexts)
-                data = encoder.encode(fields)
+            batches = _Counted(_read_ahead(fetcher, conn.execute(formatted.query.select.execution_options(
+                yield_per=BATCH_ROWS), params)), stream.file, max_rows)
+            for data, entries in pool.ordered(batch_formatter(stream.file, dialect), batches):
+                for entry in entries:
+                    lineage.add_entry(*entry)
                 digest.wait()
                 chunk = zipped.take() if zipped.pending >= CHUNK_BYTES else b""
                 digest.write(data)
                 if chunk:
                     yield chunk
-            files.append(digest.finish(rows))
+            files.append(digest.finish(batches.rows))
         # The database's own counts of the other streams, after the rows and from their snapshot (the decisions
         # were counted before the first byte): the manifest's parity cross-check.
         database = {**decisions, **_counts(conn, params, max_rows, (APPROVALS, LEDGER))}
@@ -400,6 +242,23 @@ def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Se
     while (batch := ahead.result()) is not None:
         ahead = fetcher.submit(next, batches, None)
         yield batch
+
+
+class _Counted:
+    """The batches of one stream, counted as they are read; more than `max_rows` raises InvalidInput."""
+
+    def __init__(self, batches: Iterator[Sequence[Row[Any]]], file: str, max_rows: int) -> None:
+        self._batches = batches
+        self._file = file
+        self._max_rows = max_rows
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[Sequence[Row[Any]]]:
+        for batch in self._batches:
+            self.rows += len(batch)
+            if self.rows > self._max_rows:
+                raise _too_many(self._file, self.rows, self._max_rows)
+            yield batch
 
 
 class _MemberDigest:
@@ -465,31 +324,26 @@ class Parity:
         return base64.b64encode(self.signature).decode("ascii")
 
 
-def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing) -> Parity:
+def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing,
+           pool: FormattingPool) -> Parity:
     """Return the window's counts (database and exported, one snapshot) and both lineages, signed.
 
     One pass: the decisions are read for the lineage columns only; approval and ledger rows are counted by
-    reading their keys through the archive's own queries. The lineages equal the archive manifest's.
+    reading their keys through the archive's own queries. The lineages equal the archive manifest's. The
+    contexts are canonicalised on `pool`.
     """
     _require_ed25519(signer)
     with snapshot(engine) as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-parity") as fetcher:
         params = _params(tenant_id, win)
         database = _counts(conn, params, max_rows)
         lineage = manifests.Lineage()
-        # The lineage columns as stored, only the decision id finished as its cell: the stored text is what the
-        # archive's neutralised, quoted cells of it give back, and the context is canonicalised without quoting.
-        query, finishers = DECISIONS.query(conn.dialect.name, _LINEAGE_COLUMNS)
-        finish_id = finishers[0]
-        exported = {DECISIONS.file: 0}
-        for batch in _read_ahead(fetcher, conn.execute(query.execution_options(yield_per=BATCH_ROWS), params)):
-            ids, versions, schemas, shas, contexts = zip(*batch, strict=True)
-            for decision_id, version, schema, sha, context in zip(finish_id(ids) if finish_id else ids, versions,
-                                                                   schemas, shas, contexts, strict=True):
-                if context is None:
-                    raise ValueError("a decision has no computed_context")
-                lineage.add_parsed(decision_id, int(version), schema, sha,
-                                   *canonical_json_and_value_of_text(context))
-            exported[DECISIONS.file] += len(batch)
+        dialect = conn.dialect.name
+        batches = _Counted(_read_ahead(fetcher, conn.execute(lineage_query(dialect).execution_options(
+            yield_per=BATCH_ROWS), params)), DECISIONS.file, max_rows)
+        for entries in pool.ordered(batch_lineage(dialect), batches):
+            for entry in entries:
+                lineage.add_entry(*entry)
+        exported = {DECISIONS.file: batches.rows}
         for stream in (APPROVALS, LEDGER):
             exported[stream.file] = sum(len(batch) for batch in conn.execute(
                 stream.keys().execution_options(yield_per=BATCH_ROWS * 5), params).partitions())

@@ -1,0 +1,75 @@
+"""Formatting processes: results in batch order whichever side formats a batch; a dead process fails the export
+with a code and the pool starts afresh."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from valdrix.audit.processes import FormattingPool
+from valdrix.errors import Unavailable
+
+
+def tagged(delay: float, rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[int]]:
+    """A picklable job: the process that ran it and the batch's values, after `delay` seconds."""
+    time.sleep(delay)
+    return os.getpid(), [value for (value,) in rows]
+
+
+def dies(parent: int, rows: Sequence[tuple[Any, ...]]) -> None:
+    """A job whose formatting process is killed while it runs (as by the OOM killer); `parent` runs it unharmed."""
+    if os.getpid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+
+
+def batches(count: int, size: int = 3) -> Iterator[list[tuple[int]]]:
+    for b in range(count):
+        yield [(b * size + i,) for i in range(size)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 2])
+def test_results_come_in_batch_order_whichever_process_formats_them(size: int) -> None:
+    pool = FormattingPool(size)
+    try:
+        results = list(pool.ordered(functools.partial(tagged, 0.01), batches(12)))
+    finally:
+        pool.shutdown()
+    assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(12)]
+    where = {pid for pid, _ in results}
+    if size == 0:
+        assert where == {os.getpid()}
+    else:
+        # Processes took batches, and this thread formatted some while they were busy.
+        assert len(where - {os.getpid()}) >= 1
+        assert len(where) <= size + 1
+
+
+def test_a_process_that_dies_fails_the_export_with_a_code_and_the_next_export_gets_a_new_pool() -> None:
+    pool = FormattingPool(1)
+    try:
+        with pytest.raises(Unavailable) as failed:
+            list(pool.ordered(functools.partial(dies, os.getpid()), batches(4)))
+        assert failed.value.code == "export_process_failed"
+        results = list(pool.ordered(functools.partial(tagged, 0), batches(3)))
+        assert [values for _, values in results] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    finally:
+        pool.shutdown()
+
+
+def test_stopping_early_cancels_what_is_queued() -> None:
+    pool = FormattingPool(1)
+    try:
+        results = pool.ordered(functools.partial(tagged, 0.05), batches(50))
+        assert next(results)[1] == [0, 1, 2]
+        started = time.monotonic()
+        results.close()  # what a client that disconnects does to the archive's iterator
+        assert time.monotonic() - started < 1
+    finally:
+        pool.shutdown()

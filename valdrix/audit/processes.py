@@ -1,0 +1,128 @@
+"""Formatting processes: an export's batches formatted on the host's other cores, in order.
+
+Formatting a batch — canonical JSON, cells, records, lineage entries — is pure Python, so the threads of one
+process take turns on the interpreter lock and an export would use one core however many the host has. A
+`FormattingPool` keeps up to `size` processes (started with `spawn` on first use, so no thread's locks are
+inherited, and kept for the next export) and hands each a batch while the request's thread reads the next;
+the request's thread formats a batch itself whenever every process is busy, so no core idles, and results are
+taken in batch order, so the archive's bytes and lineages are the same as formatting everything in-process
+(size 0, `VALDRIX_EXPORT_PROCESSES=0`). A batch travels as plain tuples of the values the database returned;
+each process keeps one `Formatter` per stream and dialect.
+
+A process that dies fails the export that used it (BrokenProcessPool, a 503) and the pool starts afresh for
+the next one. Processes end with the server (`shutdown`), and within a second on their own when it is killed.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from valdrix.audit.streams import Entry, formatter, lineage_entries
+from valdrix.errors import Unavailable
+
+R = TypeVar("R")
+# Batches given to each process at a time: with one queued behind the one it formats, a process never waits
+# for the request's thread, which then formats a batch itself only when every process has its fill.
+_QUEUED = 2
+# How soon a formatting process notices that the server process is gone.
+_WATCH_SECONDS = 1.0
+# Batches formatted and not yet taken, beyond one per process: room for the request's thread to go on while
+# the oldest batch is still in a process (such as the first, while the process starts).
+_AHEAD = 3
+
+
+class FormattingPool:
+    """Up to `size` formatting processes for exports; 0 formats in the request's thread only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _processes(self) -> ProcessPoolExecutor | None:
+        if self.size == 0:
+            return None
+        with self._lock:  # creating the executor starts nothing; processes start on the first submit
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=_follow_parent, initargs=(os.getpid(),))
+            return self._executor
+
+    def _discard(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is broken:
+                self._executor = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def ordered(self, job: Callable[[Sequence[tuple[Any, ...]]], R],
+                batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[R]:
+        """Yield `job(batch)` for each batch, in order: in a process when one is free, else in this thread.
+
+        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch.
+        """
+        processes = self._processes()
+        pending: deque[Future[R]] = deque()
+        try:
+            for batch in batches:
+                rows = [tuple(row) for row in batch]
+                if processes is not None and sum(not f.done() for f in pending) < self.size * _QUEUED:
+                    pending.append(processes.submit(job, rows))
+                else:
+                    here: Future[R] = Future()
+                    here.set_result(job(rows))
+                    pending.append(here)
+                while pending and (pending[0].done() or len(pending) > self.size * _QUEUED + _AHEAD):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as exc:
+            if processes is not None:
+                self._discard(processes)
+            raise Unavailable("an export formatting process ended unexpectedly; retry the export",
+                              code="export_process_failed") from exc
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def shutdown(self) -> None:
+        """Stop the processes (the server is stopping)."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _follow_parent(parent: int) -> None:
+    """Make this formatting process end when the server process does, even killed: the call queue cannot tell
+    (each process holds both ends of its pipe), so a thread watches the parent."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="valdrix-export-parent", daemon=True).start()
+
+
+def format_batch(file: str, dialect: str, rows: Sequence[Sequence[Any]]) -> tuple[bytes, list[Entry]]:
+    """Return the CSV bytes and lineage entries of a batch of stream `file`'s rows on `dialect` (picklable)."""
+    return formatter(file, dialect)(rows)
+
+
+def batch_formatter(file: str, dialect: str) -> Callable[[Sequence[tuple[Any, ...]]], tuple[bytes, list[Entry]]]:
+    """Return the picklable job formatting batches of stream `file` on `dialect`."""
+    return functools.partial(format_batch, file, dialect)
+
+
+def batch_lineage(dialect: str) -> Callable[[Sequence[tuple[Any, ...]]], list[Entry]]:
+    """Return the picklable job giving the lineage entries of a batch of `streams.lineage_query` rows."""
+    return functools.partial(lineage_entries, dialect)

@@ -1,0 +1,280 @@
+"""What an audit export holds: each table stream's columns and query, and how a batch of its rows becomes
+CSV bytes and lineage entries (`Formatter`), in the request's process or a formatting process (`processes`).
+
+Every stream is selected by the window's decisions (see service.py) and read with the bind parameters
+`tenant_id`, `start_at` and `end_before`.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, and_, bindparam, func, select
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.types import Uuid
+
+from valdrix.approvals.models import ApprovalRequest
+from valdrix.audit.formats import Column, CsvEncoder, Finish, Kind, field, reader, segment, sql_field
+from valdrix.audit.manifest import context_entry
+from valdrix.canonical import canonical_json_and_value_of_text
+from valdrix.decisions.models import Decision
+from valdrix.ledger.models import LedgerEntry
+from valdrix.policies.models import PolicyVersion
+
+
+@dataclass(frozen=True)
+class TableStream:
+    """One table exported as one CSV member: its columns and its rows of a window, in a fixed order."""
+
+    file: str
+    fields: tuple[tuple[str, ColumnElement[Any], Kind], ...]
+    build: Callable[[Select[Any]], Select[Any]]
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return tuple(Column(header, kind) for header, _, kind in self.fields)
+
+    def index(self, header: str) -> int:
+        """Return the position of the column named `header`."""
+        return [h for h, _, _ in self.fields].index(header)
+
+    def query(self, dialect: str, headers: tuple[str, ...] | None = None) -> tuple[Select[Any], list[Finish | None]]:
+        """Return the rows query (all columns, or those named) read as cells on `dialect`, and their finishers."""
+        chosen = [f for f in self.fields if headers is None or f[0] in headers]
+        readers = [reader(expr, kind, dialect) for _, expr, kind in chosen]
+        query = self.build(select(*(sql.label(header) for (header, _, _), (sql, _) in zip(chosen, readers,
+                                                                                         strict=True))))
+        return query, [finish for _, finish in readers]
+
+    def records(self, dialect: str, extras: Sequence[ColumnElement[Any]] = ()) -> RecordQuery:
+        """Return the query reading this stream's records on `dialect` as pieces (see formats.py), then `extras`.
+
+        Each run of fields the database forms is one piece, joined in SQL; every other field is a piece of its
+        own, read as stored and finished in Python.
+        """
+        pieces: list[ColumnElement[Any]] = []
+        layout: list[tuple[int, ...]] = []
+        finishers: list[Finish | None] = []
+        run: list[ColumnElement[str]] = []
+        for i, (_, expr, kind) in enumerate(self.fields):
+            formed = sql_field(expr, kind, dialect)
+            if formed is not None:
+                if not run:
+                    layout.append(())
+                run.append(formed)
+                layout[-1] = (*layout[-1], i)
+                continue
+            if run:
+                pieces.append(segment(run))
+                finishers.append(None)
+                run = []
+            stored, finish = reader(expr, kind, dialect)
+            pieces.append(stored)
+            layout.append((i,))
+            finishers.append(finish)
+        if run:
+            pieces.append(segment(run))
+            finishers.append(None)
+        query = self.build(select(*(c.label(f"c{i}") for i, c in enumerate([*pieces, *extras]))))
+        return RecordQuery(query, finishers, tuple(layout))
+
+    def count(self) -> Select[Any]:
+        """Return the query counting this stream's rows (same filter, same snapshot)."""
+        return select(func.count()).select_from(self.keys().order_by(None).subquery())
+
+    def keys(self) -> Select[Any]:
+        """Return the query of this stream's first column only (what parity reads to count exported rows)."""
+        header, expr, _ = self.fields[0]
+        return self.build(select(expr.label(header)))
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    """A stream's records query on one dialect: the `finishers` of its pieces (None where SQL formed the piece)
+    and the `layout`, each piece's column positions; the extras follow the pieces."""
+
+    select: Select[Any]
+    finishers: list[Finish | None]
+    layout: tuple[tuple[int, ...], ...]
+
+
+def _stream(file: str, fields: list[tuple[str, Any, Kind]], build: Callable[[Select[Any]], Select[Any]]) -> TableStream:
+    return TableStream(file, tuple(fields), build)
+
+
+_TENANT: BindParameter[uuid.UUID] = bindparam("tenant_id", type_=Uuid())
+IN_WINDOW = and_(Decision.tenant_id == _TENANT, Decision.created_at >= bindparam("start_at"),
+                  Decision.created_at < bindparam("end_before"))
+
+# The window's ledger rows by sequence number. Selecting rows `seq IN (...)` lets the database walk the
+# primary key in order instead of sorting whole joined rows: 0.9 s against 1.4 s per 100 000 on SQLite.
+_LEDGER_KEYS = aliased(LedgerEntry)
+_WINDOW_LEDGER = select(_LEDGER_KEYS.seq).join(Decision, Decision.id == _LEDGER_KEYS.decision_id).where(IN_WINDOW)
+
+DECISIONS = _stream("decisions.csv", [
+    ("decision_id", Decision.id, "uuid"),
+    ("created_at", Decision.created_at, "datetime"),
+    ("updated_at", Decision.updated_at, "datetime"),
+    ("source", Decision.source, "text"),
+    ("environment", Decision.environment, "text"),
+    ("project_id", Decision.project_id, "text"),
+    ("action", Decision.action, "text"),
+    ("resource_reference", Decision.resource_reference, "text"),
+    ("decision", Decision.decision, "text"),
+    ("reason_codes", Decision.reason_codes, "json"),
+    ("mode", Decision.mode, "text"),
+    ("fail_safe", Decision.fail_safe, "bool"),
+    ("dry_run", Decision.dry_run, "bool"),
+    ("policy_version", Decision.policy_version, "int"),
+    ("policy_schema_version", PolicyVersion.schema_version, "text"),
+    ("policy_sha256", Decision.policy_sha256, "text"),
+    ("request_fingerprint", Decision.request_fingerprint, "text"),
+    ("idempotency_key", Decision.idempotency_key, "text"),
+    ("estimated_monthly_delta_usd", Decision.estimated_monthly_delta_usd, "decimal"),
+    ("estimated_hourly_delta_usd", Decision.estimated_hourly_delta_usd, "decimal"),
+    ("budget_scope", Decision.budget_scope, "text"),
+    ("reserved_allocation_usd", Decision.reserved_allocation_usd, "decimal"),
+    ("reserved_credit_usd", Decision.reserved_credit_usd, "decimal"),
+    ("reservation_active", Decision.reservation_active, "bool"),
+    ("approval_request_id", Decision.approval_request_id, "uuid"),
+    ("created_by", Decision.created_by, "uuid"),
+    ("computed_context", Decision.computed_context, "json"),
+    ("request_payload", Decision.request_payload, "json"),
+    ("response_payload", Decision.response_payload, "json"),
+], lambda q: q.outerjoin(PolicyVersion, and_(PolicyVersion.tenant_id == Decision.tenant_id,
+                                             PolicyVersion.version == Decision.policy_version))
+    .where(IN_WINDOW).order_by(Decision.created_at, Decision.id))
+
+LEDGER = _stream("ledger.csv", [
+    ("seq", LedgerEntry.seq, "int"),
+    ("ledger_id", LedgerEntry.id, "uuid"),
+    ("decision_id", LedgerEntry.decision_id, "uuid"),
+    ("event", LedgerEntry.event, "text"),
+    ("recorded_at", LedgerEntry.recorded_at, "datetime"),
+    ("source", LedgerEntry.source, "text"),
+    ("environment", LedgerEntry.environment, "text"),
+    ("project_id", LedgerEntry.project_id, "text"),
+    ("decision", LedgerEntry.decision, "text"),
+    ("reason_codes", LedgerEntry.reason_codes, "json"),
+    ("policy_version", LedgerEntry.policy_version, "int"),
+    ("policy_sha256", LedgerEntry.policy_sha256, "text"),
+    ("request_fingerprint", LedgerEntry.request_fingerprint, "text"),
+    ("estimated_monthly_delta_usd", LedgerEntry.estimated_monthly_delta_usd, "decimal"),
+    ("estimated_hourly_delta_usd", LedgerEntry.estimated_hourly_delta_usd, "decimal"),
+    ("reserved_total_usd", LedgerEntry.reserved_total_usd, "decimal"),
+    ("reservation_active", LedgerEntry.reservation_active, "bool"),
+    ("approval_request_id", LedgerEntry.approval_request_id, "uuid"),
+    ("request_payload_sha256", LedgerEntry.request_payload_sha256, "text"),
+    ("response_payload_sha256", LedgerEntry.response_payload_sha256, "text"),
+    ("details", LedgerEntry.details, "json"),
+    ("actor", LedgerEntry.actor, "uuid"),
+], lambda q: q.where(LedgerEntry.seq.in_(_WINDOW_LEDGER)).order_by(LedgerEntry.seq))
+
+APPROVALS = _stream("approvals.csv", [
+    ("approval_id", ApprovalRequest.id, "uuid"),
+    ("decision_id", ApprovalRequest.decision_id, "uuid"),
+    ("status", ApprovalRequest.status, "text"),
+    ("requested_by", ApprovalRequest.requested_by, "uuid"),
+    ("reviewed_by", ApprovalRequest.reviewed_by, "uuid"),
+    ("review_notes", ApprovalRequest.review_notes, "text"),
+    ("routing_rule_id", ApprovalRequest.routing_rule_id, "text"),
+    ("required_permission", ApprovalRequest.required_permission, "text"),
+    ("routing", ApprovalRequest.routing, "json"),
+    ("expires_at", ApprovalRequest.expires_at, "datetime"),
+    ("approved_at", ApprovalRequest.approved_at, "datetime"),
+    ("denied_at", ApprovalRequest.denied_at, "datetime"),
+    ("expired_at", ApprovalRequest.expired_at, "datetime"),
+    # The token's jti and lifecycle are audit facts; its hash and sealed form are credentials and stay out.
+    ("token_jti", ApprovalRequest.token_jti, "text"),
+    ("token_expires_at", ApprovalRequest.token_expires_at, "datetime"),
+    ("token_picked_up_at", ApprovalRequest.token_picked_up_at, "datetime"),
+    ("token_consumed_at", ApprovalRequest.token_consumed_at, "datetime"),
+    ("token_consumed_by", ApprovalRequest.token_consumed_by, "uuid"),
+    ("created_at", ApprovalRequest.created_at, "datetime"),
+    ("updated_at", ApprovalRequest.updated_at, "datetime"),
+], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id)
+    .where(IN_WINDOW).order_by(ApprovalRequest.created_at, ApprovalRequest.id))
+
+# Archive member order; approvals are one more stream keyed by the window's decisions.
+STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)
+# The decisions.csv columns both lineages are built from besides the context, in Lineage.add's order.
+_LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "policy_sha256")
+_CONTEXT = DECISIONS.index("computed_context")
+
+
+def _lineage_extras(dialect: str) -> tuple[list[ColumnElement[Any]], Finish | None]:
+    """Return the lineage columns as Lineage.add takes them, the decision id read as its cell once finished by
+    the step returned (if any), the others as stored."""
+    decision_id, version, schema, sha = (DECISIONS.fields[DECISIONS.index(h)][1] for h in _LINEAGE_COLUMNS)
+    cell, finish = reader(decision_id, "uuid", dialect)
+    return [cell, version, func.coalesce(schema, ""), func.coalesce(sha, "")], finish
+
+
+# One decision's lineage entry: decision id cell, policy version, schema version, policy hash, context group and
+# the context cell's SHA-256 (manifest.Lineage.add_entry's arguments).
+Entry = tuple[str, int, str, str, tuple[str, ...], str]
+
+
+class Formatter:
+    """Turns batches of one stream's rows, as its `records` query on one dialect reads them, into CSV bytes and,
+    for decisions.csv, the batch's lineage entries. Holds no per-batch state, so threads may share one."""
+
+    def __init__(self, stream: TableStream, dialect: str) -> None:
+        self.lineages = stream is DECISIONS
+        self._dialect = dialect
+        self.query = stream.records(dialect, _lineage_extras(dialect)[0] if self.lineages else ())
+        finishers = list(self.query.finishers)
+        self._context = self.query.layout.index((_CONTEXT,)) if self.lineages else -1
+        if self.lineages:
+            finishers[self._context] = _as_stored  # canonicalised in `entries`, once for its cell and its lineage
+        self.encoder = CsvEncoder(stream.columns, finishers)
+        self._pieces = len(finishers)
+
+    def __call__(self, rows: Sequence[Sequence[Any]]) -> tuple[bytes, list[Entry]]:
+        """Return the records of `rows` and their lineage entries (none for a stream other than decisions.csv)."""
+        fields = self.encoder.fields(rows)
+        entries: list[Entry] = []
+        if self.lineages:
+            texts, entries = _entries(self._dialect, [*fields[self._pieces:], fields[self._context]])
+            fields[self._context] = [field(text) for text in texts]
+        return self.encoder.encode(fields[:self._pieces]), entries
+
+
+@functools.cache
+def formatter(file: str, dialect: str) -> Formatter:
+    """Return the (shared) Formatter of stream `file` on `dialect`."""
+    return Formatter(next(s for s in STREAMS if s.file == file), dialect)
+
+
+def _as_stored(values: Sequence[Any]) -> Sequence[Any]:
+    return values
+
+
+def lineage_query(dialect: str) -> Select[Any]:
+    """Return the query of the window's decisions reading only what their lineage entries need (parity)."""
+    context, _ = reader(DECISIONS.fields[_CONTEXT][1], "json", dialect)
+    return DECISIONS.build(select(*_lineage_extras(dialect)[0], context))
+
+
+def lineage_entries(dialect: str, rows: Sequence[Sequence[Any]]) -> list[Entry]:
+    """Return the lineage entries of a batch of `lineage_query` rows."""
+    return _entries(dialect, list(zip(*rows, strict=True)))[1] if rows else []
+
+
+def _entries(dialect: str, columns: Sequence[Sequence[Any]]) -> tuple[list[str], list[Entry]]:
+    """Return the canonical context texts and lineage entries of a batch given column by column: the lineage
+    extras as read, then the stored contexts."""
+    ids, versions, schemas, shas, stored = columns
+    if None in stored:
+        raise ValueError("a decision has no computed_context")
+    finish_id = _lineage_extras(dialect)[1]
+    pairs = [canonical_json_and_value_of_text(document) for document in stored]
+    entries = [(decision_id, version, schema, sha, *context_entry(text, value))
+               for decision_id, version, schema, sha, (text, value)
+               in zip(finish_id(ids) if finish_id else ids, versions, schemas, shas, pairs, strict=True)]
+    return [text for text, _ in pairs], entries
