@@ -224,9 +224,11 @@ class CsvEncoder:
 
     def fields(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
         """Return the values of `rows` column by column, each piece with a finisher finished as a whole."""
-        if not rows:
-            return [[] for _ in range(self._pieces)]
-        fields: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        return self.finish(list(zip(*rows, strict=True)) if rows else [[] for _ in range(self._pieces)])
+
+    def finish(self, columns: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+        """Return the columns of a batch, each piece with a finisher finished as a whole."""
+        fields = list(columns)
         for i, finish in self._finish:
             fields[i] = finish(fields[i])
         return fields

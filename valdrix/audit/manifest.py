@@ -59,18 +59,23 @@ class Lineage:
     def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
                    context_cell: str, context: Any) -> None:
         """As `add`, given the value the cell denotes (as parsed from any text of it, so the exporter parses once)."""
-        self.add_entry(decision_id, policy_version, policy_schema_version, policy_sha256,
-                       *context_entry(context_cell, context))
-
-    def add_entry(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
-                  group: tuple[str, ...], context_sha256: str) -> None:
-        """Count one decision in, given its context's `context_entry` (which a formatting process may compute)."""
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
+        group, context_sha256 = context_entry(context_cell, context)
         entry = self._contexts.get(group)
         if entry is None:
             entry = self._contexts[group] = [0, hashlib.sha256()]
         entry[0] += 1
         entry[1].update(f"{decision_id} {context_sha256}\n".encode("ascii"))
+
+    def merge(self, part: LineagePart) -> None:
+        """Count in the decisions of `part`, which follow those counted so far."""
+        self._policies.update(part.policies)
+        for group, (count, lines) in part.groups().items():
+            entry = self._contexts.get(group)
+            if entry is None:
+                entry = self._contexts[group] = [0, hashlib.sha256()]
+            entry[0] += count
+            entry[1].update(lines)
 
     def referenced_policies(self) -> list[tuple[int, str]]:
         """Return the (version, sha256) pairs cited, sorted."""
@@ -90,6 +95,38 @@ class Lineage:
             entry.update(budget_configured=key[-1] == "true", decision_count=count, contexts_sha256=digest.hexdigest())
             entries.append(entry)
         return entries
+
+
+class LineagePart:
+    """The lineage of a run of consecutive decisions, built where they are formatted (possibly another process)
+    and merged into the export's Lineage in order: policy counts, and per context group its count and lines."""
+
+    def __init__(self) -> None:
+        self.policies: Counter[tuple[int, str, str]] = Counter()
+        self._groups: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
+
+    def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
+                   context_cell: str, context: Any) -> None:
+        """As `Lineage.add_parsed`."""
+        self.policies[(policy_version, policy_sha256, policy_schema_version)] += 1
+        group, digest = context_entry(context_cell, context)
+        entry = self._groups.get(group)
+        if entry is None:
+            entry = self._groups[group] = ([0], [])
+        entry[0][0] += 1
+        entry[1].append(f"{decision_id} {digest}\n")
+
+    def groups(self) -> dict[tuple[str, ...], tuple[int, bytes]]:
+        """Return each context group's decision count and lines, in decision order."""
+        return {group: (count, "".join(lines).encode("ascii")) for group, ([count], lines) in self._groups.items()}
+
+    # Pickled (to leave a formatting process) as one text per group rather than a string per decision.
+    def __getstate__(self) -> tuple[Counter[tuple[int, str, str]], dict[tuple[str, ...], tuple[int, str]]]:
+        return self.policies, {group: (count, "".join(lines)) for group, ([count], lines) in self._groups.items()}
+
+    def __setstate__(self, state: tuple[Counter[tuple[int, str, str]], dict[tuple[str, ...], tuple[int, str]]]) -> None:
+        self.policies, groups = state
+        self._groups = {group: ([count], [lines]) for group, (count, lines) in groups.items()}
 
 
 def context_entry(context_cell: str, context: Any) -> tuple[tuple[str, ...], str]:

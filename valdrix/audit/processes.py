@@ -24,12 +24,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from valdrix.audit.streams import Entry, formatter, lineage_entries
+from valdrix.audit.manifest import LineagePart
+from valdrix.audit.streams import formatter, lineage_of
 from valdrix.errors import Unavailable
 
 R = TypeVar("R")
+Columns = Sequence[Sequence[Any]]
 # Batches given to each process at a time: with one queued behind the one it formats, a process never waits
 # for the request's thread, which then formats a batch itself only when every process has its fill.
 _QUEUED = 2
@@ -63,22 +65,21 @@ class FormattingPool:
                 self._executor = None
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def ordered(self, job: Callable[[Sequence[tuple[Any, ...]]], R],
-                batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[R]:
+    def ordered(self, job: Callable[[Columns], R], batches: Iterable[Columns]) -> Iterator[R]:
         """Yield `job(batch)` for each batch, in order: in a process when one is free, else in this thread.
 
-        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch.
+        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch, a
+        batch of rows given column by column as plain values (what the database driver returns).
         """
         processes = self._processes()
         pending: deque[Future[R]] = deque()
         try:
             for batch in batches:
-                rows = [tuple(row) for row in batch]
                 if processes is not None and sum(not f.done() for f in pending) < self.size * _QUEUED:
-                    pending.append(processes.submit(job, rows))
+                    pending.append(processes.submit(_unpacked, job, _packed(batch)))
                 else:
                     here: Future[R] = Future()
-                    here.set_result(job(rows))
+                    here.set_result(job(batch))
                     pending.append(here)
                 while pending and (pending[0].done() or len(pending) > self.size * _QUEUED + _AHEAD):
                     yield pending.popleft().result()
@@ -101,6 +102,35 @@ class FormattingPool:
             executor.shutdown(wait=True, cancel_futures=True)
 
 
+# Separates a text column's values on their way to a process: one long string pickles as one copy, where a
+# column of short strings pickles value by value (measured: most of the cost of sending a batch).
+_SEPARATOR = "\x00"
+
+
+class _Joined(NamedTuple):
+    """A column of strings on its way to a process: its values joined by the separator."""
+
+    text: str
+
+
+def _packed(columns: Columns) -> list[_Joined | Sequence[Any]]:
+    """Return `columns` with each column of strings (none holding the separator) joined into one `_Joined`."""
+    packed: list[_Joined | Sequence[Any]] = []
+    for column in columns:
+        try:
+            joined = _SEPARATOR.join(column)
+        except TypeError:  # NULLs or numbers: sent value by value
+            packed.append(column)
+            continue
+        packed.append(_Joined(joined) if column and joined.count(_SEPARATOR) == len(column) - 1 else column)
+    return packed
+
+
+def _unpacked(job: Callable[[Columns], R], packed: list[_Joined | Sequence[Any]]) -> R:
+    """Run `job` on the columns `_packed` sent (in the formatting process)."""
+    return job([column.text.split(_SEPARATOR) if isinstance(column, _Joined) else column for column in packed])
+
+
 def _follow_parent(parent: int) -> None:
     """Make this formatting process end when the server process does, even killed: the call queue cannot tell
     (each process holds both ends of its pipe), so a thread watches the parent."""
@@ -113,16 +143,16 @@ def _follow_parent(parent: int) -> None:
     threading.Thread(target=watch, name="valdrix-export-parent", daemon=True).start()
 
 
-def format_batch(file: str, dialect: str, rows: Sequence[Sequence[Any]]) -> tuple[bytes, list[Entry]]:
-    """Return the CSV bytes and lineage entries of a batch of stream `file`'s rows on `dialect` (picklable)."""
-    return formatter(file, dialect)(rows)
+def format_batch(file: str, dialect: str, columns: Columns) -> tuple[bytes, LineagePart | None]:
+    """Return the CSV bytes and lineage of a batch of stream `file` on `dialect` (picklable)."""
+    return formatter(file, dialect)(columns)
 
 
-def batch_formatter(file: str, dialect: str) -> Callable[[Sequence[tuple[Any, ...]]], tuple[bytes, list[Entry]]]:
+def batch_formatter(file: str, dialect: str) -> Callable[[Columns], tuple[bytes, LineagePart | None]]:
     """Return the picklable job formatting batches of stream `file` on `dialect`."""
     return functools.partial(format_batch, file, dialect)
 
 
-def batch_lineage(dialect: str) -> Callable[[Sequence[tuple[Any, ...]]], list[Entry]]:
-    """Return the picklable job giving the lineage entries of a batch of `streams.lineage_query` rows."""
-    return functools.partial(lineage_entries, dialect)
+def batch_lineage(dialect: str) -> Callable[[Columns], LineagePart]:
+    """Return the picklable job giving the lineage of a batch of `streams.lineage_query` rows."""
+    return functools.partial(lineage_of, dialect)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -204,9 +204,9 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
             yield zipped.take()
             batches = _Counted(_read_ahead(fetcher, conn.execute(formatted.query.select.execution_options(
                 yield_per=BATCH_ROWS), params)), stream.file, max_rows)
-            for data, entries in pool.ordered(batch_formatter(stream.file, dialect), batches):
-                for entry in entries:
-                    lineage.add_entry(*entry)
+            for data, part in pool.ordered(batch_formatter(stream.file, dialect), _columns(batches)):
+                if part is not None:
+                    lineage.merge(part)
                 digest.wait()
                 chunk = zipped.take() if zipped.pending >= CHUNK_BYTES else b""
                 digest.write(data)
@@ -242,6 +242,20 @@ def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Se
     while (batch := ahead.result()) is not None:
         ahead = fetcher.submit(next, batches, None)
         yield batch
+
+
+def _summed(batches: Iterator[list[tuple[Any, ...]]], exported: dict[str, int]) -> Iterator[list[tuple[Any, ...]]]:
+    """Yield `lineage_query` batches given column by column, adding up their approval and ledger row counts."""
+    for columns in batches:
+        exported[APPROVALS.file] += sum(columns[-2])
+        exported[LEDGER.file] += sum(columns[-1])
+        yield columns
+
+
+def _columns(batches: Iterable[Sequence[Row[Any]]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Yield each batch column by column, as plain tuples of the driver's values (what a process is sent)."""
+    for batch in batches:
+        yield list(zip(*batch, strict=True))
 
 
 class _Counted:
@@ -328,9 +342,10 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
            pool: FormattingPool) -> Parity:
     """Return the window's counts (database and exported, one snapshot) and both lineages, signed.
 
-    One pass: the decisions are read for the lineage columns only; approval and ledger rows are counted by
-    reading their keys through the archive's own queries. The lineages equal the archive manifest's. The
-    contexts are canonicalised on `pool`.
+    One pass: the decisions are read for the lineage columns only, with the number of approval requests and
+    ledger rows each has: the exported counts, found through the decisions read, against the database's counts
+    of the archive's own stream queries. The lineages equal the archive manifest's. The contexts are
+    canonicalised on `pool`.
     """
     _require_ed25519(signer)
     with snapshot(engine) as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-parity") as fetcher:
@@ -340,13 +355,10 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
         dialect = conn.dialect.name
         batches = _Counted(_read_ahead(fetcher, conn.execute(lineage_query(dialect).execution_options(
             yield_per=BATCH_ROWS), params)), DECISIONS.file, max_rows)
-        for entries in pool.ordered(batch_lineage(dialect), batches):
-            for entry in entries:
-                lineage.add_entry(*entry)
-        exported = {DECISIONS.file: batches.rows}
-        for stream in (APPROVALS, LEDGER):
-            exported[stream.file] = sum(len(batch) for batch in conn.execute(
-                stream.keys().execution_options(yield_per=BATCH_ROWS * 5), params).partitions())
+        exported = {DECISIONS.file: 0, APPROVALS.file: 0, LEDGER.file: 0}
+        for part in pool.ordered(batch_lineage(dialect), _summed(_columns(batches), exported)):
+            lineage.merge(part)
+        exported[DECISIONS.file] = batches.rows
     policy_lineage, context_lineage = lineage.policy_lineage(), lineage.context_lineage()
     summary: dict[str, Any] = {"tenant_id": str(tenant_id), "window": win.as_json(), "canonicalization": SCHEME}
     for stream, noun in ((DECISIONS, "decision"), (APPROVALS, "approval"), (LEDGER, "ledger")):

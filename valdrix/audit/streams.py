@@ -20,7 +20,7 @@ from sqlalchemy.types import Uuid
 
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.audit.formats import Column, CsvEncoder, Finish, Kind, field, reader, segment, sql_field
-from valdrix.audit.manifest import context_entry
+from valdrix.audit.manifest import LineagePart
 from valdrix.canonical import canonical_json_and_value_of_text
 from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
@@ -215,14 +215,10 @@ def _lineage_extras(dialect: str) -> tuple[list[ColumnElement[Any]], Finish | No
     return [cell, version, func.coalesce(schema, ""), func.coalesce(sha, "")], finish
 
 
-# One decision's lineage entry: decision id cell, policy version, schema version, policy hash, context group and
-# the context cell's SHA-256 (manifest.Lineage.add_entry's arguments).
-Entry = tuple[str, int, str, str, tuple[str, ...], str]
-
-
 class Formatter:
-    """Turns batches of one stream's rows, as its `records` query on one dialect reads them, into CSV bytes and,
-    for decisions.csv, the batch's lineage entries. Holds no per-batch state, so threads may share one."""
+    """Turns batches of one stream's rows, given column by column as its `records` query on one dialect reads
+    them, into CSV bytes and, for decisions.csv, the batch's lineage. Holds no per-batch state, so threads may
+    share one."""
 
     def __init__(self, stream: TableStream, dialect: str) -> None:
         self.lineages = stream is DECISIONS
@@ -231,18 +227,18 @@ class Formatter:
         finishers = list(self.query.finishers)
         self._context = self.query.layout.index((_CONTEXT,)) if self.lineages else -1
         if self.lineages:
-            finishers[self._context] = _as_stored  # canonicalised in `entries`, once for its cell and its lineage
+            finishers[self._context] = _as_stored  # canonicalised in `_lineage`, once for its cell and lineage
         self.encoder = CsvEncoder(stream.columns, finishers)
         self._pieces = len(finishers)
 
-    def __call__(self, rows: Sequence[Sequence[Any]]) -> tuple[bytes, list[Entry]]:
-        """Return the records of `rows` and their lineage entries (none for a stream other than decisions.csv)."""
-        fields = self.encoder.fields(rows)
-        entries: list[Entry] = []
+    def __call__(self, columns: Sequence[Sequence[Any]]) -> tuple[bytes, LineagePart | None]:
+        """Return the records of a batch and its lineage (None for a stream other than decisions.csv)."""
+        fields = self.encoder.finish(columns)
+        part = None
         if self.lineages:
-            texts, entries = _entries(self._dialect, [*fields[self._pieces:], fields[self._context]])
+            texts, part = _lineage(self._dialect, [*fields[self._pieces:], fields[self._context]])
             fields[self._context] = [field(text) for text in texts]
-        return self.encoder.encode(fields[:self._pieces]), entries
+        return self.encoder.encode(fields[:self._pieces]), part
 
 
 @functools.cache
@@ -256,25 +252,31 @@ def _as_stored(values: Sequence[Any]) -> Sequence[Any]:
 
 
 def lineage_query(dialect: str) -> Select[Any]:
-    """Return the query of the window's decisions reading only what their lineage entries need (parity)."""
+    """Return the query of the window's decisions reading only what their lineage needs, then each decision's
+    number of approval requests and of ledger rows (parity)."""
     context, _ = reader(DECISIONS.fields[_CONTEXT][1], "json", dialect)
-    return DECISIONS.build(select(*_lineage_extras(dialect)[0], context))
+    approvals = select(func.count()).where(ApprovalRequest.decision_id == Decision.id).scalar_subquery()
+    ledger = select(func.count()).where(LedgerEntry.decision_id == Decision.id).scalar_subquery()
+    return DECISIONS.build(select(*_lineage_extras(dialect)[0], context, approvals, ledger))
 
 
-def lineage_entries(dialect: str, rows: Sequence[Sequence[Any]]) -> list[Entry]:
-    """Return the lineage entries of a batch of `lineage_query` rows."""
-    return _entries(dialect, list(zip(*rows, strict=True)))[1] if rows else []
+def lineage_of(dialect: str, columns: Sequence[Sequence[Any]]) -> LineagePart:
+    """Return the lineage of a batch of `lineage_query` rows given column by column."""
+    return _lineage(dialect, columns)[1]
 
 
-def _entries(dialect: str, columns: Sequence[Sequence[Any]]) -> tuple[list[str], list[Entry]]:
-    """Return the canonical context texts and lineage entries of a batch given column by column: the lineage
-    extras as read, then the stored contexts."""
-    ids, versions, schemas, shas, stored = columns
+def _lineage(dialect: str, columns: Sequence[Sequence[Any]]) -> tuple[list[str], LineagePart]:
+    """Return the canonical context texts and the lineage of a batch given column by column: the lineage
+    extras as read, then the stored contexts (and any columns after them, unused)."""
+    ids, versions, schemas, shas, stored = columns[:5]
     if None in stored:
         raise ValueError("a decision has no computed_context")
     finish_id = _lineage_extras(dialect)[1]
-    pairs = [canonical_json_and_value_of_text(document) for document in stored]
-    entries = [(decision_id, version, schema, sha, *context_entry(text, value))
-               for decision_id, version, schema, sha, (text, value)
-               in zip(finish_id(ids) if finish_id else ids, versions, schemas, shas, pairs, strict=True)]
-    return [text for text, _ in pairs], entries
+    part = LineagePart()
+    add, texts = part.add_parsed, []
+    for decision_id, version, schema, sha, document in zip(finish_id(ids) if finish_id else ids, versions, schemas,
+                                                           shas, stored, strict=True):
+        text, value = canonical_json_and_value_of_text(document)
+        texts.append(text)
+        add(decision_id, version, schema, sha, text, value)
+    return texts, part

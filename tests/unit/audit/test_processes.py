@@ -11,8 +11,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from valdrix.audit.processes import FormattingPool
+from valdrix.audit.processes import FormattingPool, _packed, _unpacked
 from valdrix.errors import Unavailable
 
 
@@ -73,3 +75,10 @@ def test_stopping_early_cancels_what_is_queued() -> None:
         assert time.monotonic() - started < 1
     finally:
         pool.shutdown()
+
+
+@given(st.lists(st.one_of(st.lists(st.text(), max_size=4), st.lists(st.one_of(st.none(), st.integers(), st.text()),
+                                                                  max_size=4)), max_size=4))
+def test_columns_reach_a_process_unchanged(columns: list[list[Any]]) -> None:
+    received = _unpacked(list, _packed([tuple(c) for c in columns]))
+    assert [list(c) for c in received] == columns
