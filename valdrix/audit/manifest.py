@@ -65,18 +65,18 @@ class Lineage:
         """
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
         get = context.get if isinstance(context, dict) else _NOTHING.get
-        values = [get(k) for k in CONTEXT_KEYS]
-        if any(type(v) in _CONTAINERS for v in values):
+        # map and frozenset tests run in C: this runs once per exported decision, on export and on verification.
+        values = tuple(map(get, CONTEXT_KEYS))
+        if not _CONTAINERS.isdisjoint(map(type, values)):
             reread = orjson.loads(context_cell)
             get = reread.get if isinstance(reread, dict) else _NOTHING.get
-            values = [get(k) for k in CONTEXT_KEYS]
+            values = tuple(map(get, CONTEXT_KEYS))
         key = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
         entry = self._contexts.get(key)
         if entry is None:
             entry = self._contexts[key] = [0, hashlib.sha256()]
         entry[0] += 1
-        digest = hashlib.sha256(context_cell.encode("utf-8")).hexdigest()
-        entry[1].update(f"{decision_id} {digest}\n".encode("ascii"))
+        entry[1].update(f"{decision_id} {_sha256(context_cell.encode()).hexdigest()}\n".encode("ascii"))
 
     def referenced_policies(self) -> list[tuple[int, str]]:
         """Return the (version, sha256) pairs cited, sorted."""
@@ -99,7 +99,9 @@ class Lineage:
 
 
 _NOTHING: dict[str, Any] = {}
-_CONTAINERS = (dict, list)
+# Exact types, as `type(v) in (dict, list)` tests them.
+_CONTAINERS = frozenset((dict, list))
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True)
