@@ -6,7 +6,13 @@ and every decision's cited policy hash must match one of them, the signature ove
 checked with the JWKS key named by the manifest, and approval and ledger rows must belong to exported
 decisions. Each discrepancy is reported naming the member, field, row or policy version concerned.
 
-Each member is read once: its bytes are hashed and sized while the CSV reader parses them. The manifest names
+Each member is read once, from the one open file of the archive: its bytes are hashed, sized and CRC-32-checked
+as they are inflated (ISA-L, on a worker thread) and parsed in pieces, so memory does not grow with the archive.
+Records are matched by a regular expression of the export dialect and, from the first record it does not match,
+by csv.reader, so every record reads as csv.reader reads it (`valdrix.audit.reading` tells how). decisions.csv is
+read in this process while a child process reads approvals.csv and ledger.csv (parsing holds the GIL), or this
+process after it if the child cannot run. A member whose bytes cannot be read (a CRC-32 or size that is not the
+ZIP directory's, a corrupt or truncated stream) or decoded (bad UTF-8) is a reported problem. The manifest names
 its canonical-JSON scheme (`canonicalization`); a manifest without one predates RFC 8785 and is checked in the
 legacy scheme, so archives made before the change still verify. Policy hashes are the ones stored when each
 policy version was created, so a policy document may hash to its recorded sha256 under either scheme.
@@ -23,6 +29,7 @@ import re
 import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,18 +99,16 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
     """Return the verification report of the archive at `path` against the public keys in `jwks`."""
     report = Report(str(path))
     members = report.check("archive members")
-    try:
-        # One open file: zipfile reads the directory from it and the members' bytes are read from it, so every
-        # byte checked comes from the same file even if the path is replaced meanwhile.
-        file = open(path, "rb")  # noqa: SIM115 (closed by the with below)
-        zipped = zipfile.ZipFile(file)
-    except (OSError, zipfile.BadZipFile) as exc:
-        if "file" in locals():
-            file.close()
-        members.fail(f"cannot open {path} as a ZIP archive (an interrupted download has no central directory): "
-                     f"{exc}")
-        return report
-    with file, zipped:
+    # One open file: zipfile reads the directory from it and the members' bytes are read from it, so every byte
+    # checked comes from the same file even if the path is replaced meanwhile.
+    with ExitStack() as stack:
+        try:
+            file = stack.enter_context(open(path, "rb"))
+            zipped = stack.enter_context(zipfile.ZipFile(file))
+        except (OSError, zipfile.BadZipFile) as exc:
+            members.fail(f"cannot open {path} as a ZIP archive (an interrupted download has no central directory): "
+                         f"{exc}")
+            return report
         names = set(zipped.namelist())
         for name in MEMBERS:
             if name not in names:
@@ -338,7 +343,9 @@ def _policies(report: Report, zipped: zipfile.ZipFile, names: set[str], entry: A
     if "policies.json" not in names:
         digest.fail("member missing")
         return
-    raw = zipped.read("policies.json")
+    raw = _small(digest, zipped, "policies.json")
+    if raw is None:
+        return
     if isinstance(entry, dict):
         if hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
             digest.fail(f"sha256 is {hashlib.sha256(raw).hexdigest()}, the manifest records {entry.get('sha256')}")
