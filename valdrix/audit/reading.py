@@ -22,11 +22,13 @@ path — from that record's start, a record boundary where csv.reader's state is
 the cells csv.reader gives it and every fault the error it raises, and memory is bounded by the pieces and
 one carried record, not by the member.
 
-Another process. Parsing holds the GIL, so the members that only reference decisions (approvals.csv and
-ledger.csv) are read by a child Python process (`Elsewhere`) while the verifier reads decisions.csv. The child
-inherits the archive's open file descriptor and gets the members' places from the verifier's reading of the
-directory; it returns each member's digest, size, problems and decision ids in record order. If it cannot run
-or fails, the members are read in this process instead, with the same result.
+Other processes. Parsing holds the GIL, so it is done by child Python processes, which inherit the archive's
+open file descriptor and get the members' places from the verifier's reading of the directory (`_spawn`).
+One (`Streamed`) parses decisions.csv and streams its records' lineage cells back in batches (marshal) while
+the verifier rebuilds the lineages from them; another (`Elsewhere`) reads approvals.csv and ledger.csv, which
+only reference decisions, and returns their digests and decision ids at the end. A child that cannot start or
+ends before sending anything leaves its members to this process, with the same result; one that ends in the
+middle of a stream is a problem of the member, so a failed read never passes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import csv
 import hashlib
 import io
 import json
+import marshal
 import os
 import re
 import struct
@@ -375,18 +378,7 @@ class Elsewhere:
         self._names = names
         self._stored = {name: locate(self._fd, zipped.getinfo(name)) for name in names}
         spec = [asdict(where) for where in self._stored.values() if where is not None]
-        self._child: subprocess.Popen[bytes] | None = None
-        if spec and os.name == "posix":
-            # This package first on the child's path (-P: not the working directory), whatever the caller's.
-            root = str(Path(__file__).resolve().parents[2])
-            try:
-                self._child = subprocess.Popen(
-                    [sys.executable, "-P", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-                     "from valdrix.audit.reading import child; child()", root, str(self._fd), json.dumps(spec)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                    pass_fds=(self._fd,))
-            except OSError:
-                self._child = None
+        self._child = _spawn("child", self._fd, spec) if spec else None
 
     def results(self) -> dict[str, Referencing]:
         """Return each member's reading, in the order given."""
@@ -417,10 +409,151 @@ class Elsewhere:
         if self._child is not None:
             if self._child.poll() is None:
                 self._child.kill()
-            self._child.wait()
-            if self._child.stdout is not None:
-                self._child.stdout.close()
+            _end(self._child)
             self._child = None
+
+
+def _spawn(entry: str, fd: int, spec: Any) -> subprocess.Popen[bytes] | None:
+    """Start `entry` of this module in a child Python process given the archive's descriptor; None if it cannot."""
+    if os.name != "posix":
+        return None
+    # This package first on the child's path (-P: not the working directory), whatever the caller's.
+    root = str(Path(__file__).resolve().parents[2])
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-P", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+             f"from valdrix.audit.reading import {entry}; {entry}()", root, str(fd), json.dumps(spec)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, pass_fds=(fd,))
+    except OSError:
+        return None
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+class Streamed:
+    """A member's records read by a child process and streamed back as they are parsed, for the caller to
+    consume meanwhile (the GIL-bound parsing and the caller's work on the records then take both cores).
+
+    `start` returns None when there is no child to read it (the caller then reads it here, with `Table`). The
+    child sends batches of records (the wanted cells, as `Table.records` yields them), then the member's
+    digest, size and problems; a parse error arrives where it happened and is raised then, with csv.reader's
+    message. A child that ends before its first batch leaves the member to this process too; one that ends
+    later is a problem of the member, so a failed read never passes.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], zipped: zipfile.ZipFile, name: str,
+                 wanted: tuple[str, ...]) -> None:
+        self._process = process
+        self._zipped = zipped
+        self._name = name
+        self._wanted = wanted
+        self.result: Referencing | None = None  # with no ids: the records went to the caller
+
+    @classmethod
+    def start(cls, file: IO[bytes], zipped: zipfile.ZipFile, name: str, wanted: tuple[str, ...]) -> Streamed | None:
+        """Start reading the member in a child process; None when it must be read here."""
+        where = locate(file.fileno(), zipped.getinfo(name))
+        process = _spawn("streamer", file.fileno(), {"where": asdict(where), "wanted": wanted}) if where else None
+        return cls(process, zipped, name, wanted) if process is not None else None
+
+    def records(self) -> Iterator[tuple[str, ...]]:
+        """Yield the wanted cells of each record; then `result` holds the member's digest, size and count.
+
+        Raise ValueError (csv.reader's message) where the child could not parse the member, or ChildFailed when
+        the child ended before its first batch.
+        """
+        stdout = self._process.stdout
+        assert stdout is not None
+        first = True
+        while True:
+            frame = _frame(stdout)
+            if frame is None:
+                if first:
+                    raise ChildFailed
+                self.result = Referencing("", 0, ["cannot be read: the reading process ended early"], None, None, [])
+                raise ValueError("the reading process ended early")
+            first = False
+            kind, content = frame
+            if kind == "r":
+                yield from content
+                continue
+            self.result = Referencing(**content, ids=[])
+            if self.result.error is not None:
+                raise ValueError(self.result.error)
+            return
+
+    def close(self) -> None:
+        """End the child if it still runs."""
+        _end(self._process)
+
+
+class ChildFailed(Exception):
+    """The child process ended before sending anything: the member is to be read here."""
+
+
+_LENGTH = struct.Struct("<I")
+# Records a frame, and the number from which the records a child reads are sent.
+_BATCH = 2000
+
+
+def _frame(stream: IO[bytes]) -> tuple[str, Any] | None:
+    head = stream.read(_LENGTH.size)
+    if len(head) != _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    body = stream.read(size)
+    if len(body) != size:
+        return None
+    try:
+        frame = marshal.loads(body)
+    except (EOFError, ValueError, TypeError):
+        return None
+    return frame if isinstance(frame, tuple) and len(frame) == 2 else None
+
+
+def streamer() -> None:
+    """The child process of `Streamed`: send the records, then the digest, of the member its arguments place."""
+    fd = int(sys.argv[1])
+    job = json.loads(sys.argv[2])
+    where, wanted = Stored(**job["where"]), tuple(job["wanted"])
+    out = sys.stdout.buffer
+
+    def send(frame: tuple[str, Any]) -> None:
+        # marshal: the fastest encoding of lists of tuples of strings, and it builds nothing but data.
+        body = marshal.dumps(frame)
+        out.write(_LENGTH.pack(len(body)))
+        out.write(body)
+
+    count: int | None = None
+    error: str | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
+        member = Member.stored(fd, where, worker)
+        batch: list[tuple[str, ...]] = []
+        sent = 0
+        try:
+            table = Table(where.name, member.pieces())
+            table.select(wanted)
+            for cells in table.records():
+                batch.append(cells)
+                if len(batch) == _BATCH:
+                    send(("r", batch))
+                    sent += len(batch)
+                    batch = []
+            count = sent + len(batch)
+        except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+            error = str(exc)
+        if batch:
+            send(("r", batch))
+        member.drain()
+    send(("e", {"digest": member.digest.hexdigest(), "size": member.size, "problems": member.problems,
+                "error": error, "count": count}))
+    out.flush()
 
 
 def child() -> None:

@@ -9,10 +9,11 @@ decisions. Each discrepancy is reported naming the member, field, row or policy 
 Each member is read once, from the one open file of the archive: its bytes are hashed, sized and CRC-32-checked
 as they are inflated (ISA-L, on a worker thread) and parsed in pieces, so memory does not grow with the archive.
 Records are matched by a regular expression of the export dialect and, from the first record it does not match,
-by csv.reader, so every record reads as csv.reader reads it (`valdrix.audit.reading` tells how). decisions.csv is
-read in this process while a child process reads approvals.csv and ledger.csv (parsing holds the GIL), or this
-process after it if the child cannot run. A member whose bytes cannot be read (a CRC-32 or size that is not the
-ZIP directory's, a corrupt or truncated stream) or decoded (bad UTF-8) is a reported problem. The manifest names
+by csv.reader, so every record reads as csv.reader reads it (`valdrix.audit.reading` tells how). Parsing holds the
+GIL, so child processes parse the members: one streams decisions.csv's lineage cells to this process, which
+rebuilds the lineages meanwhile, another reads approvals.csv and ledger.csv; a child that cannot run leaves its
+members to this process. A member whose bytes cannot be read (a CRC-32 or size that is not the ZIP directory's,
+a corrupt or truncated stream) or decoded (bad UTF-8) is a reported problem. The manifest names
 its canonical-JSON scheme (`canonicalization`); a manifest without one predates RFC 8785 and is checked in the
 legacy scheme, so archives made before the change still verify. Policy hashes are the ones stored when each
 policy version was created, so a policy document may hash to its recorded sha256 under either scheme.
@@ -28,18 +29,19 @@ import json
 import re
 import uuid
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from valdrix.audit.formats import unneutralise
 from valdrix.audit.manifest import FILES, LINEAGE_FIELDS, SIGNATURE_ALGORITHM, Lineage, encode, scheme_of
-from valdrix.audit.reading import ZIPFILE_ERRORS, Elsewhere, Member, Table, locate
+from valdrix.audit.reading import ZIPFILE_ERRORS, ChildFailed, Elsewhere, Member, Streamed, Table, locate
 from valdrix.canonical import Scheme, canonical_json, is_digest_of, sha256_hex
 
 MEMBERS = (*FILES, "manifest.json", "manifest.sig")
@@ -135,7 +137,7 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
         elsewhere = Elsewhere(file, zipped, [name for name in present if name != "decisions.csv"])
         try:
             if "decisions.csv" in present:
-                _decisions(zipped, file.fileno(), checks["decisions.csv"], files.get("decisions.csv"), rows, scheme)
+                _decisions(zipped, file, checks["decisions.csv"], files.get("decisions.csv"), rows, scheme)
             read = elsewhere.results()
         finally:
             elsewhere.close()
@@ -240,17 +242,35 @@ def _present(digest: Check, names: set[str], name: str, entry: Any) -> bool:
     return True
 
 
-def _decisions(zipped: zipfile.ZipFile, fd: int, checks: tuple[Check, Check], entry: Any, rows: _Rows,
+def _decisions(zipped: zipfile.ZipFile, file: IO[bytes], checks: tuple[Check, Check], entry: Any, rows: _Rows,
                scheme: Scheme) -> None:
-    """Read decisions.csv here, its next piece inflated on a worker thread (reading.Member)."""
+    """Rebuild the lineages from decisions.csv, its records parsed by a child process (reading.Streamed) or here."""
     digest, parse = checks
-    info = zipped.getinfo("decisions.csv")
-    where = locate(fd, info)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
-        member = Member.stored(fd, where, worker) if where is not None else Member.zipped(zipped, info, worker)
-        count: int | None = None
+    count: int | None = None
+    streamed = Streamed.start(file, zipped, "decisions.csv", _LINEAGE_COLUMNS)
+    if streamed is not None:
         try:
-            count = rows.decisions(parse, Table("decisions.csv", member.pieces()), scheme)
+            try:
+                count = rows.decisions(parse, streamed.records(), scheme)
+            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+                parse.fail(f"cannot be parsed: {exc}")
+            read = streamed.result
+            assert read is not None
+            _digest(digest, entry, read.digest, read.size, read.problems, count)
+            return
+        except ChildFailed:
+            pass  # nothing was read: read it here
+        finally:
+            streamed.close()
+    info = zipped.getinfo("decisions.csv")
+    where = locate(file.fileno(), info)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
+        member = (Member.stored(file.fileno(), where, worker) if where is not None
+                  else Member.zipped(zipped, info, worker))
+        try:
+            table = Table("decisions.csv", member.pieces())
+            table.select(_LINEAGE_COLUMNS)
+            count = rows.decisions(parse, table.records(), scheme)
         except (ValueError, UnicodeDecodeError, csv.Error) as exc:
             parse.fail(f"cannot be parsed: {exc}")
         member.drain()
@@ -283,11 +303,11 @@ class _Rows:
     # (policy_version, policy_sha256) -> first decision citing it
     cited: dict[tuple[int, str], str] = field(default_factory=dict)
 
-    def decisions(self, check: Check, table: Table, scheme: Scheme) -> int:
-        table.select(_LINEAGE_COLUMNS)
+    def decisions(self, check: Check, records: Iterator[tuple[str, ...]], scheme: Scheme) -> int:
+        """Count the records of decisions.csv (their _LINEAGE_COLUMNS cells) into the lineages and references."""
         count = 0
         add, known, cite = self.lineage.add, self.ids.add, self.cited.setdefault
-        for count, (cell_id, cell_version, cell_schema, cell_sha, cell_context) in enumerate(table.records(), start=1):
+        for count, (cell_id, cell_version, cell_schema, cell_sha, cell_context) in enumerate(records, start=1):
             try:
                 decision_id = cell_id if _UUID(cell_id) else str(uuid.UUID(cell_id))
                 version = int(cell_version)

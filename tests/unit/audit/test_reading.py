@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import marshal
 import struct
 import sys
 import zipfile
@@ -18,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from valdrix.audit import reading
+from valdrix.audit import verify as verify_module
 from valdrix.audit.formats import field
-from valdrix.audit.reading import Member, Stored, Table, locate
+from valdrix.audit.reading import ChildFailed, Member, Stored, Streamed, Table, locate
 from valdrix.audit.verify import Report, verify
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "exports"
@@ -272,3 +274,42 @@ def test_approvals_and_ledger_are_read_by_the_child_process(monkeypatch: pytest.
         raise AssertionError(f"{name} read in the verifying process")
     monkeypatch.setattr(reading, "read_referencing", here)
     assert verify(ARCHIVE, jwks()).ok
+
+
+def test_decisions_are_parsed_by_the_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    def here(name: str, pieces: Iterator[bytes]) -> Table:
+        raise AssertionError(f"{name} parsed in the verifying process")
+    monkeypatch.setattr(verify_module, "Table", here)
+    assert verify(ARCHIVE, jwks()).ok
+
+
+class _Ended:
+    """A child process that sent `sent` and ended."""
+
+    def __init__(self, sent: bytes) -> None:
+        self.stdout = io.BufferedReader(io.BytesIO(sent))  # type: ignore[arg-type]
+
+    def poll(self) -> int:
+        return 1
+
+    def wait(self) -> int:
+        return 1
+
+
+def frame(content: tuple[str, Any]) -> bytes:
+    body = marshal.dumps(content)
+    return struct.pack("<I", len(body)) + body
+
+
+def test_a_child_ending_mid_stream_is_a_problem_and_one_ending_at_once_leaves_the_member_here() -> None:
+    with zipfile.ZipFile(ARCHIVE) as zipped:
+        streamed = Streamed(_Ended(frame(("r", [("a",), ("b",)]))), zipped, "x.csv", ("c",))  # type: ignore[arg-type]
+        got: list[tuple[str, ...]] = []
+        with pytest.raises(ValueError, match="ended early"):
+            for record in streamed.records():
+                got.append(record)
+        assert got == [("a",), ("b",)]
+        assert streamed.result is not None and streamed.result.problems == [
+            "cannot be read: the reading process ended early"]
+        with pytest.raises(ChildFailed):
+            list(Streamed(_Ended(b""), zipped, "x.csv", ("c",)).records())  # type: ignore[arg-type]
