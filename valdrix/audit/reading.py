@@ -415,7 +415,7 @@ class Elsewhere:
 
 def _spawn(entry: str, fd: int, spec: Any) -> subprocess.Popen[bytes] | None:
     """Start `entry` of this module in a child Python process given the archive's descriptor; None if it cannot."""
-    if os.name != "posix":
+    if os.name != "posix" or not sys.executable:
         return None
     # This package first on the child's path (-P: not the working directory), whatever the caller's.
     root = str(Path(__file__).resolve().parents[2])
@@ -480,10 +480,14 @@ class Streamed:
                 raise ValueError("the reading process ended early")
             first = False
             kind, content = frame
-            if kind == "r":
+            if kind == "r" and isinstance(content, list):
                 yield from content
                 continue
-            self.result = Referencing(**content, ids=[])
+            try:
+                self.result = Referencing(**content, ids=[])
+            except TypeError:  # not what `streamer` sends: a failed read, never a pass
+                self.result = Referencing("", 0, ["cannot be read: the reading process answered nonsense"], None,
+                                          None, [])
             if self.result.error is not None:
                 raise ValueError(self.result.error)
             return
