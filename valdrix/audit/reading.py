@@ -58,6 +58,8 @@ _PIECE = 4 << 20
 _READ = 1 << 20
 # A partial record carried from piece to piece beyond this size is left to csv.reader (memory stays bounded).
 _CARRY_LIMIT = 2 * _PIECE
+# Records read by csv.reader handed on at a time (records matched go a piece's at a time).
+_BATCH = 2000
 # A ZIP local file header, and the flags (encryption, patch data, strong encryption) only zipfile handles.
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_SIGNATURE = 0x04034B50
@@ -264,15 +266,37 @@ class Table:
 
         csv.Error and UnicodeDecodeError are raised where csv.reader over the member's text raises them.
         """
+        for quoted, batch in self.batches():
+            if quoted:
+                for cells in batch:
+                    yield cooked(cells)
+            else:
+                yield from batch
+
+    def batches(self) -> Iterator[tuple[bool, list[tuple[str, ...]]]]:
+        """Yield the records' wanted cells as `records` does, in batches; a batch marked quoted holds the fields
+        as matched, quotes and doubled quotes included, for `cooked` to turn into cells (where the caller likes:
+        `Streamed` leaves that to the verifying process, which waits for its child otherwise)."""
         if self._record is not None and self._rows is None:
             yield from self._matched(self._record)
         if self._rows is not None:
             width, at = self._width, self._at
-            for row in self._rows:
-                self.number += 1
-                if len(row) != width:
-                    raise ValueError(f"record {self.number} has {len(row)} cells, the header {width}")
-                yield tuple([row[i] for i in at])
+            batch: list[tuple[str, ...]] = []
+            try:
+                for row in self._rows:
+                    self.number += 1
+                    if len(row) != width:
+                        raise ValueError(f"record {self.number} has {len(row)} cells, the header {width}")
+                    batch.append(tuple([row[i] for i in at]))
+                    if len(batch) == _BATCH:
+                        yield False, batch
+                        batch = []
+            except (ValueError, UnicodeDecodeError, csv.Error):
+                if batch:  # the records before the error first
+                    yield False, batch
+                raise
+            if batch:
+                yield False, batch
 
     def _header(self) -> list[str] | None:
         data = b""
@@ -295,7 +319,8 @@ class Table:
         return csv.reader(io.TextIOWrapper(io.BufferedReader(_Chained(head, self._pieces), 1 << 16),
                                            encoding="utf-8", newline=""))
 
-    def _matched(self, record: Callable[[str, int], re.Match[str] | None]) -> Iterator[tuple[str, ...]]:
+    def _matched(self, record: Callable[[str, int], re.Match[str] | None]) -> Iterator[
+            tuple[bool, list[tuple[str, ...]]]]:
         limit = csv.field_size_limit()
         order = self._order
         data, self._data = self._data, b""
@@ -312,6 +337,7 @@ class Table:
                 self._rows = self._exact(memoryview(data))
                 return
             pos, exact = 0, False
+            batch: list[tuple[str, ...]] = []
             while pos < end:
                 match = record(text, pos)
                 if match is None:
@@ -322,9 +348,9 @@ class Table:
                 pos = match.end()
                 self.number += 1
                 cells = match.groups()
-                if order is not None:
-                    cells = tuple([cells[i] for i in order])
-                yield tuple([c[1:-1].replace('""', '"') if c[:1] == '"' else c for c in cells])
+                batch.append(cells if order is None else tuple([cells[i] for i in order]))
+            if batch:
+                yield True, batch
             rest = data[end:] if pos == len(text) else text[pos:].encode("utf-8") + data[end:]
             if not more and not rest:
                 return
@@ -335,6 +361,11 @@ class Table:
             piece = next(self._pieces, None)
             more = piece is not None
             data = rest + piece if piece is not None else rest
+
+
+def cooked(fields: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the cells of fields as the record expression matched them (quoted ones unquoted)."""
+    return tuple([f[1:-1].replace('""', '"') if f[:1] == '"' else f for f in fields])
 
 
 @dataclass
@@ -483,6 +514,10 @@ class Streamed:
             if kind == "r" and isinstance(content, list):
                 yield from content
                 continue
+            if kind == "q" and isinstance(content, list):
+                for fields in content:
+                    yield cooked(fields)
+                continue
             try:
                 self.result = Referencing(**content, ids=[])
             except TypeError:  # not what `streamer` sends: a failed read, never a pass
@@ -502,8 +537,6 @@ class ChildFailed(Exception):
 
 
 _LENGTH = struct.Struct("<I")
-# Records a frame, and the number from which the records a child reads are sent.
-_BATCH = 2000
 
 
 def _frame(stream: IO[bytes]) -> tuple[str, Any] | None:
@@ -538,22 +571,16 @@ def streamer() -> None:
     error: str | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
         member = Member.stored(fd, where, worker)
-        batch: list[tuple[str, ...]] = []
         sent = 0
         try:
             table = Table(where.name, member.pieces())
             table.select(wanted)
-            for cells in table.records():
-                batch.append(cells)
-                if len(batch) == _BATCH:
-                    send(("r", batch))
-                    sent += len(batch)
-                    batch = []
-            count = sent + len(batch)
+            for quoted, batch in table.batches():
+                send(("q" if quoted else "r", batch))
+                sent += len(batch)
+            count = sent
         except (ValueError, UnicodeDecodeError, csv.Error) as exc:
             error = str(exc)
-        if batch:
-            send(("r", batch))
         member.drain()
     send(("e", {"digest": member.digest.hexdigest(), "size": member.size, "problems": member.problems,
                 "error": error, "count": count}))
