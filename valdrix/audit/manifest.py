@@ -137,17 +137,20 @@ def context_entry(context_cell: str, context: Any) -> tuple[tuple[str, ...], str
     member order, which is the cell's.
     """
     get = context.get if isinstance(context, dict) else _NOTHING.get
-    values = [get(k) for k in CONTEXT_KEYS]
-    if any(type(v) in _CONTAINERS for v in values):
+    # map and frozenset tests run in C: this runs once per exported decision, on export and on verification.
+    values = tuple(map(get, CONTEXT_KEYS))
+    if not _CONTAINERS.isdisjoint(map(type, values)):
         reread = orjson.loads(context_cell)
         get = reread.get if isinstance(reread, dict) else _NOTHING.get
-        values = [get(k) for k in CONTEXT_KEYS]
+        values = tuple(map(get, CONTEXT_KEYS))
     group = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
-    return group, hashlib.sha256(context_cell.encode("utf-8")).hexdigest()
+    return group, _sha256(context_cell.encode("utf-8")).hexdigest()
 
 
 _NOTHING: dict[str, Any] = {}
-_CONTAINERS = (dict, list)
+# Exact types, as `type(v) in (dict, list)` tests them.
+_CONTAINERS = frozenset((dict, list))
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,14 @@ and every decision's cited policy hash must match one of them, the signature ove
 checked with the JWKS key named by the manifest, and approval and ledger rows must belong to exported
 decisions. Each discrepancy is reported naming the member, field, row or policy version concerned.
 
-Each member is read once: its bytes are hashed and sized while the CSV reader parses them. The manifest names
+Each member is read once, from the one open file of the archive: its bytes are hashed, sized and CRC-32-checked
+as they are inflated (ISA-L, on a worker thread) and parsed in pieces, so memory does not grow with the archive.
+Records are matched by a regular expression of the export dialect and, from the first record it does not match,
+by csv.reader, so every record reads as csv.reader reads it (`valdrix.audit.reading` tells how). Parsing holds the
+GIL, so child processes parse the members: one streams decisions.csv's lineage cells to this process, which
+rebuilds the lineages meanwhile, another reads approvals.csv and ledger.csv; a child that cannot run leaves its
+members to this process. A member whose bytes cannot be read (a CRC-32 or size that is not the ZIP directory's,
+a corrupt or truncated stream) or decoded (bad UTF-8) is a reported problem. The manifest names
 its canonical-JSON scheme (`canonicalization`); a manifest without one predates RFC 8785 and is checked in the
 legacy scheme, so archives made before the change still verify. Policy hashes are the ones stored when each
 policy version was created, so a policy document may hash to its recorded sha256 under either scheme.
@@ -18,13 +25,13 @@ import base64
 import binascii
 import csv
 import hashlib
-import io
 import json
 import re
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,13 +41,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from valdrix.audit.formats import unneutralise
 from valdrix.audit.manifest import FILES, LINEAGE_FIELDS, SIGNATURE_ALGORITHM, Lineage, encode, scheme_of
+from valdrix.audit.reading import ZIPFILE_ERRORS, ChildFailed, Elsewhere, Member, Streamed, Table, locate
 from valdrix.canonical import Scheme, canonical_json, is_digest_of, sha256_hex
 
 MEMBERS = (*FILES, "manifest.json", "manifest.sig")
 # A decision_id already in the form str(uuid.UUID(...)) gives (the exporter's) needs no parsing.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
-# Inflated bytes read ahead of the CSV parser at a time.
-_PIECE = 1 << 20
+# The CSV members, in the order they are checked: decisions.csv first, as the others must reference it.
+_CSV = ("decisions.csv", "approvals.csv", "ledger.csv")
 # Row-level discrepancies listed per check before the rest are summarised as a count.
 MAX_LISTED = 20
 _LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "policy_sha256", "computed_context")
@@ -93,13 +101,16 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
     """Return the verification report of the archive at `path` against the public keys in `jwks`."""
     report = Report(str(path))
     members = report.check("archive members")
-    try:
-        zipped = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        members.fail(f"cannot open {path} as a ZIP archive (an interrupted download has no central directory): "
-                     f"{exc}")
-        return report
-    with zipped:
+    # One open file: zipfile reads the directory from it and the members' bytes are read from it, so every byte
+    # checked comes from the same file even if the path is replaced meanwhile.
+    with ExitStack() as stack:
+        try:
+            file = stack.enter_context(open(path, "rb"))
+            zipped = stack.enter_context(zipfile.ZipFile(file))
+        except (OSError, zipfile.BadZipFile) as exc:
+            members.fail(f"cannot open {path} as a ZIP archive (an interrupted download has no central directory): "
+                         f"{exc}")
+            return report
         names = set(zipped.namelist())
         for name in MEMBERS:
             if name not in names:
@@ -108,10 +119,12 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
             members.fail(f"unexpected member {name}")
         if "manifest.json" not in names:
             return report
-        raw_manifest = zipped.read("manifest.json")
+        raw_manifest = _small(members, zipped, "manifest.json")
+        if raw_manifest is None:
+            return report
         manifest = _manifest(report, raw_manifest)
-        _signature(report, raw_manifest, manifest, zipped.read("manifest.sig") if "manifest.sig" in names else None,
-                   jwks)
+        _signature(report, raw_manifest, manifest,
+                   _small(members, zipped, "manifest.sig") if "manifest.sig" in names else None, jwks)
         if manifest is None:
             return report
         report.manifest = manifest
@@ -119,13 +132,21 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
         recorded = manifest.get("files")
         files = recorded if isinstance(recorded, dict) else {}
         rows = _Rows(report.check("approval and ledger references"))
-        readers: dict[str, Callable[[Check, Iterator[list[str]]], int]] = {
-            "decisions.csv": lambda check, records: rows.decisions(check, records, scheme),
-            "approvals.csv": lambda _, records: rows.references(records, "approvals.csv"),
-            "ledger.csv": lambda _, records: rows.references(records, "ledger.csv"),
-        }
-        for name, read in readers.items():
-            _csv_member(report, zipped, names, name, files.get(name), read)
+        checks = {name: (report.check(f"{name} digest"), report.check(f"{name} rows")) for name in _CSV}
+        present = [name for name in _CSV if _present(checks[name][0], names, name, files.get(name))]
+        elsewhere = Elsewhere(file, zipped, [name for name in present if name != "decisions.csv"])
+        try:
+            if "decisions.csv" in present:
+                _decisions(zipped, file, checks["decisions.csv"], files.get("decisions.csv"), rows, scheme)
+            read = elsewhere.results()
+        finally:
+            elsewhere.close()
+        for name, member in read.items():
+            digest, parse = checks[name]
+            if member.error is not None:
+                parse.fail(member.error)
+            rows.references(member.ids, name)
+            _digest(digest, files.get(name), member.digest, member.size, member.problems, member.count)
         _policies(report, zipped, names, files.get("policies.json"), rows.cited)
         if "decisions.csv" in names:
             _lineage(report, "policy_lineage", rows.lineage.policy_lineage(), manifest, scheme)
@@ -133,6 +154,15 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
             _references(rows, "ledger.csv" in names)
         _parity(report, manifest)
     return report
+
+
+def _small(members: Check, zipped: zipfile.ZipFile, name: str) -> bytes | None:
+    """Return a small member's bytes, or None (a problem of the members check) when zipfile cannot read them."""
+    try:
+        return zipped.read(name)
+    except ZIPFILE_ERRORS as exc:
+        members.fail(f"{name} cannot be read: {exc}")
+        return None
 
 
 def _manifest(report: Report, raw: bytes) -> dict[str, Any] | None:
@@ -203,86 +233,63 @@ def _jwk(jwks: dict[str, Any], kid: str) -> Ed25519PublicKey | None:
     return None
 
 
-class _Hashed(io.RawIOBase):
-    """A member's bytes as they are read, hashed and counted on the way (so it is read once).
-
-    The next piece is inflated and hashed on `worker` while the caller parses this one: zipfile's zlib and
-    hashlib release the GIL, so that work takes another core.
-    """
-
-    def __init__(self, member: IO[bytes], worker: ThreadPoolExecutor) -> None:
-        self._member = member
-        self._worker = worker
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._piece = memoryview(b"")
-        self._ahead: Future[bytes] | None = worker.submit(self._next)
-
-    def _next(self) -> bytes:
-        data = self._member.read(_PIECE)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if not self._piece:
-            if self._ahead is None:
-                return 0
-            self._piece = memoryview(self._ahead.result())
-            self._ahead = self._worker.submit(self._next) if self._piece else None
-        size = min(len(buffer), len(self._piece))
-        buffer[:size] = self._piece[:size]
-        self._piece = self._piece[size:]
-        return size
-
-    def drain(self) -> None:
-        """Read what a failed parse left, so the digest covers the whole member."""
-        buffer = bytearray(1 << 16)
-        while self.readinto(buffer):
-            pass
-
-
-def _csv_member(report: Report, zipped: zipfile.ZipFile, names: set[str], name: str, entry: Any,
-                read: Callable[[Check, Iterator[list[str]]], int]) -> None:
-    digest_check = report.check(f"{name} digest")
-    rows_check = report.check(f"{name} rows")
+def _present(digest: Check, names: set[str], name: str, entry: Any) -> bool:
     if not isinstance(entry, dict):
-        digest_check.fail("the manifest records no digest for it")
+        digest.fail("the manifest records no digest for it")
     if name not in names:
-        digest_check.fail("member missing")
-        return
-    with zipped.open(name) as member, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
-        hashed = _Hashed(member, worker)
-        count: int | None = None
+        digest.fail("member missing")
+        return False
+    return True
+
+
+def _decisions(zipped: zipfile.ZipFile, file: IO[bytes], checks: tuple[Check, Check], entry: Any, rows: _Rows,
+               scheme: Scheme) -> None:
+    """Rebuild the lineages from decisions.csv, its records parsed by a child process (reading.Streamed) or here."""
+    digest, parse = checks
+    count: int | None = None
+    streamed = Streamed.start(file, zipped, "decisions.csv", _LINEAGE_COLUMNS)
+    if streamed is not None:
         try:
-            reader = csv.reader(io.TextIOWrapper(io.BufferedReader(hashed, 1 << 16), encoding="utf-8", newline=""))
-            count = read(rows_check, reader)
+            try:
+                count = rows.decisions(parse, streamed.records(), scheme)
+            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+                parse.fail(f"cannot be parsed: {exc}")
+            read = streamed.result
+            assert read is not None
+            _digest(digest, entry, read.digest, read.size, read.problems, count)
+            return
+        except ChildFailed:
+            pass  # nothing was read: read it here
+        finally:
+            streamed.close()
+    info = zipped.getinfo("decisions.csv")
+    where = locate(file.fileno(), info)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-verify") as worker:
+        member = (Member.stored(file.fileno(), where, worker) if where is not None
+                  else Member.zipped(zipped, info, worker))
+        try:
+            table = Table("decisions.csv", member.pieces())
+            table.select(_LINEAGE_COLUMNS)
+            count = rows.decisions(parse, table.records(), scheme)
         except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-            rows_check.fail(f"cannot be parsed: {exc}")
-        hashed.drain()
+            parse.fail(f"cannot be parsed: {exc}")
+        member.drain()
+    _digest(digest, entry, member.digest.hexdigest(), member.size, member.problems, count)
+
+
+def _digest(check: Check, entry: Any, sha256: str, size: int, problems: list[str], count: int | None) -> None:
+    for problem in problems:
+        check.fail(problem)
     if not isinstance(entry, dict):
         return
-    if hashed.digest.hexdigest() != entry.get("sha256"):
-        digest_check.fail(f"sha256 is {hashed.digest.hexdigest()}, the manifest records {entry.get('sha256')}")
-    if hashed.size != entry.get("bytes"):
-        digest_check.fail(f"size is {hashed.size} bytes, the manifest records {entry.get('bytes')}")
+    if sha256 != entry.get("sha256"):
+        check.fail(f"sha256 is {sha256}, the manifest records {entry.get('sha256')}")
+    if size != entry.get("bytes"):
+        check.fail(f"size is {size} bytes, the manifest records {entry.get('bytes')}")
     if count is None:
-        digest_check.fail("cannot be parsed")
+        check.fail("cannot be parsed")
     elif count != entry.get("rows"):
-        digest_check.fail(f"holds {count} rows, the manifest records {entry.get('rows')}")
-
-
-def _positions(records: Iterator[list[str]], name: str, wanted: tuple[str, ...]) -> tuple[int, list[int]]:
-    header = next(records, None)
-    if header is None:
-        raise ValueError(f"{name} has no header row")
-    missing = [w for w in wanted if w not in header]
-    if missing:
-        raise ValueError(f"{name} lacks the columns {', '.join(missing)}")
-    return len(header), [header.index(w) for w in wanted]
+        check.fail(f"holds {count} rows, the manifest records {entry.get('rows')}")
 
 
 @dataclass
@@ -296,39 +303,32 @@ class _Rows:
     # (policy_version, policy_sha256) -> first decision citing it
     cited: dict[tuple[int, str], str] = field(default_factory=dict)
 
-    def decisions(self, check: Check, records: Iterator[list[str]], scheme: Scheme) -> int:
-        width, at = _positions(records, "decisions.csv", _LINEAGE_COLUMNS)
-        i_id, i_version, i_schema, i_sha, i_context = at
+    def decisions(self, check: Check, records: Iterator[tuple[str, ...]], scheme: Scheme) -> int:
+        """Count the records of decisions.csv (their _LINEAGE_COLUMNS cells) into the lineages and references."""
         count = 0
-        for count, row in enumerate(records, start=1):
-            if len(row) != width:
-                raise ValueError(f"record {count + 1} has {len(row)} cells, the header {width}")
+        add, known, cite = self.lineage.add, self.ids.add, self.cited.setdefault
+        for count, (cell_id, cell_version, cell_schema, cell_sha, cell_context) in enumerate(records, start=1):
             try:
-                decision_id = row[i_id] if _UUID(row[i_id]) else str(uuid.UUID(row[i_id]))
-                version = int(row[i_version])
-                sha = unneutralise(row[i_sha])
-                self.lineage.add(decision_id, version, unneutralise(row[i_schema]), sha, row[i_context])
+                decision_id = cell_id if _UUID(cell_id) else str(uuid.UUID(cell_id))
+                version = int(cell_version)
+                sha = unneutralise(cell_sha)
+                add(decision_id, version, unneutralise(cell_schema), sha, cell_context)
             except ValueError as exc:
                 check.fail(f"record {count + 1}: malformed decision_id, policy_version or computed_context ({exc})")
                 continue
-            self.ids.add(decision_id)
-            self.cited.setdefault((version, sha), decision_id)
+            known(decision_id)
+            cite((version, sha), decision_id)
         return count
 
-    def references(self, records: Iterator[list[str]], name: str) -> int:
-        width, (i_decision,) = _positions(records, name, ("decision_id",))
-        count = 0
+    def references(self, ids: list[str], name: str) -> None:
+        """Check the decision_id of each record of approvals.csv or ledger.csv, in record order."""
         ledger = name == "ledger.csv"
-        for count, row in enumerate(records, start=1):
-            if len(row) != width:
-                raise ValueError(f"record {count + 1} has {len(row)} cells, the header {width}")
-            decision_id = row[i_decision]
+        for count, decision_id in enumerate(ids, start=1):
             if ledger:
                 self.logged.add(decision_id)
             if decision_id not in self.ids:
                 self.refs.fail(f"{name} record {count + 1} references decision {decision_id!r}, not in "
                                "decisions.csv")
-        return count
 
 
 def _lineage(report: Report, name: str, rebuilt: list[dict[str, Any]], manifest: dict[str, Any],
@@ -363,7 +363,9 @@ def _policies(report: Report, zipped: zipfile.ZipFile, names: set[str], entry: A
     if "policies.json" not in names:
         digest.fail("member missing")
         return
-    raw = zipped.read("policies.json")
+    raw = _small(digest, zipped, "policies.json")
+    if raw is None:
+        return
     if isinstance(entry, dict):
         if hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
             digest.fail(f"sha256 is {hashlib.sha256(raw).hexdigest()}, the manifest records {entry.get('sha256')}")
