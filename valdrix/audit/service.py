@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -69,6 +70,8 @@ MAX_WINDOW_DAYS = 366
 DEFAULT_WINDOW_DAYS = 30
 # Rows fetched (server-side cursor on PostgreSQL) and formatted per batch: the unit of memory an export holds.
 BATCH_ROWS = 2000
+# Batches fetched ahead of the one being formatted (each up to BATCH_ROWS rows in memory).
+READ_AHEAD = 4
 # The archive is handed to the response in pieces of about this size (deflated bytes).
 CHUNK_BYTES = 256 * 1024
 
@@ -236,12 +239,18 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
 
 
 def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Sequence[Row[Any]]]:
-    """Yield the batches of `result`, the next one fetched on `fetcher` while the caller works on this one."""
+    """Yield the batches of `result`, up to READ_AHEAD more fetched on `fetcher` (one thread, so in order) while
+    the caller works: the database keeps producing rows (PostgreSQL only while a fetch is outstanding) while
+    this thread formats a batch itself."""
     batches = result.partitions()
-    ahead = fetcher.submit(next, batches, None)
-    while (batch := ahead.result()) is not None:
-        ahead = fetcher.submit(next, batches, None)
-        yield batch
+    ahead = deque(fetcher.submit(next, batches, None) for _ in range(READ_AHEAD))
+    try:
+        while (batch := ahead.popleft().result()) is not None:
+            ahead.append(fetcher.submit(next, batches, None))
+            yield batch
+    finally:
+        for future in ahead:
+            future.cancel()
 
 
 def _summed(batches: Iterator[list[tuple[Any, ...]]], exported: dict[str, int]) -> Iterator[list[tuple[Any, ...]]]:
