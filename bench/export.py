@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -46,6 +46,7 @@ from psycopg.types.string import TextLoader
 from sqlalchemy import insert, select, text
 from sqlalchemy.engine import make_url
 
+from bench.host import reference_loop_ms
 from tests.live import make_tenant
 from tests.pg import create_database, free_port, postgres_cluster
 from valdrix.approvals.models import ApprovalRequest
@@ -75,6 +76,29 @@ def cpu_seconds(pid: int) -> float:
     """Return the user + system CPU seconds process `pid` has used, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the live processes started by `pid` and by them (the server's export formatting processes)."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def family_cpu(pid: int) -> tuple[float, float]:
+    """Return the CPU seconds of `pid` and of its live descendants."""
+    others = 0.0
+    for child in descendants(pid):
+        with suppress(OSError):  # ended meanwhile
+            others += cpu_seconds(child)
+    return cpu_seconds(pid), others
 
 
 def rss_kib(pid: int) -> int:
@@ -314,17 +338,20 @@ def measure(backend: str, url: str, tmp: Path, tenant: Any, count: int) -> bool:
         client.get("/api/v1/enforcement/exports/parity", params={"start": "2020-01-01", "end": "2020-01-02"})
         client.get("/api/v1/enforcement/exports/archive", params={"start": "2020-01-01", "end": "2020-01-02"})
         rss_before = peak = rss_kib(proc.pid)
+        helpers_peak = 0
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, helpers_peak
             while not done.is_set():
                 peak = max(peak, rss_kib(proc.pid))
+                with suppress(OSError, RuntimeError):
+                    helpers_peak = max(helpers_peak, sum(rss_kib(child) for child in descendants(proc.pid)))
                 time.sleep(0.02)
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        server_cpu = cpu_seconds(proc.pid)
+        server_cpu, helpers_cpu = family_cpu(proc.pid)
         began = time.monotonic()
         first_byte = None
         with client.stream("GET", "/api/v1/enforcement/exports/archive", params=WINDOW) as response, \
@@ -335,14 +362,16 @@ def measure(backend: str, url: str, tmp: Path, tenant: Any, count: int) -> bool:
                     first_byte = time.monotonic() - began
                 handle.write(chunk)
         archive_seconds = time.monotonic() - began
-        archive_cpu = cpu_seconds(proc.pid) - server_cpu
+        archive_cpu, archive_helpers = (after - before for after, before in zip(family_cpu(proc.pid),
+                                                                                (server_cpu, helpers_cpu), strict=True))
         done.set()
         sampler.join()
-        server_cpu = cpu_seconds(proc.pid)
+        server_cpu, helpers_cpu = family_cpu(proc.pid)
         began = time.monotonic()
         parity = client.get("/api/v1/enforcement/exports/parity", params=WINDOW).json()
         parity_seconds = time.monotonic() - began
-        parity_cpu = cpu_seconds(proc.pid) - server_cpu
+        parity_cpu, parity_helpers = (after - before for after, before in zip(family_cpu(proc.pid),
+                                                                              (server_cpu, helpers_cpu), strict=True))
         jwks = client.get("/.well-known/jwks.json").json()
     finally:
         proc.terminate()
@@ -355,14 +384,16 @@ def measure(backend: str, url: str, tmp: Path, tenant: Any, count: int) -> bool:
     limit = 60 if large else 5
     print(f"{tag} archive: {archive_seconds:.2f} s ({verdict(archive_seconds, limit, ' s')} for "
           f"{'1 000 000' if large else '100 000'}) = {archive_seconds / base_seconds:.2f}x baseline "
-          f"({verdict(archive_seconds / base_seconds, 3, 'x')}); server CPU {archive_cpu:.2f} s; "
+          f"({verdict(archive_seconds / base_seconds, 3, 'x')}); server CPU {archive_cpu:.2f} s + formatting "
+          f"processes {archive_helpers:.2f} s; "
           f"{out.stat().st_size / 2**20:.1f} MiB zip")
     print(f"{tag} first byte: {first_byte or 0:.3f} s ({verdict(first_byte or 0, 1, ' s')})")
     growth = (peak - rss_before) / 1024
     print(f"{tag} server RSS: {rss_before / 1024:.1f} MiB before, peak {peak / 1024:.1f} MiB, growth {growth:.1f} MiB "
-          f"({verdict(growth, 100, ' MiB')})")
+          f"({verdict(growth, 100, ' MiB')}); formatting processes peak {helpers_peak / 1024:.1f} MiB")
     print(f"{tag} parity: {parity_seconds:.2f} s ({verdict(parity_seconds, 2, ' s')} for 100 000) = "
-          f"{parity_seconds / base_seconds:.2f}x baseline; server CPU {parity_cpu:.2f} s "
+          f"{parity_seconds / base_seconds:.2f}x baseline; server CPU {parity_cpu:.2f} s + formatting processes "
+          f"{parity_helpers:.2f} s "
           f"(parity_ok={parity['parity_ok']}, decisions={parity['decision_count_exported']}, "
           f"approvals={parity['approval_count_exported']}, ledger={parity['ledger_count_exported']})")
     print(f"{tag} offline verify: {verify_seconds:.2f} s ({verdict(verify_seconds, 3, ' s')} for 100 000) = "
@@ -403,10 +434,11 @@ def main() -> None:
     counts = sorted(args.decisions)
     if len(counts) > 1 and counts[0] != SEED:
         parser.error(f"with several counts the first must be {SEED}")
-    print(f"load before: {os.getloadavg()[0]:.2f} (1-minute average, {os.cpu_count()} cores)")
+    print(f"load before: {os.getloadavg()[0]:.2f} (1-minute average, {os.cpu_count()} cores); host reference loop "
+          f"{reference_loop_ms():.0f} ms (bench/host.py)")
     ok = all([run(backend, counts) for backend in (("sqlite", "postgresql") if args.backend == "both"
                                                    else (args.backend,))])
-    print(f"load after: {os.getloadavg()[0]:.2f}")
+    print(f"load after: {os.getloadavg()[0]:.2f}; host reference loop {reference_loop_ms():.0f} ms")
     sys.exit(0 if ok else 1)
 
 
