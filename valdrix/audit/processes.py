@@ -6,11 +6,13 @@ process take turns on the interpreter lock and an export would use one core howe
 inherited, and kept for the next export) and hands each a batch while the request's thread reads the next;
 the request's thread formats a batch itself whenever every process is busy, so no core idles, and results are
 taken in batch order, so the archive's bytes and lineages are the same as formatting everything in-process
-(size 0, `VALDRIX_EXPORT_PROCESSES=0`). A batch travels as plain tuples of the values the database returned;
-each process keeps one `Formatter` per stream and dialect.
+(size 0, `VALDRIX_EXPORT_PROCESSES=0`). A batch travels column by column as the values the database returned,
+each column of strings joined into one text (pickled as one copy, not value by value); each process keeps one
+`Formatter` per stream and dialect.
 
-A process that dies fails the export that used it (BrokenProcessPool, a 503) and the pool starts afresh for
-the next one. Processes end with the server (`shutdown`), and within a second on their own when it is killed.
+A process that dies fails the export that used it (`export_process_failed`: a 503 for parity, a failed
+download for an archive already streaming) and the pool starts afresh for the next one. Processes end with the
+server (`shutdown`), and within a second on their own when it is killed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _QUEUED = 2
 _WATCH_SECONDS = 1.0
 # Batches formatted and not yet taken, beyond one per process: room for the request's thread to go on while
 # the oldest batch is still in a process (such as the first, while the process starts).
-_AHEAD = 3
+_AHEAD = 1
 
 
 class FormattingPool:

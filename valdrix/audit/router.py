@@ -21,7 +21,8 @@ router = APIRouter(prefix="/api/v1/enforcement/exports", tags=["exports"])
 _LIMIT_CODES = {"export_window_too_large", "export_too_many_rows"}
 T = TypeVar("T")
 _EXPORT_PROBLEMS = problems({422: ("invalid_export_window", "export_window_too_large", "export_too_many_rows"),
-                             503: ("signing_keys_unavailable",)})
+                             503: ("signing_keys_unavailable", "export_signing_unavailable",
+                                   "export_process_failed")})
 
 
 def _counted(artifact: str, build: Callable[[], T], *, done: bool = True) -> T:

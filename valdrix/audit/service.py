@@ -70,8 +70,9 @@ MAX_WINDOW_DAYS = 366
 DEFAULT_WINDOW_DAYS = 30
 # Rows fetched (server-side cursor on PostgreSQL) and formatted per batch: the unit of memory an export holds.
 BATCH_ROWS = 2000
-# Batches fetched ahead of the one being formatted (each up to BATCH_ROWS rows in memory).
-READ_AHEAD = 4
+# Batches fetched ahead of the one being formatted (each up to BATCH_ROWS rows in memory; two keep the
+# database busy while this thread formats one, and the RSS growth of a 1 000 000-decision archive under 100 MiB).
+READ_AHEAD = 2
 # The archive is handed to the response in pieces of about this size (deflated bytes).
 CHUNK_BYTES = 256 * 1024
 
