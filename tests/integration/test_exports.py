@@ -310,7 +310,7 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
             with service.snapshot(engine) as conn:
                 counted = conn.execute(streams.DECISIONS.count(), params).scalar_one()
                 assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
-                rows = conn.execute(streams.DECISIONS.query(conn.dialect.name)[0], params).all()
+                rows = conn.execute(streams.DECISIONS.records(conn.dialect.name).select, params).all()
             with service.snapshot(engine) as conn:
                 after = conn.execute(streams.DECISIONS.count(), params).scalar_one()
     finally:

@@ -216,15 +216,10 @@ class CsvEncoder:
     def __init__(self, columns: Sequence[Column], finishers: Sequence[Finish | None]) -> None:
         self.columns = tuple(columns)
         self._finish = [(i, f) for i, f in enumerate(finishers) if f is not None]
-        self._pieces = len(finishers)
 
     def header(self) -> bytes:
         """Return the header record."""
         return self.encode([[field(c.header)] for c in self.columns])
-
-    def fields(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
-        """Return the values of `rows` column by column, each piece with a finisher finished as a whole."""
-        return self.finish(list(zip(*rows, strict=True)) if rows else [[] for _ in range(self._pieces)])
 
     def finish(self, columns: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
         """Return the columns of a batch, each piece with a finisher finished as a whole."""

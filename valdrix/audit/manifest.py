@@ -61,21 +61,20 @@ class Lineage:
         """As `add`, given the value the cell denotes (as parsed from any text of it, so the exporter parses once)."""
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
         group, context_sha256 = context_entry(context_cell, context)
-        entry = self._contexts.get(group)
-        if entry is None:
-            entry = self._contexts[group] = [0, hashlib.sha256()]
-        entry[0] += 1
-        entry[1].update(f"{decision_id} {context_sha256}\n".encode("ascii"))
+        self._count(group, 1, f"{decision_id} {context_sha256}\n".encode("ascii"))
 
     def merge(self, part: LineagePart) -> None:
         """Count in the decisions of `part`, which follow those counted so far."""
         self._policies.update(part.policies)
         for group, (count, lines) in part.groups().items():
-            entry = self._contexts.get(group)
-            if entry is None:
-                entry = self._contexts[group] = [0, hashlib.sha256()]
-            entry[0] += count
-            entry[1].update(lines)
+            self._count(group, count, lines)
+
+    def _count(self, group: tuple[str, ...], decisions: int, lines: bytes) -> None:
+        entry = self._contexts.get(group)
+        if entry is None:
+            entry = self._contexts[group] = [0, hashlib.sha256()]
+        entry[0] += decisions
+        entry[1].update(lines)
 
     def referenced_policies(self) -> list[tuple[int, str]]:
         """Return the (version, sha256) pairs cited, sorted."""

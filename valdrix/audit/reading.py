@@ -66,12 +66,26 @@ _LOCAL_SIGNATURE = 0x04034B50
 _ZIPFILE_ONLY = 0x01 | 0x20 | 0x40
 # ISA-L's error for corrupt DEFLATE data (its stub types it as an instance, not a class).
 _INFLATE_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
-# zipfile's errors reading a member: a bad header or CRC, encryption, an unknown method, a truncated stream.
-ZIPFILE_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error)
+# zipfile's errors reading a member it supports (see `unsupported`): a bad header or CRC, a password needed, a
+# truncated or corrupt stream.
+ZIPFILE_ERRORS = (zipfile.BadZipFile, RuntimeError, EOFError, OSError, zlib.error)
+# The compression methods zipfile reads; it refuses any other, and patched data or strong encryption (flag bits
+# 5 and 6), as not implemented.
+_ZIPFILE_METHODS = frozenset((zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA))
+_ZIPFILE_REFUSES = 0x20 | 0x40
 # One field of the export dialect: quoted (quotes doubled inside, CR and LF allowed) or bare. Possessive, so a
 # record is matched left to right in one way only, as csv.reader's state machine reads it.
 _FIELD = r'(?:"[^"]*+(?:""[^"]*+)*+"|[^,"\r\n]*+)'
 _HEADER = re.compile(("(?:" + _FIELD + ",)*+" + _FIELD + "\r\n").encode("ascii")).match
+
+
+def unsupported(info: zipfile.ZipInfo) -> str | None:
+    """Return why zipfile cannot read member `info` at all (so it is reported, not attempted), or None."""
+    if info.compress_type not in _ZIPFILE_METHODS:
+        return f"uses compression method {info.compress_type}, which zipfile does not read"
+    if info.flag_bits & _ZIPFILE_REFUSES:
+        return "holds patched data or strong encryption, which zipfile does not read"
+    return None
 
 
 class _Unreadable(Exception):
@@ -195,6 +209,9 @@ class Member:
             self.problems.append(f"cannot be read: {exc}")
 
     def _through_zipfile(self, zipped: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+        if (why := unsupported(info)) is not None:
+            self.problems.append(f"cannot be read: {why}")
+            return
         try:
             with zipped.open(info) as member:
                 while data := member.read(_PIECE):

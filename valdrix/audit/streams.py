@@ -43,14 +43,6 @@ class TableStream:
         """Return the position of the column named `header`."""
         return [h for h, _, _ in self.fields].index(header)
 
-    def query(self, dialect: str, headers: tuple[str, ...] | None = None) -> tuple[Select[Any], list[Finish | None]]:
-        """Return the rows query (all columns, or those named) read as cells on `dialect`, and their finishers."""
-        chosen = [f for f in self.fields if headers is None or f[0] in headers]
-        readers = [reader(expr, kind, dialect) for _, expr, kind in chosen]
-        query = self.build(select(*(sql.label(header) for (header, _, _), (sql, _) in zip(chosen, readers,
-                                                                                         strict=True))))
-        return query, [finish for _, finish in readers]
-
     def records(self, dialect: str, extras: Sequence[ColumnElement[Any]] = ()) -> RecordQuery:
         """Return the query reading this stream's records on `dialect` as pieces (see formats.py), then `extras`.
 

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from valdrix.audit.formats import unneutralise
 from valdrix.audit.manifest import FILES, LINEAGE_FIELDS, SIGNATURE_ALGORITHM, Lineage, encode, scheme_of
-from valdrix.audit.reading import ZIPFILE_ERRORS, ChildFailed, Elsewhere, Member, Streamed, Table, locate
+from valdrix.audit.reading import ZIPFILE_ERRORS, ChildFailed, Elsewhere, Member, Streamed, Table, locate, unsupported
 from valdrix.canonical import Scheme, canonical_json, is_digest_of, sha256_hex
 
 MEMBERS = (*FILES, "manifest.json", "manifest.sig")
@@ -158,6 +158,9 @@ def verify(path: Path, jwks: dict[str, Any]) -> Report:
 
 def _small(members: Check, zipped: zipfile.ZipFile, name: str) -> bytes | None:
     """Return a small member's bytes, or None (a problem of the members check) when zipfile cannot read them."""
+    if (why := unsupported(zipped.getinfo(name))) is not None:
+        members.fail(f"{name} cannot be read: {why}")
+        return None
     try:
         return zipped.read(name)
     except ZIPFILE_ERRORS as exc:

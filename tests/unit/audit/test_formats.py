@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -30,13 +32,18 @@ def test_neutralisation_is_reversible(raw: str) -> None:
 COLUMNS = (Column("name", "text"), Column("amount", "decimal"), Column("doc", "json"), Column("at", "datetime"))
 
 
+def finished(encoder: CsvEncoder, rows: list[tuple[str, ...]]) -> list[Sequence[Any]]:
+    """The finished columns of `rows`, as an export's batch gives them to the encoder."""
+    return encoder.finish(list(zip(*rows, strict=True)) if rows else [[] for _ in encoder.columns])
+
+
 def finishers(columns: tuple[Column, ...], dialect: str = "postgresql") -> list[Finish | None]:
     return [reader(column(c.header, String()), c.kind, dialect)[1] for c in columns]
 
 
 def test_records_are_rfc4180_crlf_minimally_quoted_utf8_and_finished_per_column() -> None:
     encoder = CsvEncoder(COLUMNS, finishers(COLUMNS))
-    fields = encoder.fields([("a,\"b\"\nc", "1.0000", '{"a": [1, "x"]}', "2026-01-01T00:00:00.000000+00:00"),
+    fields = finished(encoder, [("a,\"b\"\nc", "1.0000", '{"a": [1, "x"]}', "2026-01-01T00:00:00.000000+00:00"),
                              ("=ünï", "", "[]", ""), ("", "-2.5000", "{}", ""), ("x", "", None, "")])
     assert list(fields[0]) == ['"a,""b""\nc"', "'=ünï", "", "x"]
     data = encoder.header() + encoder.encode(fields)
@@ -44,7 +51,7 @@ def test_records_are_rfc4180_crlf_minimally_quoted_utf8_and_finished_per_column(
                     "'=ünï,,[],\r\n,-2.5000,{},\r\nx,,,\r\n").encode()
     rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert rows[1][0] == 'a,"b"\nc' and rows[1][2] == '{"a":[1,"x"]}'
-    assert encoder.encode(encoder.fields([])) == b""
+    assert encoder.encode(finished(encoder, [])) == b""
 
 
 @given(st.lists(st.tuples(st.text(), st.text()), max_size=5))
@@ -54,8 +61,8 @@ def test_text_fields_are_what_the_csv_module_writes_of_the_neutralised_text(rows
     expected = io.StringIO()
     csv.writer(expected, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerows(
         [[neutralise(a), neutralise(b)] for a, b in rows])
-    assert encoder.encode(encoder.fields(rows)) == expected.getvalue().encode("utf-8")
-    assert [unneutralise(unfield(f)) for f in encoder.fields(rows)[0]] == [a for a, _ in rows]
+    assert encoder.encode(finished(encoder, rows)) == expected.getvalue().encode("utf-8")
+    assert [unneutralise(unfield(f)) for f in finished(encoder, rows)[0]] == [a for a, _ in rows]
 
 
 @pytest.mark.parametrize(("stored", "cell"), [

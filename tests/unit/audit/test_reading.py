@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from valdrix.audit import reading
 from valdrix.audit import verify as verify_module
 from valdrix.audit.formats import field
-from valdrix.audit.reading import ChildFailed, Member, Stored, Streamed, Table, locate
+from valdrix.audit.reading import ChildFailed, Member, Stored, Streamed, Table, locate, unsupported
 from valdrix.audit.verify import Report, verify
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "exports"
@@ -313,3 +313,13 @@ def test_a_child_ending_mid_stream_is_a_problem_and_one_ending_at_once_leaves_th
             "cannot be read: the reading process ended early"]
         with pytest.raises(ChildFailed):
             list(Streamed(_Ended(b""), zipped, "x.csv", ("c",)).records())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("method", "flags", "readable"), [
+    (zipfile.ZIP_STORED, 0, True), (zipfile.ZIP_DEFLATED, 0, True), (zipfile.ZIP_LZMA, 0, True),
+    (99, 0, False), (zipfile.ZIP_DEFLATED, 0x40, False), (zipfile.ZIP_DEFLATED, 0x20, False),
+])
+def test_members_zipfile_cannot_read_are_named_before_they_are_tried(method: int, flags: int, readable: bool) -> None:
+    info = zipfile.ZipInfo("decisions.csv")
+    info.compress_type, info.flag_bits = method, flags
+    assert (unsupported(info) is None) == readable
