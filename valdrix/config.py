@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    # How much of the SQLite file each connection reads through a memory map instead of read() calls (0: none).
+    sqlite_mmap_mb: int = Field(default=1024, ge=0, le=1024 * 1024)
 
     # Admission webhook authentication (see docs/admission-threat-model.md). Off unless set.
     admission_cluster_tenant: str | None = None

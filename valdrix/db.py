@@ -92,6 +92,7 @@ def make_engine(settings: Settings) -> Engine:
                                                                     "isolation_level": None},
                                pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
         busy = settings.sqlite_busy_timeout_ms
+        mmap_bytes = settings.sqlite_mmap_mb * 1024 * 1024
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -99,6 +100,9 @@ def make_engine(settings: Settings) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Pages read in place from the OS cache rather than copied by a read() call each: an export or a
+            # parity check reads the whole window (measured: a third of a window's read time was system time).
+            cur.execute(f"PRAGMA mmap_size={mmap_bytes}")
             cur.close()
 
         @event.listens_for(engine, "begin")

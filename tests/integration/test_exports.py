@@ -33,6 +33,7 @@ from valdrix.audit.verify import Report, verify
 from valdrix.canonical import canonical_bytes
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine
+from valdrix.decisions.lineage import seal
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput
 from valdrix.ledger.models import LedgerEntry
@@ -122,6 +123,33 @@ def test_archive_with_several_policy_versions_verifies_and_is_deterministic(tena
     key = next(k for k in keys["keys"] if k["kid"] == parity["signature_kid"])
     Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "==")).verify(
         base64.b64decode(parity["signature"]), canonical_bytes(summary))
+
+
+def test_a_context_changed_after_its_decision_makes_parity_and_the_archive_disagree(tenant: Tenant,
+                                                                                     tmp_path: Path) -> None:
+    """Parity reads each decision's lineage entry as written with it; the archive computes it from the cells it
+    writes. A computed context changed afterwards in the database shows as a context lineage that differs."""
+    with tenant.client() as c:
+        populate(c)
+        before = c.get(EXPORTS + "/parity").json()
+        engine = make_engine(tenant.settings)
+        try:
+            with engine.begin() as conn:
+                changed = conn.execute(select(Decision.id).where(Decision.tenant_id == tenant.id).limit(1)).scalar_one()
+                stored = conn.execute(select(Decision.computed_context).where(Decision.id == changed)).scalar_one()
+                conn.execute(Decision.__table__.update().where(Decision.id == changed).values(
+                    computed_context={**stored, "scope_headroom_usd": "999999.0000"}))
+        finally:
+            engine.dispose()
+        after = c.get(EXPORTS + "/parity").json()
+        path = archive(c, tmp_path / "a.zip")
+        report = verify(path, jwks(c))
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    assert report.ok, problems(report)  # the archive is true to the rows it holds
+    assert after["computed_context_lineage_sha256"] == before["computed_context_lineage_sha256"]
+    assert manifest["computed_context_lineage_sha256"] != after["computed_context_lineage_sha256"]
+    assert manifest["policy_lineage_sha256"] == after["policy_lineage_sha256"]
+    assert after["parity_ok"] is True  # the counts still agree
 
 
 def _flip_digit(data: bytes, marker: bytes) -> bytes:
@@ -370,7 +398,8 @@ def test_cells_are_the_same_bytes_on_both_backends(tenant: Tenant, tmp_path: Pat
                 "reserved_allocation_usd": Decimal("0.5"), "reserved_credit_usd": Decimal(0),
                 "reservation_active": True, "approval_request_id": None, "created_by": creator,
                 "request_payload": {"z": 1, "a": ["é", 1.0, 1e-7]}, "response_payload": {},
-                "computed_context": {"mode": "soft", "n": 2**53 - 1}, "created_at": at, "updated_at": at}])
+                "computed_context": {"mode": "soft", "n": 2**53 - 1}, **seal({"mode": "soft", "n": 2**53 - 1}),
+                "created_at": at, "updated_at": at}])
     finally:
         engine.dispose()
     with tenant.client() as c:

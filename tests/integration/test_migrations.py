@@ -23,6 +23,7 @@ from valdrix.config import Settings
 from valdrix.db import Base, make_engine, make_sessionmaker
 from valdrix.decisions import engine as decision_engine
 from valdrix.decisions import service
+from valdrix.decisions.models import Decision
 from valdrix.migrate import alembic_config, upgrade
 
 
@@ -79,3 +80,37 @@ def test_a_settlement_is_checked_on_its_rounded_split_after_any_round_trip(backe
     finally:
         engine.dispose()
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_decisions_written_before_their_lineage_entries_get_them_on_upgrade(backend: str, pg_cluster: str,
+                                                                            tmp_path: object) -> None:
+    url = (create_database(pg_cluster, f"lineage_{uuid.uuid4().hex[:8]}") if backend == "postgresql"
+           else f"sqlite:///{tmp_path}/lineage.db")
+    upgrade(url)
+    engine = make_engine(Settings(database_url=url))
+    now = datetime(2026, 2, 20, 12, tzinfo=UTC)
+    try:
+        with make_sessionmaker(engine)() as session:
+            tenant = auth.create_tenant(session, "t", now=now)
+            budgets.put_budget(session, tenant.id, "p", Decimal(100), active=True, now=now)
+            ctx = service.GateContext(tenant_id=tenant.id, actor=None, now=now, ids=UuidFactory(),
+                                      timeout_seconds=30, lock_timeout_seconds=5)
+            for project, delta in (("p", "12.3456"), ("q", "7")):
+                inp = decision_engine.make_input(source="terraform", project_id=project, environment="nonprod",
+                                                 action="create", resource_reference="r",
+                                                 monthly_delta=Decimal(delta), hourly_delta=Decimal(0))
+                service.decide(session, ctx, inp, None)
+            session.commit()
+        columns = select(Decision.id, Decision.context_lineage_group, Decision.computed_context_sha256)
+        with engine.connect() as connection:
+            written = set(connection.execute(columns).all())
+        assert len(written) == 2 and len({group for _, group, _ in written}) == 2
+        engine.dispose()
+        config = alembic_config(url)
+        command.downgrade(config, "0012_audit_events")
+        command.upgrade(config, "head")
+        with engine.connect() as connection:
+            assert set(connection.execute(columns).all()) == written
+    finally:
+        engine.dispose()

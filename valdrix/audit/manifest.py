@@ -31,10 +31,10 @@ from typing import Any
 import orjson
 
 from valdrix.canonical import LEGACY_SCHEME, SCHEME, Scheme, canonical_bytes, sha256_hex
+from valdrix.decisions.lineage import CONTEXT_KEYS, Group, context_entry
 
 SCHEMA_VERSION = "valdrix.audit.export_manifest.v2"
 SIGNATURE_ALGORITHM = "Ed25519"
-CONTEXT_KEYS = ("context_version", "mode", "mode_scope", "budget_basis", "risk_class", "fail_safe_trigger")
 FILES = ("decisions.csv", "approvals.csv", "ledger.csv", "policies.json")
 LINEAGE_FIELDS = ("policy_lineage_sha256", "policy_lineage", "computed_context_lineage_sha256",
                   "computed_context_lineage")
@@ -107,13 +107,18 @@ class LineagePart:
     def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
                    context_cell: str, context: Any) -> None:
         """As `Lineage.add_parsed`."""
+        self.add_entry(decision_id, policy_version, policy_schema_version, policy_sha256,
+                       *context_entry(context_cell, context))
+
+    def add_entry(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
+                  group: Group, context_sha256: str) -> None:
+        """Count one decision given its computed-context lineage entry (as `context_entry` returns it)."""
         self.policies[(policy_version, policy_sha256, policy_schema_version)] += 1
-        group, digest = context_entry(context_cell, context)
         entry = self._groups.get(group)
         if entry is None:
             entry = self._groups[group] = ([0], [])
         entry[0][0] += 1
-        entry[1].append(f"{decision_id} {digest}\n")
+        entry[1].append(f"{decision_id} {context_sha256}\n")
 
     def groups(self) -> dict[tuple[str, ...], tuple[int, bytes]]:
         """Return each context group's decision count and lines, in decision order."""
@@ -126,30 +131,6 @@ class LineagePart:
     def __setstate__(self, state: tuple[Counter[tuple[int, str, str]], dict[tuple[str, ...], tuple[int, str]]]) -> None:
         self.policies, groups = state
         self._groups = {group: ([count], [lines]) for group, (count, lines) in groups.items()}
-
-
-def context_entry(context_cell: str, context: Any) -> tuple[tuple[str, ...], str]:
-    """Return a decision's computed-context lineage group and the SHA-256 (hex) of its context cell, given the
-    value the cell denotes (as parsed from any text of it).
-
-    A grouping value that is an array or object is read again from the cell: its text form (`str`) follows the
-    member order, which is the cell's.
-    """
-    get = context.get if isinstance(context, dict) else _NOTHING.get
-    # map and frozenset tests run in C: this runs once per exported decision, on export and on verification.
-    values = tuple(map(get, CONTEXT_KEYS))
-    if not _CONTAINERS.isdisjoint(map(type, values)):
-        reread = orjson.loads(context_cell)
-        get = reread.get if isinstance(reread, dict) else _NOTHING.get
-        values = tuple(map(get, CONTEXT_KEYS))
-    group = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
-    return group, _sha256(context_cell.encode("utf-8")).hexdigest()
-
-
-_NOTHING: dict[str, Any] = {}
-# Exact types, as `type(v) in (dict, list)` tests them.
-_CONTAINERS = frozenset((dict, list))
-_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True)

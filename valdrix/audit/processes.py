@@ -29,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple, TypeVar
 
 from valdrix.audit.manifest import LineagePart
-from valdrix.audit.streams import formatter, lineage_of
+from valdrix.audit.streams import formatter
 from valdrix.errors import Unavailable
 
 R = TypeVar("R")
@@ -153,8 +153,3 @@ def format_batch(file: str, dialect: str, columns: Columns) -> tuple[bytes, Line
 def batch_formatter(file: str, dialect: str) -> Callable[[Columns], tuple[bytes, LineagePart | None]]:
     """Return the picklable job formatting batches of stream `file` on `dialect`."""
     return functools.partial(format_batch, file, dialect)
-
-
-def batch_lineage(dialect: str) -> Callable[[Columns], LineagePart]:
-    """Return the picklable job giving the lineage of a batch of `streams.lineage_query` rows."""
-    return functools.partial(lineage_of, dialect)

@@ -62,7 +62,7 @@ def parity(request: Request, caller: Admin, clock: ClockDep, settings: SettingsD
     def build() -> service.Parity:
         win = service.window(start, end, clock.now().date())
         return service.parity(request.app.state.engine, caller.tenant_id, win, max_rows=settings.export_max_rows,
-                              signer=keyring, pool=request.app.state.export_pool)
+                              signer=keyring)
 
     result = _counted("parity", build)
     return JSONResponse({**result.summary, "summary_sha256": result.summary_sha256,

@@ -49,7 +49,7 @@ from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT
 from valdrix.audit.models import AuditEvent
-from valdrix.audit.processes import FormattingPool, batch_formatter, batch_lineage
+from valdrix.audit.processes import FormattingPool, batch_formatter
 from valdrix.audit.streams import (
     APPROVALS,
     DECISIONS,
@@ -58,6 +58,7 @@ from valdrix.audit.streams import (
     STREAMS,
     TableStream,
     formatter,
+    lineage_of,
     lineage_query,
 )
 from valdrix.audit.zipstream import ZipStream
@@ -348,14 +349,14 @@ class Parity:
         return base64.b64encode(self.signature).decode("ascii")
 
 
-def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing,
-           pool: FormattingPool) -> Parity:
+def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, signer: KeyRing) -> Parity:
     """Return the window's counts (database and exported, one snapshot) and both lineages, signed.
 
-    One pass: the decisions are read for the lineage columns only, with the number of approval requests and
-    ledger rows each has: the exported counts, found through the decisions read, against the database's counts
-    of the archive's own stream queries. The lineages equal the archive manifest's. The contexts are
-    canonicalised on `pool`.
+    One pass: the decisions are read for their lineage entries only (written with each decision, see
+    `decisions.lineage`), with the number of approval requests and ledger rows each has: the exported counts,
+    found through the decisions read, against the database's counts of the archive's own stream queries. The
+    lineages equal the archive manifest's, which computes them from the cells it writes: a context changed
+    after its decision was written makes them differ.
     """
     _require_ed25519(signer)
     with snapshot(engine) as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="valdrix-parity") as fetcher:
@@ -366,8 +367,8 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
         batches = _Counted(_read_ahead(fetcher, conn.execute(lineage_query(dialect).execution_options(
             yield_per=BATCH_ROWS), params)), DECISIONS.file, max_rows)
         exported = {DECISIONS.file: 0, APPROVALS.file: 0, LEDGER.file: 0}
-        for part in pool.ordered(batch_lineage(dialect), _summed(_columns(batches), exported)):
-            lineage.merge(part)
+        for columns in _summed(_columns(batches), exported):
+            lineage.merge(lineage_of(dialect, columns))
         exported[DECISIONS.file] = batches.rows
     policy_lineage, context_lineage = lineage.policy_lineage(), lineage.context_lineage()
     summary: dict[str, Any] = {"tenant_id": str(tenant_id), "window": win.as_json(), "canonicalization": SCHEME}

@@ -22,6 +22,7 @@ from valdrix.approvals.models import ApprovalRequest
 from valdrix.audit.formats import Column, CsvEncoder, Finish, Kind, field, reader, segment, sql_field
 from valdrix.audit.manifest import LineagePart
 from valdrix.canonical import canonical_json_and_value_of_text
+from valdrix.decisions.lineage import Group, group_of
 from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
 from valdrix.policies.models import PolicyVersion
@@ -244,17 +245,25 @@ def _as_stored(values: Sequence[Any]) -> Sequence[Any]:
 
 
 def lineage_query(dialect: str) -> Select[Any]:
-    """Return the query of the window's decisions reading only what their lineage needs, then each decision's
-    number of approval requests and of ledger rows (parity)."""
-    context, _ = reader(DECISIONS.fields[_CONTEXT][1], "json", dialect)
+    """Return the query of the window's decisions reading only their lineage entries as they were written
+    (`decisions.lineage`), then each decision's number of approval requests and of ledger rows (parity)."""
     approvals = select(func.count()).where(ApprovalRequest.decision_id == Decision.id).scalar_subquery()
     ledger = select(func.count()).where(LedgerEntry.decision_id == Decision.id).scalar_subquery()
-    return DECISIONS.build(select(*_lineage_extras(dialect)[0], context, approvals, ledger))
+    return DECISIONS.build(select(*_lineage_extras(dialect)[0], Decision.context_lineage_group,
+                                  Decision.computed_context_sha256, approvals, ledger))
 
 
 def lineage_of(dialect: str, columns: Sequence[Sequence[Any]]) -> LineagePart:
     """Return the lineage of a batch of `lineage_query` rows given column by column."""
-    return _lineage(dialect, columns)[1]
+    ids, versions, schemas, shas, groups, digests = columns[:6]
+    finish_id = _lineage_extras(dialect)[1]
+    part = LineagePart()
+    # A batch has a handful of groups: each stored text is parsed once.
+    add, known = part.add_entry, dict[str, Group]()
+    for decision_id, version, schema, sha, group, digest in zip(finish_id(ids) if finish_id else ids, versions,
+                                                                 schemas, shas, groups, digests, strict=True):
+        add(decision_id, version, schema, sha, known.get(group) or known.setdefault(group, group_of(group)), digest)
+    return part
 
 
 def _lineage(dialect: str, columns: Sequence[Sequence[Any]]) -> tuple[list[str], LineagePart]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from valdrix.db import Base, HourlyMoney
@@ -55,6 +55,9 @@ class Decision(Base):
     request_payload: Mapped[dict[str, Any]]
     response_payload: Mapped[dict[str, Any]]
     computed_context: Mapped[dict[str, Any]]
+    # Its computed-context lineage entry, written with it (`lineage.seal`): what an export's parity check reads.
+    context_lineage_group: Mapped[str] = mapped_column(Text)
+    computed_context_sha256: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

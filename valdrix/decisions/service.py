@@ -21,7 +21,7 @@ from valdrix.clock import IdFactory
 from valdrix.costs import engine as spend_engine
 from valdrix.costs import service as costs
 from valdrix.db import Statement
-from valdrix.decisions import engine
+from valdrix.decisions import engine, lineage
 from valdrix.decisions.metrics import LOCK_EVENTS, LOCK_WAIT, observe_decision, observe_fail_safe
 from valdrix.decisions.models import Decision
 from valdrix.environments import environment_class, normalise_environment
@@ -523,7 +523,7 @@ def _decision_row(ctx: GateContext, inp: engine.DecisionInput, policy: policies.
             "estimated_monthly_delta_usd": str(inp.monthly_delta),
             "estimated_hourly_delta_usd": str(inp.hourly_delta), "metadata": metadata, "dry_run": inp.dry_run,
         },
-        "response_payload": response, "computed_context": ev.computed_context, "created_by": ctx.actor,
-        "created_at": ctx.now, "updated_at": ctx.now,
+        "response_payload": response, "computed_context": ev.computed_context, **lineage.seal(ev.computed_context),
+        "created_by": ctx.actor, "created_at": ctx.now, "updated_at": ctx.now,
     }
     return values
