@@ -33,3 +33,8 @@ def test_the_group_names_the_branch_fields_and_whether_a_budget_applied() -> Non
     group = group_of(seal(context)["context_lineage_group"])
     assert group == ("v2", "hard", "terraform:prod", "reservations", "high", "", "true")
     assert group_of(seal({**context, "budget_scope": None})["context_lineage_group"])[-1] == "false"
+
+
+def test_a_row_without_a_stored_group_counts_in_the_empty_group() -> None:
+    for text in ("", "[", '["a"]', "{}", "[1, 2, 3, 4, 5, 6, 7]"):
+        assert group_of(text) == ("", "", "", "", "", "", "false")
