@@ -27,11 +27,17 @@ from valdrix.decisions.models import Decision
 from valdrix.migrate import alembic_config, upgrade
 
 
+def _migrated(backend: str, pg_cluster: str, tmp_path: object, name: str) -> str:
+    """Return the URL of a new database of `backend` migrated to the newest revision."""
+    url = (create_database(pg_cluster, f"{name}_{uuid.uuid4().hex[:8]}") if backend == "postgresql"
+           else f"sqlite:///{tmp_path}/{name}.db")
+    upgrade(url)
+    return url
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migrated_schema_matches_the_models(backend: str, pg_cluster: str, tmp_path: object) -> None:
-    url = (create_database(pg_cluster, f"schema_{uuid.uuid4().hex[:8]}") if backend == "postgresql"
-           else f"sqlite:///{tmp_path}/schema.db")
-    upgrade(url)
+    url = _migrated(backend, pg_cluster, tmp_path, "schema")
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
@@ -44,9 +50,7 @@ def test_migrated_schema_matches_the_models(backend: str, pg_cluster: str, tmp_p
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_settlement_is_checked_on_its_rounded_split_after_any_round_trip(backend: str, pg_cluster: str,
                                                                            tmp_path: object) -> None:
-    url = (create_database(pg_cluster, f"settle_{uuid.uuid4().hex[:8]}") if backend == "postgresql"
-           else f"sqlite:///{tmp_path}/settle.db")
-    upgrade(url)
+    url = _migrated(backend, pg_cluster, tmp_path, "settle")
     config = alembic_config(url)
     command.downgrade(config, "0005_idempotency_key_first")
     command.upgrade(config, "head")
@@ -85,9 +89,7 @@ def test_a_settlement_is_checked_on_its_rounded_split_after_any_round_trip(backe
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_decisions_written_before_their_lineage_entries_get_them_on_upgrade(backend: str, pg_cluster: str,
                                                                             tmp_path: object) -> None:
-    url = (create_database(pg_cluster, f"lineage_{uuid.uuid4().hex[:8]}") if backend == "postgresql"
-           else f"sqlite:///{tmp_path}/lineage.db")
-    upgrade(url)
+    url = _migrated(backend, pg_cluster, tmp_path, "lineage")
     engine = make_engine(Settings(database_url=url))
     now = datetime(2026, 2, 20, 12, tzinfo=UTC)
     try:
