@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -92,16 +93,31 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> wheel.Artefacts:
 
 
 @pytest.fixture(scope="session")
-def client_install(artefacts: wheel.Artefacts, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Return a function giving the bin directory of a venv (one per Python version) with only the client wheel."""
-    venvs: dict[str, Path] = {}
+def client_install(artefacts: wheel.Artefacts,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
+    """Return a function giving the bin directory of a venv (one per Python version) with only the client wheel.
 
-    def install(version: str) -> Path:
-        if version not in venvs:
-            python = wheel.interpreter(version)
-            if python is None:
+    The first call starts every supported version's install at once (pip mostly waits on its subprocesses and
+    the disk, so side by side they take about the time of one); each call then waits for its own.
+    """
+    venvs: dict[str, Future[Path | None]] = {}
+
+    def build(version: str) -> Path | None:
+        python = wheel.interpreter(version)
+        if python is None:
+            return None
+        return wheel.client_venv(python, artefacts.wheel, tmp_path_factory.mktemp(f"client-{version}"))
+
+    with ThreadPoolExecutor(max_workers=len(wheel.SUPPORTED)) as pool:
+
+        def install(version: str) -> Path:
+            if not venvs:
+                venvs.update({v: pool.submit(build, v) for v in wheel.SUPPORTED})
+            if version not in venvs:
+                venvs[version] = pool.submit(build, version)
+            bin_dir = venvs[version].result()
+            if bin_dir is None:
                 pytest.skip(f"python{version} is not installed on this machine (not on PATH, not in pyenv)")
-            venvs[version] = wheel.client_venv(python, artefacts.wheel, tmp_path_factory.mktemp(f"client-{version}"))
-        return venvs[version]
+            return bin_dir
 
-    return install
+        yield install
