@@ -261,14 +261,6 @@ def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Se
             future.cancel()
 
 
-def _summed(batches: Iterator[list[tuple[Any, ...]]], exported: dict[str, int]) -> Iterator[list[tuple[Any, ...]]]:
-    """Yield `lineage_query` batches given column by column, adding up their approval and ledger row counts."""
-    for columns in batches:
-        exported[APPROVALS.file] += sum(columns[-2])
-        exported[LEDGER.file] += sum(columns[-1])
-        yield columns
-
-
 def _columns(batches: Iterable[Sequence[Row[Any]]]) -> Iterator[list[tuple[Any, ...]]]:
     """Yield each batch column by column, as plain tuples of the driver's values (what a process is sent)."""
     for batch in batches:
@@ -373,8 +365,10 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
         batches = _Counted(_read_ahead(fetcher, conn.execute(lineage_query(dialect).execution_options(
             yield_per=BATCH_ROWS), params)), DECISIONS.file, max_rows)
         exported = {DECISIONS.file: 0, APPROVALS.file: 0, LEDGER.file: 0}
-        for columns in _summed(_columns(batches), exported):
+        for columns in _columns(batches):
             lineage.merge(lineage_of(dialect, columns))
+            exported[APPROVALS.file] += sum(columns[-2])
+            exported[LEDGER.file] += sum(columns[-1])
         exported[DECISIONS.file] = batches.rows
     policy_lineage, context_lineage = lineage.policy_lineage(), lineage.context_lineage()
     summary: dict[str, Any] = {"tenant_id": str(tenant_id), "window": win.as_json(), "canonicalization": SCHEME}

@@ -78,12 +78,8 @@ class TableStream:
 
     def count(self) -> Select[Any]:
         """Return the query counting this stream's rows (same filter, same snapshot)."""
-        return select(func.count()).select_from(self.keys().order_by(None).subquery())
-
-    def keys(self) -> Select[Any]:
-        """Return the query of this stream's first column only (what parity reads to count exported rows)."""
         header, expr, _ = self.fields[0]
-        return self.build(select(expr.label(header)))
+        return select(func.count()).select_from(self.build(select(expr.label(header))).order_by(None).subquery())
 
 
 @dataclass(frozen=True)
@@ -200,12 +196,19 @@ _LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "p
 _CONTEXT = DECISIONS.index("computed_context")
 
 
+@functools.cache
 def _lineage_extras(dialect: str) -> tuple[list[ColumnElement[Any]], Finish | None]:
     """Return the lineage columns as Lineage.add takes them, the decision id read as its cell once finished by
-    the step returned (if any), the others as stored."""
+    the step returned (if any, see `_lineage_ids`), the others as stored."""
     decision_id, version, schema, sha = (DECISIONS.fields[DECISIONS.index(h)][1] for h in _LINEAGE_COLUMNS)
     cell, finish = reader(decision_id, "uuid", dialect)
     return [cell, version, func.coalesce(schema, ""), func.coalesce(sha, "")], finish
+
+
+def _lineage_ids(dialect: str, ids: Sequence[Any]) -> Sequence[Any]:
+    """Return the decision ids of a batch as read by `_lineage_extras`, as their cells."""
+    finish = _lineage_extras(dialect)[1]
+    return finish(ids) if finish else ids
 
 
 class Formatter:
@@ -256,12 +259,11 @@ def lineage_query(dialect: str) -> Select[Any]:
 def lineage_of(dialect: str, columns: Sequence[Sequence[Any]]) -> LineagePart:
     """Return the lineage of a batch of `lineage_query` rows given column by column."""
     ids, versions, schemas, shas, groups, digests = columns[:6]
-    finish_id = _lineage_extras(dialect)[1]
     part = LineagePart()
     # A batch has a handful of groups: each stored text is parsed once.
     add, known = part.add_entry, dict[str, Group]()
-    for decision_id, version, schema, sha, group, digest in zip(finish_id(ids) if finish_id else ids, versions,
-                                                                 schemas, shas, groups, digests, strict=True):
+    for decision_id, version, schema, sha, group, digest in zip(_lineage_ids(dialect, ids), versions, schemas, shas,
+                                                                 groups, digests, strict=True):
         add(decision_id, version, schema, sha, known.get(group) or known.setdefault(group, group_of(group)), digest)
     return part
 
@@ -272,11 +274,10 @@ def _lineage(dialect: str, columns: Sequence[Sequence[Any]]) -> tuple[list[str],
     ids, versions, schemas, shas, stored = columns[:5]
     if None in stored:
         raise ValueError("a decision has no computed_context")
-    finish_id = _lineage_extras(dialect)[1]
     part = LineagePart()
     add, texts = part.add_parsed, []
-    for decision_id, version, schema, sha, document in zip(finish_id(ids) if finish_id else ids, versions, schemas,
-                                                           shas, stored, strict=True):
+    for decision_id, version, schema, sha, document in zip(_lineage_ids(dialect, ids), versions, schemas, shas,
+                                                           stored, strict=True):
         text, value = canonical_json_and_value_of_text(document)
         texts.append(text)
         add(decision_id, version, schema, sha, text, value)

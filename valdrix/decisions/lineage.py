@@ -46,11 +46,11 @@ def context_entry(context_cell: str, context: Any) -> tuple[Group, str]:
 def seal(context: dict[str, Any]) -> dict[str, str]:
     """Return the lineage columns of a decision about to be written with `context` as its computed context.
 
-    The entry is computed from the context's canonical JSON and the value it denotes, as an export computes it
-    from the cell it writes (the context holds only JSON's own types, so storing it changes no value).
+    The entry is computed from the context's canonical JSON and the context itself, the value that JSON denotes,
+    as an export computes it from the cell it writes (the engine's grouping values are strings or null).
     """
     cell = canonical_bytes(context).decode("utf-8")
-    group, digest = context_entry(cell, orjson.loads(cell))
+    group, digest = context_entry(cell, context)
     return {"context_lineage_group": group_text(group), "computed_context_sha256": digest}
 
 
