@@ -82,8 +82,11 @@ def problems(report: Report) -> str:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[FormattingPool]:
-    """One formatting process for the archives this module streams in-process, stopped after them."""
+    """One formatting process, started, for the archives this module streams in-process, stopped after them."""
     formatting = FormattingPool(1)
+    started = formatting.start()
+    assert started is not None
+    started.result(timeout=60)
     yield formatting
     formatting.shutdown()
 
@@ -519,3 +522,29 @@ def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: 
         assert not {t.name for t in threading.enumerate() if t.is_alive()} - before
     finally:
         engine.dispose()
+
+
+def test_formatted_in_processes_or_in_the_request_thread_an_archive_holds_the_same_bytes(
+        server: LiveServer, tenant: Tenant, monkeypatch: pytest.MonkeyPatch, pool: FormattingPool) -> None:
+    """Single-row batches shared between a started process and the request's thread, against every batch in the
+    request's thread: the same members, digests and lineages."""
+    monkeypatch.setattr(service, "BATCH_ROWS", 1)
+    engine = make_engine(server.settings)
+    win = service.window(None, None, datetime.now(UTC).date())
+    signer = KeyRing.from_settings(server.settings)
+    here = FormattingPool(0)
+    try:
+        with tenant.client() as c:
+            populate(c)
+        archives = [zipfile.ZipFile(io.BytesIO(b"".join(service.archive(engine, tenant.id, win, max_rows=1000,
+                                                                        signer=signer, pool=formatting))))
+                    for formatting in (pool, here)]
+    finally:
+        engine.dispose()
+    shared, alone = archives
+    for name in ("decisions.csv", "approvals.csv", "ledger.csv", "policies.json"):
+        assert shared.read(name) == alone.read(name)
+    assert shared.read("decisions.csv").count(b"\r\n") == 5  # the header and four decisions: four batches
+    manifests = [json.loads(a.read("manifest.json")) for a in archives]
+    for key in ("files", "counts", "policy_lineage_sha256", "computed_context_lineage_sha256"):
+        assert manifests[0][key] == manifests[1][key]

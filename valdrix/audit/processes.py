@@ -4,7 +4,8 @@ Formatting a batch — canonical JSON, cells, records, lineage entries — is pu
 process take turns on the interpreter lock and an export would use one core however many the host has. A
 `FormattingPool` keeps up to `size` processes (started with `spawn` on first use, so no thread's locks are
 inherited, and kept for the next export) and hands each a batch while the request's thread reads the next;
-the request's thread formats a batch itself whenever every process is busy, so no core idles, and results are
+the request's thread formats a batch itself whenever every process is busy or not yet started (starting one
+takes most of a second, which the first export would otherwise wait out), so no core idles, and results are
 taken in batch order, so the archive's bytes and lineages are the same as formatting everything in-process
 (size 0, `VALDRIX_EXPORT_PROCESSES=0`). A batch travels column by column as the values the database returned,
 each column of strings joined into one text (pickled as one copy, not value by value); each process keeps one
@@ -50,21 +51,28 @@ class FormattingPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
+        # The processes and the future done once they answer.
+        self._running: tuple[ProcessPoolExecutor, Future[None]] | None = None
 
-    def _processes(self) -> ProcessPoolExecutor | None:
+    def start(self) -> Future[None] | None:
+        """Start the processes unless they run; return what is done once they answer (None for size 0)."""
+        running = self._start()
+        return running[1] if running else None
+
+    def _start(self) -> tuple[ProcessPoolExecutor, Future[None]] | None:
         if self.size == 0:
             return None
-        with self._lock:  # creating the executor starts nothing; processes start on the first submit
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=_follow_parent, initargs=(os.getpid(),))
-            return self._executor
+        with self._lock:
+            if self._running is None:
+                executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=_follow_parent, initargs=(os.getpid(),))
+                self._running = executor, executor.submit(_answer)
+            return self._running
 
     def _discard(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
-            if self._executor is broken:
-                self._executor = None
+            if self._running is not None and self._running[0] is broken:
+                self._running = None
         broken.shutdown(wait=False, cancel_futures=True)
 
     def ordered(self, job: Callable[[Columns], R], batches: Iterable[Columns]) -> Iterator[R]:
@@ -73,11 +81,15 @@ class FormattingPool:
         `job` must be picklable (a module-level function or a partial of one) and depend only on its batch, a
         batch of rows given column by column as plain values (what the database driver returns).
         """
-        processes = self._processes()
+        running = self._start()
+        processes, started = running if running else (None, None)
         pending: deque[Future[R]] = deque()
         try:
             for batch in batches:
-                if processes is not None and sum(not f.done() for f in pending) < self.size * _QUEUED:
+                # Until the processes answer (`spawn` takes most of a second), this thread formats every batch:
+                # a batch queued behind their start would hold up every result after it.
+                if (processes is not None and started is not None and started.done()
+                        and sum(not f.done() for f in pending) < self.size * _QUEUED):
                     pending.append(processes.submit(_unpacked, job, _packed(batch)))
                 else:
                     here: Future[R] = Future()
@@ -99,9 +111,9 @@ class FormattingPool:
     def shutdown(self) -> None:
         """Stop the processes (the server is stopping)."""
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            running, self._running = self._running, None
+        if running is not None:
+            running[0].shutdown(wait=True, cancel_futures=True)
 
 
 # Separates a text column's values on their way to a process: one long string pickles as one copy, where a
@@ -131,6 +143,10 @@ def _packed(columns: Columns) -> list[_Joined | Sequence[Any]]:
 def _unpacked(job: Callable[[Columns], R], packed: list[_Joined | Sequence[Any]]) -> R:
     """Run `job` on the columns `_packed` sent (in the formatting process)."""
     return job([column.text.split(_SEPARATOR) if isinstance(column, _Joined) else column for column in packed])
+
+
+def _answer() -> None:
+    """The first job of a new pool: done once a process has started."""
 
 
 def _follow_parent(parent: int) -> None:

@@ -40,6 +40,8 @@ def batches(count: int, size: int = 3) -> Iterator[list[tuple[int]]]:
 def test_results_come_in_batch_order_whichever_process_formats_them(size: int) -> None:
     pool = FormattingPool(size)
     try:
+        if started := pool.start():
+            started.result(timeout=60)
         results = list(pool.ordered(functools.partial(tagged, 0.01), batches(12)))
     finally:
         pool.shutdown()
@@ -53,14 +55,37 @@ def test_results_come_in_batch_order_whichever_process_formats_them(size: int) -
         assert len(where) <= size + 1
 
 
+def test_until_its_processes_have_started_a_pool_formats_in_this_thread_without_waiting_for_them() -> None:
+    pool = FormattingPool(1)
+    try:
+        results = pool.ordered(functools.partial(tagged, 0), batches(3))
+        # Starting a process takes far longer than formatting these batches: no batch is queued behind it.
+        assert {pid for pid, _ in results} == {os.getpid()}
+        started = pool.start()
+        assert started is not None
+        started.result(timeout=60)
+        results = list(pool.ordered(functools.partial(tagged, 0.01), batches(6)))
+        assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(6)]
+        assert {pid for pid, _ in results} - {os.getpid()}
+    finally:
+        pool.shutdown()
+
+
 def test_a_process_that_dies_fails_the_export_with_a_code_and_the_next_export_gets_a_new_pool() -> None:
     pool = FormattingPool(1)
     try:
+        started = pool.start()
+        assert started is not None
+        started.result(timeout=60)
         with pytest.raises(Unavailable) as failed:
             list(pool.ordered(functools.partial(dies, os.getpid()), batches(4)))
         assert failed.value.code == "export_process_failed"
-        results = list(pool.ordered(functools.partial(tagged, 0), batches(3)))
-        assert [values for _, values in results] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+        restarted = pool.start()
+        assert restarted is not None and restarted is not started
+        restarted.result(timeout=60)
+        results = list(pool.ordered(functools.partial(tagged, 0.01), batches(6)))
+        assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(6)]
+        assert {pid for pid, _ in results} - {os.getpid()}
     finally:
         pool.shutdown()
 
@@ -68,6 +93,9 @@ def test_a_process_that_dies_fails_the_export_with_a_code_and_the_next_export_ge
 def test_stopping_early_cancels_what_is_queued() -> None:
     pool = FormattingPool(1)
     try:
+        started = pool.start()
+        assert started is not None
+        started.result(timeout=60)
         results = pool.ordered(functools.partial(tagged, 0.05), batches(50))
         assert next(results)[1] == [0, 1, 2]
         started = time.monotonic()
