@@ -21,17 +21,18 @@ with `'` also gets one, which makes the escape reversible: a reader strips exact
 cell that has one (`unneutralise`). Typed columns are never neutralised: our own formatting of a number, hash,
 UUID, timestamp or JSON object cannot form a formula, and a negative amount must stay a number.
 
-Reading: an export reads rows at database speed. On PostgreSQL the database forms every cell but JSON and
-joins each run of them into one text of the record (`segment`): `numeric::text`, `to_char` in UTC,
-`uuid::text`, integers, a CASE for booleans, text neutralised and quoted with `substr`, `replace` and `strpos`.
-Python then receives a few texts per row instead of one value per cell, and its own process is spared the
-formatting. On SQLite the database forms only integers and booleans: its expression evaluator costs more per
-cell than Python's finishing of a column of a batch (measured: the neutralising and quoting tests of 11 text
-columns cost SQLite 0.65 s per 100 000 rows, twice what reading them raw costs). Python finishes the rest a
-column of a batch at a time: text (neutralised and quoted, which most columns of a batch need not be:
-substring tests over the joined column tell), JSON (canonicalised), and on SQLite UUIDs (32 hex digits),
-datetimes (stored as `YYYY-MM-DD HH:MM:SS.ffffff`, another layout parsed) and Numeric (a binary float rounded
-to the column's scale, as SQLAlchemy reads it; SQLite's printf rounds differently beyond 15 digits). A record
+Reading: an export reads rows at database speed. On PostgreSQL the database forms every cell but text and JSON
+and joins each run of them into one text of the record (`segment`): `numeric::text`, `to_char` in UTC,
+`uuid::text`, integers, a CASE for booleans. Python then receives a few values per row instead of one per
+cell, and its own process is spared the formatting. On SQLite the database forms only integers and booleans:
+its expression evaluator costs more per cell than Python's finishing of a column of a batch. Text is finished
+in Python on both: deciding per cell whether to neutralise and quote it costs either database more than
+Python's finishing of the whole column (measured per 100 000 rows: the tests of 11 text columns cost SQLite
+0.65 s, twice what reading them raw costs, and PostgreSQL's backend about 1 s). Python finishes a column of a
+batch at a time: text (neutralised and quoted, which most columns of a batch need not be: substring tests over
+the joined column tell), JSON (canonicalised), and on SQLite UUIDs (32 hex digits), datetimes (stored as
+`YYYY-MM-DD HH:MM:SS.ffffff`, another layout parsed) and Numeric (a binary float rounded to the column's
+scale, as SQLAlchemy reads it; SQLite's printf rounds differently beyond 15 digits). A record
 is then one join of its pieces. `tests/integration/test_exports.py` checks both backends give the same bytes
 for the same rows.
 """
@@ -44,7 +45,7 @@ from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, Literal
 
-from sqlalchemy import Numeric, String, Text, case, cast, func, literal, or_, type_coerce
+from sqlalchemy import Numeric, String, Text, case, cast, func, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
 from valdrix.canonical import canonical_json_of_text
@@ -177,26 +178,15 @@ def reader(expr: ColumnElement[Any], kind: Kind, dialect: str) -> tuple[ColumnEl
     return type_coerce(expr, String()), _sqlite_datetimes
 
 
-def _sql_text(expr: ColumnElement[Any]) -> ColumnElement[str]:
-    text = func.coalesce(type_coerce(expr, String()), "")
-    position = func.strpos
-    neutral = type_coerce(case((func.substr(text, 1, 1).in_(_FORMULA_LEADS), literal("'", String()) + text),
-                               else_=text), String())
-    special = or_(*(position(text, character) > 0 for character in ('"', ",", "\n", "\r")))
-    return type_coerce(case((special, literal('"', String()) + func.replace(neutral, '"', '""') + '"'),
-                            else_=neutral), String())
-
-
 def sql_field(expr: ColumnElement[Any], kind: Kind, dialect: str) -> ColumnElement[str] | None:
     """Return the SQL forming the CSV field of `expr` on `dialect` ("" for NULL), or None where Python finishes it.
 
-    Python finishes JSON (canonicalised) everywhere and, on SQLite, all but integers and booleans: SQLite's
-    expression evaluator costs more per cell than Python's finishing of a whole column of a batch.
+    Python finishes text (neutralised, quoted) and JSON (canonicalised) everywhere and, on SQLite, all but integers
+    and booleans: a database's expression evaluator costs more per cell than Python's finishing of a whole
+    column of a batch.
     """
-    if kind == "json" or (dialect != "postgresql" and kind not in ("bool", "int")):
+    if kind in ("json", "text") or (dialect != "postgresql" and kind not in ("bool", "int")):
         return None
-    if kind == "text":
-        return _sql_text(expr)
     sql, _ = reader(expr, kind, dialect)
     return type_coerce(sql, String())
 
