@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -36,17 +37,29 @@ def batches(count: int, size: int = 3) -> Iterator[list[tuple[int]]]:
         yield [(b * size + i,) for i in range(size)]
 
 
+def started(pool: FormattingPool) -> Future[None] | None:
+    """Start the pool's processes and wait until they answer; return what `start` returned."""
+    future = pool.start()
+    if future is not None:
+        future.result(timeout=60)
+    return future
+
+
+def formatted_in_order(pool: FormattingPool, count: int) -> set[int]:
+    """Run `count` batches through `pool`, check they come back in order, and return the processes that ran them."""
+    results = list(pool.ordered(functools.partial(tagged, 0.01), batches(count)))
+    assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(count)]
+    return {pid for pid, _ in results}
+
+
 @pytest.mark.parametrize("size", [0, 1, 2])
 def test_results_come_in_batch_order_whichever_process_formats_them(size: int) -> None:
     pool = FormattingPool(size)
     try:
-        if started := pool.start():
-            started.result(timeout=60)
-        results = list(pool.ordered(functools.partial(tagged, 0.01), batches(12)))
+        started(pool)
+        where = formatted_in_order(pool, 12)
     finally:
         pool.shutdown()
-    assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(12)]
-    where = {pid for pid, _ in results}
     if size == 0:
         assert where == {os.getpid()}
     else:
@@ -61,12 +74,8 @@ def test_until_its_processes_have_started_a_pool_formats_in_this_thread_without_
         results = pool.ordered(functools.partial(tagged, 0), batches(3))
         # Starting a process takes far longer than formatting these batches: no batch is queued behind it.
         assert {pid for pid, _ in results} == {os.getpid()}
-        started = pool.start()
-        assert started is not None
-        started.result(timeout=60)
-        results = list(pool.ordered(functools.partial(tagged, 0.01), batches(6)))
-        assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(6)]
-        assert {pid for pid, _ in results} - {os.getpid()}
+        assert started(pool) is not None
+        assert formatted_in_order(pool, 6) - {os.getpid()}
     finally:
         pool.shutdown()
 
@@ -74,18 +83,13 @@ def test_until_its_processes_have_started_a_pool_formats_in_this_thread_without_
 def test_a_process_that_dies_fails_the_export_with_a_code_and_the_next_export_gets_a_new_pool() -> None:
     pool = FormattingPool(1)
     try:
-        started = pool.start()
-        assert started is not None
-        started.result(timeout=60)
+        first = started(pool)
         with pytest.raises(Unavailable) as failed:
             list(pool.ordered(functools.partial(dies, os.getpid()), batches(4)))
         assert failed.value.code == "export_process_failed"
-        restarted = pool.start()
-        assert restarted is not None and restarted is not started
-        restarted.result(timeout=60)
-        results = list(pool.ordered(functools.partial(tagged, 0.01), batches(6)))
-        assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(6)]
-        assert {pid for pid, _ in results} - {os.getpid()}
+        again = started(pool)
+        assert again is not None and again is not first
+        assert formatted_in_order(pool, 6) - {os.getpid()}
     finally:
         pool.shutdown()
 
@@ -93,14 +97,12 @@ def test_a_process_that_dies_fails_the_export_with_a_code_and_the_next_export_ge
 def test_stopping_early_cancels_what_is_queued() -> None:
     pool = FormattingPool(1)
     try:
-        started = pool.start()
-        assert started is not None
-        started.result(timeout=60)
+        started(pool)
         results = pool.ordered(functools.partial(tagged, 0.05), batches(50))
         assert next(results)[1] == [0, 1, 2]
-        started = time.monotonic()
+        closing = time.monotonic()
         results.close()  # what a client that disconnects does to the archive's iterator
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - closing < 1
     finally:
         pool.shutdown()
 
