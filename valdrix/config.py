@@ -12,11 +12,6 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _export_processes(cores: int) -> int:
-    """Return the default number of export formatting processes on a host of `cores` cores (see Settings)."""
-    return min(4, cores) if cores > 1 else 0
-
-
 class Settings(BaseSettings):
     """All runtime settings; every field maps to `VALDRIX_<FIELD>`."""
 
@@ -69,11 +64,8 @@ class Settings(BaseSettings):
     # Audit exports: no table stream of an archive may exceed this many rows (larger windows get 422).
     export_max_rows: int = Field(default=1_000_000, ge=1)
     # Processes per server process that format export batches beside the request's thread (0: in-process only;
-    # valdrix/audit/processes.py). Default: as many as the host's cores, at most 4, none on one core. The
-    # request's thread spends much of an archive waiting on the interpreter lock: on 2 cores a 100 000-decision
-    # archive took 6.45 s with 2 processes against 7.66 s with 1 on SQLite (means of five pairs), 7.06 s against
-    # 7.70 s on PostgreSQL (docs/exports.md).
-    export_processes: int = Field(default_factory=lambda: _export_processes(os.cpu_count() or 1), ge=0, le=64)
+    # valdrix/audit/processes.py). Default: one fewer than the host's cores, at most 4.
+    export_processes: int = Field(default_factory=lambda: max(0, min(4, (os.cpu_count() or 1) - 1)), ge=0, le=64)
     # Reservations older than this are released in full by the overdue sweep (docs/reconciliation.md).
     reservation_sla_seconds: int = Field(default=86400, ge=60, le=604800)
     # A reconciliation is `matched` when |actual - reserved| <= max(tolerance_usd, tolerance_percent % of reserved).

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from valdrix.audit.processes import FormattingPool, _packed, _unpacked
-from valdrix.config import Settings
 from valdrix.errors import Unavailable
 
 
@@ -113,13 +112,3 @@ def test_stopping_early_cancels_what_is_queued() -> None:
 def test_columns_reach_a_process_unchanged(columns: list[list[Any]]) -> None:
     received = _unpacked(list, _packed([tuple(c) for c in columns]))
     assert [list(c) for c in received] == columns
-
-
-@pytest.mark.parametrize(("cores", "processes"), [(None, 0), (1, 0), (2, 2), (4, 4), (64, 4)])
-def test_a_server_starts_one_formatting_process_per_core_up_to_four_and_none_on_one_core(
-        monkeypatch: pytest.MonkeyPatch, cores: int | None, processes: int) -> None:
-    monkeypatch.delenv("VALDRIX_EXPORT_PROCESSES", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
-    assert Settings().export_processes == processes
-    monkeypatch.setenv("VALDRIX_EXPORT_PROCESSES", "1")
-    assert Settings().export_processes == 1
