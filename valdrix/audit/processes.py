@@ -45,33 +45,39 @@ _WATCH_SECONDS = 1.0
 _AHEAD = 1
 
 
+class _Running(NamedTuple):
+    """A pool's processes and the future done once one of them has started."""
+
+    executor: ProcessPoolExecutor
+    started: Future[None]
+
+
 class FormattingPool:
     """Up to `size` formatting processes for exports; 0 formats in the request's thread only."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._lock = threading.Lock()
-        # The processes and the future done once they answer.
-        self._running: tuple[ProcessPoolExecutor, Future[None]] | None = None
+        self._running: _Running | None = None
 
     def start(self) -> Future[None] | None:
         """Start the processes unless they run; return what is done once they answer (None for size 0)."""
         running = self._start()
-        return running[1] if running else None
+        return running.started if running else None
 
-    def _start(self) -> tuple[ProcessPoolExecutor, Future[None]] | None:
+    def _start(self) -> _Running | None:
         if self.size == 0:
             return None
         with self._lock:
             if self._running is None:
                 executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=_follow_parent, initargs=(os.getpid(),))
-                self._running = executor, executor.submit(_answer)
+                self._running = _Running(executor, executor.submit(_answer))
             return self._running
 
     def _discard(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
-            if self._running is not None and self._running[0] is broken:
+            if self._running is not None and self._running.executor is broken:
                 self._running = None
         broken.shutdown(wait=False, cancel_futures=True)
 
@@ -82,15 +88,14 @@ class FormattingPool:
         batch of rows given column by column as plain values (what the database driver returns).
         """
         running = self._start()
-        processes, started = running if running else (None, None)
         pending: deque[Future[R]] = deque()
         try:
             for batch in batches:
                 # Until the processes answer (`spawn` takes most of a second), this thread formats every batch:
                 # a batch queued behind their start would hold up every result after it.
-                if (processes is not None and started is not None and started.done()
+                if (running is not None and running.started.done()
                         and sum(not f.done() for f in pending) < self.size * _QUEUED):
-                    pending.append(processes.submit(_unpacked, job, _packed(batch)))
+                    pending.append(running.executor.submit(_unpacked, job, _packed(batch)))
                 else:
                     here: Future[R] = Future()
                     here.set_result(job(batch))
@@ -100,8 +105,8 @@ class FormattingPool:
             while pending:
                 yield pending.popleft().result()
         except BrokenProcessPool as exc:
-            if processes is not None:
-                self._discard(processes)
+            if running is not None:
+                self._discard(running.executor)
             raise Unavailable("an export formatting process ended unexpectedly; retry the export",
                               code="export_process_failed") from exc
         finally:
@@ -113,7 +118,7 @@ class FormattingPool:
         with self._lock:
             running, self._running = self._running, None
         if running is not None:
-            running[0].shutdown(wait=True, cancel_futures=True)
+            running.executor.shutdown(wait=True, cancel_futures=True)
 
 
 # Separates a text column's values on their way to a process: one long string pickles as one copy, where a
