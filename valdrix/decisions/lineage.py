@@ -46,11 +46,11 @@ def context_entry(context_cell: str, context: Any) -> tuple[Group, str]:
 def seal(context: dict[str, Any]) -> dict[str, str]:
     """Return the lineage columns of a decision about to be written with `context` as its computed context.
 
-    The entry is computed from the context's canonical JSON and the context itself, the value that JSON denotes,
-    as an export computes it from the cell it writes (the engine's grouping values are strings or null).
+    The entry is computed from the context's canonical JSON and the value that JSON denotes, exactly as an export
+    computes it from the cell it writes, whatever Python types the context holds.
     """
     cell = canonical_bytes(context).decode("utf-8")
-    group, digest = context_entry(cell, context)
+    group, digest = context_entry(cell, orjson.loads(cell))
     return {"context_lineage_group": group_text(group), "computed_context_sha256": digest}
 
 
