@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import generators, pq
 from psycopg.adapt import PyFormat, Transformer
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.dialects.postgresql import JSON as PostgresJSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -51,6 +52,9 @@ NAMING = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# A document stored as the exact text written (`jsonio.dumps_stored`: its canonical JSON), which an audit export
+# copies as its cell: PostgreSQL's json, not jsonb, which reorders object members.
+DocumentType = JSON().with_variant(PostgresJSON(), "postgresql")
 Money = Numeric(18, 4)
 HourlyMoney = Numeric(18, 6)
 
@@ -90,7 +94,10 @@ def make_engine(settings: Settings) -> Engine:
     if settings.is_sqlite:
         engine = create_engine(settings.database_url, connect_args={"check_same_thread": False,
                                                                     "isolation_level": None},
-                               pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
+                               pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
+                               # Documents are stored as their RFC 8785 text, which prints a float beyond 2**53 as
+                               # an integer literal (-5.762416730791998e16 as -57624167307919980): read as the float.
+                               json_serializer=jsonio.dumps_stored, json_deserializer=loads_stored)
         busy = settings.sqlite_busy_timeout_ms
         mmap_bytes = settings.sqlite_mmap_mb * 1024 * 1024
 
@@ -127,8 +134,8 @@ def make_engine(settings: Settings) -> Engine:
     # deallocates every prepared statement there whenever it rolls a transaction back, `Statement`'s with them.
     return create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
                          pool_recycle=1800, connect_args={"prepare_threshold": None},
-                         # jsonb prints a stored float beyond 2**53 as an integer literal: read it back as the float.
-                         json_deserializer=loads_stored)
+                         # As on SQLite; jsonb too prints a stored float beyond 2**53 as an integer literal.
+                         json_serializer=jsonio.dumps_stored, json_deserializer=loads_stored)
 
 
 # Execution options: a transaction that only reads (on SQLite: a deferred BEGIN, no lock), and how long a
@@ -164,7 +171,7 @@ class _Query:
     sql: bytes
     names: tuple[str, ...]  # the parameter bound to $1, $2, ...
     defaults: dict[str, Any]
-    json: tuple[int, ...]  # positions of JSON parameters
+    json: tuple[tuple[int, Callable[[Any], Any]], ...]  # positions of JSON parameters, and how each is bound
     formats: tuple[PyFormat, ...]
 
 
@@ -203,11 +210,11 @@ class Statement:
             return f"${numbers.setdefault(name, len(numbers) + 1)}"
 
         sql = _PLACEHOLDER.sub(number, str(compiled))
-        json_names = {name for bind, name in compiled.bind_names.items()
-                      if isinstance(bind.type.dialect_impl(dialect), JSON)}
+        json_names = {name: _json_binding(impl) for bind, name in compiled.bind_names.items()
+                      if isinstance(impl := bind.type.dialect_impl(dialect), JSON)}
         names = tuple(numbers)
         self._query = _Query(sql=sql.encode(), names=names, defaults=dict(compiled.params),
-                             json=tuple(i for i, name in enumerate(names) if name in json_names),
+                             json=tuple((i, json_names[name]) for i, name in enumerate(names) if name in json_names),
                              formats=(PyFormat.AUTO,) * len(names))
         return self._query
 
@@ -219,8 +226,8 @@ class Statement:
             return list(result) if result.returns_rows else []
         query = self._query or self._compile(connection.dialect)
         values = [params[name] if name in params else query.defaults[name] for name in query.names]
-        for position in query.json:
-            values[position] = Jsonb(values[position], dumps=jsonio.dumps)
+        for position, bind in query.json:
+            values[position] = bind(values[position])
         pooled = connection.connection
         driver = pooled.driver_connection
         assert isinstance(driver, psycopg.Connection)
@@ -255,6 +262,14 @@ class Statement:
             make_row = self._make_row = row._make
         adapt.set_pgresult(rows)
         return adapt.load_rows(0, rows.ntuples, make_row)
+
+
+def _json_binding(impl: JSON) -> Callable[[Any], Any]:
+    """Return how a parameter of JSON type `impl` is bound: a json document as its stored text, a jsonb one as
+    the fastest compact JSON (jsonb keeps no text)."""
+    if isinstance(impl, JSONB):
+        return partial(Jsonb, dumps=jsonio.dumps)
+    return partial(Json, dumps=jsonio.dumps_stored)
 
 
 def _begin_command(driver: psycopg.Connection[Any]) -> bytes:

@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
+from valdrix.canonical import canonical_json
+
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 # Deeper than any document the API takes (a Kubernetes object nests about 15 levels), far below the depth at
 # which a recursive parser, validator or encoder exhausts Python's stack.
@@ -26,6 +28,17 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value, option=_OPTIONS)
     except orjson.JSONEncodeError:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def dumps_stored(value: Any) -> str:
+    """Return the text a database stores for the JSON document `value`: its canonical JSON (RFC 8785), so that an
+    audit export can copy a stored document as its cell, or, for a value RFC 8785 cannot represent (an integer
+    beyond ±(2**53 - 1), NaN), its compact JSON (`dumps`). Raise TypeError for a value of no JSON form.
+    """
+    try:
+        return canonical_json(value)
+    except ValueError:
+        return dumps(value).decode("utf-8")
 
 
 class JSONResponse(StarletteJSONResponse):

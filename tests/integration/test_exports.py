@@ -21,7 +21,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import insert, select
+from sqlalchemy import Text, cast, insert, literal, select
+from sqlalchemy.dialects import postgresql
 from typer.testing import CliRunner
 
 from tests.integration.test_gate_flow import preflight, set_mode
@@ -30,7 +31,7 @@ from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import service, streams
 from valdrix.audit.processes import FormattingPool
 from valdrix.audit.verify import Report, verify
-from valdrix.canonical import canonical_bytes
+from valdrix.canonical import canonical_bytes, canonical_json_of_text
 from valdrix.cli import app as cli_app
 from valdrix.db import make_engine
 from valdrix.decisions.lineage import seal
@@ -153,6 +154,68 @@ def test_a_context_changed_after_its_decision_makes_parity_and_the_archive_disag
     assert manifest["computed_context_lineage_sha256"] != after["computed_context_lineage_sha256"]
     assert manifest["policy_lineage_sha256"] == after["policy_lineage_sha256"]
     assert after["parity_ok"] is True  # the counts still agree
+
+
+def _stored_texts(engine: Any, decision_id: uuid.UUID) -> list[str]:
+    documents = (Decision.computed_context, Decision.request_payload, Decision.response_payload)
+    with engine.connect() as conn:
+        return list(conn.execute(select(*(cast(d, Text) for d in documents)).where(Decision.id == decision_id)).one())
+
+
+def test_documents_stored_canonical_are_copied_and_those_stored_otherwise_canonicalised_alike(
+        tenant: Tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate stores a decision's documents as their RFC 8785 text, which the archive copies as its cells
+    without canonicalising them again; the same documents stored in another form (as before, or by another
+    writer) give the same cells and lineage, canonicalised."""
+    metadata = {"zeta": "é", "alpha": [3, {"y": 1, "x": None}], "float": 1.5}
+    with tenant.client() as c:
+        r = post(c, "/gate/terraform/preflight", preflight("10", run="stored", metadata=metadata))
+        assert r.status_code == 200, r.text
+        canonical = archive(c, tmp_path / "canonical.zip")
+        decision_id = uuid.UUID(r.json()["decision_id"])
+        engine = make_engine(tenant.settings)
+        try:
+            texts = _stored_texts(engine, decision_id)
+            assert [canonical_json_of_text(t) for t in texts] == texts
+            assert '"metadata":{"alpha":[3,{"x":null,"y":1}],"computed_risk_class":' in texts[1], texts[1]
+            assert ',"float":1.5,' in texts[1] and ',"zeta":"é"}' in texts[1]
+            # The records query as the archive reads it, formatted here with canonicalisation made to fail.
+            dialect = engine.dialect.name
+            formatter = streams.Formatter(streams.DECISIONS, dialect)
+            params = {"tenant_id": tenant.id, "start_at": datetime(2000, 1, 1, tzinfo=UTC),
+                      "end_before": datetime(2100, 1, 1, tzinfo=UTC)}
+            with engine.connect() as conn:
+                rows = [list(column) for column in zip(*conn.execute(formatter.query.select, params), strict=True)]
+
+            def refused(text: str) -> Any:
+                raise AssertionError(f"canonicalised again: {text}")
+            with monkeypatch.context() as patched:
+                patched.setattr(streams, "canonical_json_of_text", refused)
+                patched.setattr(streams, "canonical_json_and_value_of_text", refused)
+                copied, _ = formatter(rows)
+            # The same documents in the form stored before: key order as written, spaces, ASCII escapes.
+            values = [json.loads(t) for t in texts]
+            old = [json.dumps(dict(reversed(v.items()))) for v in values]
+            assert old != texts
+            with engine.begin() as conn:
+                # Bound as text, past the JSON type's serialiser (PostgreSQL takes json only by a cast).
+                conn.execute(Decision.__table__.update().where(Decision.id == decision_id).values(
+                    {d: literal(text, Text) if dialect == "sqlite" else cast(literal(text, Text), postgresql.JSON)
+                     for d, text in zip(("computed_context", "request_payload", "response_payload"), old,
+                                        strict=True)}))
+            assert _stored_texts(engine, decision_id) == old
+        finally:
+            engine.dispose()
+        rewritten = archive(c, tmp_path / "rewritten.zip")
+        report = verify(rewritten, jwks(c))
+        parity = c.get(EXPORTS + "/parity").json()
+    assert report.ok, problems(report)
+    members = ("decisions.csv", "manifest.json", "manifest.sig")
+    assert [zipfile.ZipFile(rewritten).read(m) for m in members] == [
+        zipfile.ZipFile(canonical).read(m) for m in members]
+    assert copied in zipfile.ZipFile(canonical).read("decisions.csv")
+    manifest = json.loads(zipfile.ZipFile(rewritten).read("manifest.json"))
+    assert manifest["computed_context_lineage_sha256"] == parity["computed_context_lineage_sha256"]
 
 
 def _flip_digit(data: bytes, marker: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, select
+from sqlalchemy import Text, cast, create_engine, select, text
 from sqlalchemy.exc import IntegrityError
 
 import valdrix.app  # noqa: F401  (imports every model onto the metadata)
@@ -18,6 +19,7 @@ from tests.pg import create_database
 from valdrix.auth import service as auth
 from valdrix.budgets import service as budgets
 from valdrix.budgets.models import CreditGrant, CreditReservation
+from valdrix.canonical import canonical_json_of_text
 from valdrix.clock import UuidFactory
 from valdrix.config import Settings
 from valdrix.db import Base, make_engine, make_sessionmaker
@@ -114,5 +116,46 @@ def test_decisions_written_before_their_lineage_entries_get_them_on_upgrade(back
         command.upgrade(config, "head")
         with engine.connect() as connection:
             assert set(connection.execute(columns).all()) == written
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_documents_stored_before_are_rewritten_as_their_canonical_text_on_upgrade(backend: str, pg_cluster: str,
+                                                                                 tmp_path: object) -> None:
+    url = _migrated(backend, pg_cluster, tmp_path, "documents")
+    engine = make_engine(Settings(database_url=url))
+    now = datetime(2026, 2, 20, 12, tzinfo=UTC)
+    names = ("request_payload", "response_payload", "computed_context")
+    documents = select(Decision.id, *(cast(Decision.__table__.c[name], Text) for name in names)).order_by(Decision.id)
+    try:
+        with make_sessionmaker(engine)() as session:
+            tenant = auth.create_tenant(session, "t", now=now)
+            ctx = service.GateContext(tenant_id=tenant.id, actor=None, now=now, ids=UuidFactory(),
+                                      timeout_seconds=30, lock_timeout_seconds=5)
+            for run, metadata in (("a", {"z": "é", "a": [2, 1]}), ("b", {"n": 1.5, "m": {"y": None, "x": True}})):
+                inp = decision_engine.make_input(source="terraform", project_id="p", environment="nonprod",
+                                                 action="create", resource_reference=run, monthly_delta=Decimal(1),
+                                                 hourly_delta=Decimal(0), metadata=metadata)
+                service.decide(session, ctx, inp, None)
+            session.commit()
+        with engine.connect() as connection:
+            written = connection.execute(documents).all()
+        assert all(canonical_json_of_text(text) == text for _, *texts in written for text in texts)
+        engine.dispose()
+        config = alembic_config(url)
+        command.downgrade(config, "0013_context_lineage")
+        # As stored before: in the order written, with spaces and ASCII escapes (jsonb: its own order and spaces).
+        stored = "CAST(:{} AS jsonb)" if backend == "postgresql" else ":{}"
+        update = text(f"UPDATE decisions SET {', '.join(f'{n} = ' + stored.format(n) for n in names)} WHERE id = :id")
+        with engine.begin() as connection:
+            for key, *texts in written:
+                old = {name: json.dumps(dict(reversed(json.loads(t).items()))) for name, t in zip(names, texts,
+                                                                                                  strict=True)}
+                connection.execute(update, {"id": key if backend == "postgresql" else key.hex, **old})
+            assert connection.execute(documents).all() != written
+        command.upgrade(config, "head")
+        with engine.connect() as connection:
+            assert connection.execute(documents).all() == written
     finally:
         engine.dispose()

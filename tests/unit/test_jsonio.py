@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from valdrix.jsonio import JSONResponse, dumps, loads
+from valdrix.canonical import canonical_json, loads_stored
+from valdrix.jsonio import JSONResponse, dumps, dumps_stored, loads
 
 # Everything `json.loads` can hand us from a request body, integers of any size included.
 JSON_VALUES = st.recursive(
@@ -22,6 +23,26 @@ JSON_VALUES = st.recursive(
 @given(JSON_VALUES)
 def test_every_request_document_round_trips(value: Any) -> None:
     assert json.loads(dumps(value)) == value
+
+
+@given(JSON_VALUES)
+def test_a_stored_document_is_its_canonical_json_where_it_has_one_and_reads_back_as_written(value: Any) -> None:
+    stored = dumps_stored(value)
+    assert loads_stored(stored) == value
+    try:
+        canonical = canonical_json(value)
+    except ValueError:  # an integer beyond RFC 8785's range: compact JSON
+        assert stored == dumps(value).decode()
+    else:
+        assert stored == canonical
+
+
+def test_stored_documents_sort_members_and_print_numbers_as_rfc_8785() -> None:
+    assert dumps_stored({"z": 1, "a": [1.0, 1e21, -5.762416730791998e16], "é": None}) == (
+        '{"a":[1,1e+21,-57624167307919980],"z":1,"é":null}')
+    assert dumps_stored({"b": 2**60, "a": 1}) == '{"b":1152921504606846976,"a":1}'
+    with pytest.raises(TypeError):
+        dumps_stored({"x": object()})
 
 
 def test_compact_utf8_and_beyond_64_bit_integers() -> None:

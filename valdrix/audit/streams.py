@@ -8,11 +8,13 @@ Every stream is selected by the window's decisions (see service.py) and read wit
 from __future__ import annotations
 
 import functools
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -21,11 +23,13 @@ from sqlalchemy.types import Uuid
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.audit.formats import Column, CsvEncoder, Finish, Kind, field, reader, segment, sql_field
 from valdrix.audit.manifest import LineagePart
-from valdrix.canonical import canonical_json_and_value_of_text
-from valdrix.decisions.lineage import Group, group_of
+from valdrix.canonical import canonical_json_and_value_of_text, canonical_json_of_text
+from valdrix.decisions.lineage import Group, context_group, group_of
 from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
 from valdrix.policies.models import PolicyVersion
+
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,8 @@ APPROVALS = _stream("approvals.csv", [
 STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)
 # The decisions.csv columns both lineages are built from besides the context, in Lineage.add's order.
 _LINEAGE_COLUMNS = ("decision_id", "policy_version", "policy_schema_version", "policy_sha256")
-_CONTEXT = DECISIONS.index("computed_context")
+# A decision's stored documents, the context first (see `_documents`).
+_DOCUMENTS = tuple(DECISIONS.index(h) for h in ("computed_context", "request_payload", "response_payload"))
 
 
 @functools.cache
@@ -219,11 +224,12 @@ class Formatter:
     def __init__(self, stream: TableStream, dialect: str) -> None:
         self.lineages = stream is DECISIONS
         self._dialect = dialect
-        self.query = stream.records(dialect, _lineage_extras(dialect)[0] if self.lineages else ())
+        extras = [*_lineage_extras(dialect)[0], func.coalesce(Decision.computed_context_sha256, "")]
+        self.query = stream.records(dialect, extras if self.lineages else ())
         finishers = list(self.query.finishers)
-        self._context = self.query.layout.index((_CONTEXT,)) if self.lineages else -1
-        if self.lineages:
-            finishers[self._context] = _as_stored  # canonicalised in `_lineage`, once for its cell and lineage
+        self._documents = [self.query.layout.index((i,)) for i in _DOCUMENTS] if self.lineages else []
+        for piece in self._documents:
+            finishers[piece] = _as_stored  # finished row by row in `_documents`, with the lineage
         self.encoder = CsvEncoder(stream.columns, finishers)
         self._pieces = len(finishers)
 
@@ -232,8 +238,9 @@ class Formatter:
         fields = self.encoder.finish(columns)
         part = None
         if self.lineages:
-            texts, part = _lineage(self._dialect, [*fields[self._pieces:], fields[self._context]])
-            fields[self._context] = [field(text) for text in texts]
+            cells, part = _documents(self._dialect, fields[self._pieces:], [fields[i] for i in self._documents])
+            for piece, finished in zip(self._documents, cells, strict=True):
+                fields[piece] = finished
         return self.encoder.encode(fields[:self._pieces]), part
 
 
@@ -268,17 +275,35 @@ def lineage_of(dialect: str, columns: Sequence[Sequence[Any]]) -> LineagePart:
     return part
 
 
-def _lineage(dialect: str, columns: Sequence[Sequence[Any]]) -> tuple[list[str], LineagePart]:
-    """Return the canonical context texts and the lineage of a batch given column by column: the lineage
-    extras as read, then the stored contexts (and any columns after them, unused)."""
-    ids, versions, schemas, shas, stored = columns[:5]
-    if None in stored:
+def _documents(dialect: str, extras: Sequence[Sequence[Any]], stored: Sequence[Sequence[Any]]) -> tuple[
+        list[list[str]], LineagePart]:
+    """Return the cells of a batch's stored documents (`_DOCUMENTS`, column by column) and the batch's lineage,
+    given the lineage extras as read and then each decision's stored context digest.
+
+    The gate stores a decision's documents as their canonical JSON text (`jsonio.dumps_stored`), and with them
+    the SHA-256 of the context's canonical JSON (`lineage.seal`). A stored context that hashes to that digest
+    is therefore its canonical text, and the row's documents are copied as they are stored: the hash is the one
+    the lineage needs anyway. Any other row (written before documents were stored canonical, or by something
+    other than Valdrix, or a context changed since) has each document canonicalised, and its lineage computed
+    from the cells, as the verifier computes it.
+    """
+    ids, versions, schemas, shas, digests = extras[:5]
+    contexts = stored[0]
+    if None in contexts:
         raise ValueError("a decision has no computed_context")
     part = LineagePart()
-    add, texts = part.add_parsed, []
-    for decision_id, version, schema, sha, document in zip(_lineage_ids(dialect, ids), versions, schemas, shas,
-                                                           stored, strict=True):
-        text, value = canonical_json_and_value_of_text(document)
-        texts.append(text)
-        add(decision_id, version, schema, sha, text, value)
-    return texts, part
+    add, cells = part.add_entry, [list[str]() for _ in stored]
+    appends = [cells_of.append for cells_of in cells]
+    for decision_id, version, schema, sha, digest, *texts in zip(_lineage_ids(dialect, ids), versions, schemas,
+                                                                 shas, digests, *stored, strict=True):
+        context_sha256 = _sha256(texts[0].encode("utf-8")).hexdigest()
+        if context_sha256 == digest:
+            context = orjson.loads(texts[0])
+        else:
+            texts[0], context = canonical_json_and_value_of_text(texts[0])
+            texts[1:] = ["" if text is None else canonical_json_of_text(text) for text in texts[1:]]
+            context_sha256 = _sha256(texts[0].encode("utf-8")).hexdigest()
+        add(decision_id, version, schema, sha, context_group(texts[0], context), context_sha256)
+        for append, text in zip(appends, texts, strict=True):
+            append(field(text))
+    return cells, part

@@ -27,7 +27,12 @@ _sha256 = hashlib.sha256
 
 def context_entry(context_cell: str, context: Any) -> tuple[Group, str]:
     """Return a decision's computed-context lineage group and the SHA-256 (hex) of its context cell, given the
-    value the cell denotes (as parsed from any text of it).
+    value the cell denotes (as parsed from any text of it)."""
+    return context_group(context_cell, context), _sha256(context_cell.encode("utf-8")).hexdigest()
+
+
+def context_group(context_cell: str, context: Any) -> Group:
+    """Return a decision's computed-context lineage group, given its context cell and the value it denotes.
 
     A grouping value that is an array or object is read again from the cell: its text form (`str`) follows the
     member order, which is the cell's.
@@ -39,8 +44,7 @@ def context_entry(context_cell: str, context: Any) -> tuple[Group, str]:
         reread = orjson.loads(context_cell)
         get = reread.get if isinstance(reread, dict) else _NOTHING.get
         values = tuple(map(get, CONTEXT_KEYS))
-    group = (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
-    return group, _sha256(context_cell.encode("utf-8")).hexdigest()
+    return (*["" if v is None else str(v) for v in values], "true" if get("budget_scope") is not None else "false")
 
 
 def seal(context: dict[str, Any]) -> dict[str, str]:

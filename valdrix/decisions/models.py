@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from valdrix.db import Base, HourlyMoney
+from valdrix.db import Base, DocumentType, HourlyMoney
 
 
 class Decision(Base):
@@ -52,9 +52,10 @@ class Decision(Base):
     reserved_credit_usd: Mapped[Decimal]
     reservation_active: Mapped[bool]
     approval_request_id: Mapped[uuid.UUID | None]
-    request_payload: Mapped[dict[str, Any]]
-    response_payload: Mapped[dict[str, Any]]
-    computed_context: Mapped[dict[str, Any]]
+    # Stored as their canonical JSON text, which an audit export copies as its cells (`audit.streams`).
+    request_payload: Mapped[dict[str, Any]] = mapped_column(DocumentType)
+    response_payload: Mapped[dict[str, Any]] = mapped_column(DocumentType)
+    computed_context: Mapped[dict[str, Any]] = mapped_column(DocumentType)
     # Its computed-context lineage entry, written with it (`lineage.seal`): what an export's parity check reads.
     context_lineage_group: Mapped[str] = mapped_column(Text)
     computed_context_sha256: Mapped[str] = mapped_column(String(64))
