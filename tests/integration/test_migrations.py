@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Text, cast, create_engine, select, text
+from sqlalchemy import Text, cast, create_engine, select
 from sqlalchemy.exc import IntegrityError
 
 import valdrix.app  # noqa: F401  (imports every model onto the metadata)
@@ -121,41 +120,48 @@ def test_decisions_written_before_their_lineage_entries_get_them_on_upgrade(back
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_documents_stored_before_are_rewritten_as_their_canonical_text_on_upgrade(backend: str, pg_cluster: str,
-                                                                                 tmp_path: object) -> None:
+def test_documents_keep_their_values_across_the_change_of_form_and_are_written_canonical_after(
+        backend: str, pg_cluster: str, tmp_path: object) -> None:
     url = _migrated(backend, pg_cluster, tmp_path, "documents")
     engine = make_engine(Settings(database_url=url))
     now = datetime(2026, 2, 20, 12, tzinfo=UTC)
     names = ("request_payload", "response_payload", "computed_context")
-    documents = select(Decision.id, *(cast(Decision.__table__.c[name], Text) for name in names)).order_by(Decision.id)
-    try:
+    values = select(Decision.id, *(Decision.__table__.c[name] for name in names)).order_by(Decision.id)
+    texts = select(*(cast(Decision.__table__.c[name], Text) for name in names)).order_by(Decision.id)
+    metadata = ({"z": "é", "a": [2, 1]}, {"n": 1.5, "m": {"y": None, "x": True}})
+
+    with make_sessionmaker(engine)() as session:
+        tenant_id = auth.create_tenant(session, "t", now=now).id
+        session.commit()
+
+    def decide(runs: tuple[str, ...]) -> None:
         with make_sessionmaker(engine)() as session:
-            tenant = auth.create_tenant(session, "t", now=now)
-            ctx = service.GateContext(tenant_id=tenant.id, actor=None, now=now, ids=UuidFactory(),
+            ctx = service.GateContext(tenant_id=tenant_id, actor=None, now=now, ids=UuidFactory(),
                                       timeout_seconds=30, lock_timeout_seconds=5)
-            for run, metadata in (("a", {"z": "é", "a": [2, 1]}), ("b", {"n": 1.5, "m": {"y": None, "x": True}})):
+            for run, extra in zip(runs, metadata, strict=True):
                 inp = decision_engine.make_input(source="terraform", project_id="p", environment="nonprod",
                                                  action="create", resource_reference=run, monthly_delta=Decimal(1),
-                                                 hourly_delta=Decimal(0), metadata=metadata)
+                                                 hourly_delta=Decimal(0), metadata=extra)
                 service.decide(session, ctx, inp, None)
             session.commit()
+
+    try:
+        decide(("a", "b"))
         with engine.connect() as connection:
-            written = connection.execute(documents).all()
-        assert all(canonical_json_of_text(text) == text for _, *texts in written for text in texts)
-        engine.dispose()
+            written = connection.execute(values).all()
         config = alembic_config(url)
         command.downgrade(config, "0013_context_lineage")
-        # As stored before: in the order written, with spaces and ASCII escapes (jsonb: its own order and spaces).
-        stored = "CAST(:{} AS jsonb)" if backend == "postgresql" else ":{}"
-        update = text(f"UPDATE decisions SET {', '.join(f'{n} = ' + stored.format(n) for n in names)} WHERE id = :id")
-        with engine.begin() as connection:
-            for key, *texts in written:
-                old = {name: json.dumps(dict(reversed(json.loads(t).items()))) for name, t in zip(names, texts,
-                                                                                                  strict=True)}
-                connection.execute(update, {"id": key if backend == "postgresql" else key.hex, **old})
-            assert connection.execute(documents).all() != written
-        command.upgrade(config, "head")
         with engine.connect() as connection:
-            assert connection.execute(documents).all() == written
+            assert connection.execute(values).all() == written
+        command.upgrade(config, "head")
+        engine.dispose()
+        decide(("c", "d"))
+        with engine.connect() as connection:
+            after = connection.execute(values).all()
+            stored = connection.execute(texts).all()
+        assert len(after) == len(stored) == 4 and all(row in after for row in written)
+        # Written after the upgrade: their canonical JSON text, which an export copies.
+        new = [text for row in stored if any(f'"resource_reference":"{r}"' in row[0] for r in "cd") for text in row]
+        assert len(new) == 6 and all(canonical_json_of_text(text) == text for text in new), stored
     finally:
         engine.dispose()
