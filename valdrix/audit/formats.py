@@ -30,7 +30,8 @@ in Python on both: deciding per cell whether to neutralise and quote it costs ei
 Python's finishing of the whole column (measured per 100 000 rows: the tests of 11 text columns cost SQLite
 0.65 s, twice what reading them raw costs, and PostgreSQL's backend about 1 s). Python finishes a column of a
 batch at a time: text (neutralised and quoted, which most columns of a batch need not be: substring tests over
-the joined column tell), JSON (canonicalised), and on SQLite UUIDs (32 hex digits), datetimes (stored as
+the joined column tell), JSON (canonicalised; a decision's documents are finished row by row instead, see
+`streams._documents`), and on SQLite UUIDs (32 hex digits), datetimes (stored as
 `YYYY-MM-DD HH:MM:SS.ffffff`, another layout parsed) and Numeric (a binary float rounded to the column's
 scale, as SQLAlchemy reads it; SQLite's printf rounds differently beyond 15 digits). A record
 is then one join of its pieces. `tests/integration/test_exports.py` checks both backends give the same bytes
