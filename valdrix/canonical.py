@@ -188,7 +188,12 @@ def loads_stored(document: str | bytes) -> Any:
         return _JCS_DECODER.decode(data.decode("utf-8"))
     from valdrix import jsonio  # the server's reader (orjson); the client never reads stored rows
 
-    return jsonio.loads(data)
+    try:
+        return jsonio.loads(data)
+    except ValueError:
+        # What only the standard library reads, as a JSON column written by `json.dumps` may hold: NaN, a lone
+        # surrogate escape.
+        return _JCS_DECODER.decode(data.decode("utf-8"))
 
 
 def canonical_json_of_text(document: str | bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -148,3 +149,11 @@ def test_stored_json_reads_such_literals_as_floats_and_leaves_the_rest() -> None
     assert value == {"a": -5.762416730791998e16, "b": 9007199254740991, "c": 1.5, "d": "12345678901234567"}
     assert type(value["a"]) is float and type(value["b"]) is int
     assert type(loads_stored("9007199254740993")) is int  # no float prints so: left as read, refused when hashed
+
+
+def test_stored_json_only_the_standard_library_reads_is_still_read() -> None:
+    # What `json.dumps` wrote into SQLite's JSON columns before documents were stored canonical.
+    value = loads_stored(json.dumps({"n": float("nan"), "s": "\ud800", "i": float("inf")}))
+    assert math.isnan(value["n"]) and value["s"] == "\ud800" and value["i"] == float("inf")
+    with pytest.raises(ValueError):
+        loads_stored("{not json")

@@ -53,14 +53,8 @@ class Lineage:
 
         Raise ValueError when the cell is not JSON.
         """
-        self.add_parsed(decision_id, policy_version, policy_schema_version, policy_sha256, context_cell,
-                        orjson.loads(context_cell))
-
-    def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
-                   context_cell: str, context: Any) -> None:
-        """As `add`, given the value the cell denotes (as parsed from any text of it, so the exporter parses once)."""
         self._policies[(policy_version, policy_sha256, policy_schema_version)] += 1
-        group, context_sha256 = context_entry(context_cell, context)
+        group, context_sha256 = context_entry(context_cell, orjson.loads(context_cell))
         self._count(group, 1, f"{decision_id} {context_sha256}\n".encode("ascii"))
 
     def merge(self, part: LineagePart) -> None:
@@ -103,12 +97,6 @@ class LineagePart:
     def __init__(self) -> None:
         self.policies: Counter[tuple[int, str, str]] = Counter()
         self._groups: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
-
-    def add_parsed(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
-                   context_cell: str, context: Any) -> None:
-        """As `Lineage.add_parsed`."""
-        self.add_entry(decision_id, policy_version, policy_schema_version, policy_sha256,
-                       *context_entry(context_cell, context))
 
     def add_entry(self, decision_id: str, policy_version: int, policy_schema_version: str, policy_sha256: str,
                   group: Group, context_sha256: str) -> None:

@@ -305,5 +305,5 @@ def _documents(dialect: str, extras: Sequence[Sequence[Any]], stored: Sequence[S
             context_sha256 = _sha256(texts[0].encode("utf-8")).hexdigest()
         add(decision_id, version, schema, sha, context_group(texts[0], context), context_sha256)
         for append, text in zip(appends, texts, strict=True):
-            append(field(text))
+            append("" if text is None else field(text))
     return cells, part

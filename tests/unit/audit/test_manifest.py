@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from valdrix.audit.manifest import FileDigest, Lineage, build, encode
+from valdrix.audit.manifest import FileDigest, Lineage, LineagePart, build, encode
 from valdrix.canonical import canonical_json, canonical_json_and_value_of_text, canonical_json_of_text, sha256_hex
+from valdrix.decisions.lineage import context_group
 
 
 def context(**extra: Any) -> str:
@@ -84,8 +85,9 @@ def test_context_digest_is_the_sha256_of_the_canonical_context() -> None:
 def test_a_context_parsed_once_by_the_exporter_groups_as_the_verifier_parses_it(stored: str) -> None:
     text, value = canonical_json_and_value_of_text(stored)
     assert text == canonical_json_of_text(stored)
-    exporter, verifier = Lineage(), Lineage()
-    exporter.add_parsed("d1", 1, "s", "h", text, value)
+    part, exporter, verifier = LineagePart(), Lineage(), Lineage()
+    part.add_entry("d1", 1, "s", "h", context_group(text, value), hashlib.sha256(text.encode()).hexdigest())
+    exporter.merge(part)
     verifier.add("d1", 1, "s", "h", text)
     assert exporter.context_lineage() == verifier.context_lineage()
     assert exporter.policy_lineage() == verifier.policy_lineage()
