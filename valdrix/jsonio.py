@@ -32,8 +32,9 @@ def dumps(value: Any) -> bytes:
 
 def dumps_stored(value: Any) -> str:
     """Return the text a database stores for the JSON document `value`: its canonical JSON (RFC 8785), so that an
-    audit export can copy a stored document as its cell, or, for a value RFC 8785 cannot represent (an integer
-    beyond ±(2**53 - 1), NaN), its compact JSON (`dumps`). Raise TypeError for a value of no JSON form.
+    audit export can copy a stored document as its cell, or, for a value RFC 8785 cannot represent, its compact
+    JSON (`dumps`: an integer beyond ±(2**53 - 1) as written, NaN and infinity as null, as orjson writes them;
+    the gate refuses both in a request). Raise TypeError for a value of no JSON form.
     """
     try:
         return canonical_json(value)

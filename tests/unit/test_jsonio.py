@@ -71,3 +71,7 @@ def test_loads_reads_every_document_as_the_standard_library_does(value: Any) -> 
 def test_loads_keeps_integers_beyond_64_bits_exact() -> None:
     assert loads(b'{"n": 123456789012345678901234567890, "m": [18446744073709551615]}') == {
         "n": 123456789012345678901234567890, "m": [18446744073709551615]}
+
+
+def test_a_stored_nan_or_infinity_is_null_as_orjson_writes_it() -> None:
+    assert dumps_stored({"n": float("nan"), "i": float("-inf"), "a": 1}) == '{"n":null,"i":null,"a":1}'
