@@ -84,10 +84,22 @@ def _tree(value: Any) -> Any:
     return _tree(_plain(value))
 
 
+class Document(dict[str, Any]):
+    """A JSON object together with its canonical JSON, computed once when it is made: what the gate both hashes
+    and stores of a decision's documents (`canonical_bytes` returns the bytes kept here, and so does every hash
+    and stored text made from it). Nothing may change it after it is made."""
+
+    __slots__ = ("canonical",)
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        super().__init__(value)
+        self.canonical = _jcs(value)
+
+
 def _plain_json(value: Any) -> bool:
     """True when `value` holds only dict (str keys), list, str, int, bool and None, by exact type."""
     kind = type(value)
-    if kind is dict:
+    if kind is dict or kind is Document:
         return all(type(k) is str and _plain_json(v) for k, v in value.items())
     if kind is list:
         return all(_plain_json(v) for v in value)
@@ -120,7 +132,9 @@ def canonical_bytes(value: Any, scheme: Scheme = SCHEME) -> bytes:
     Raise TypeError for a value of no JSON form, ValueError for one outside the scheme's domain (NaN,
     infinity, an integer beyond ±(2**53 - 1) under RFC 8785).
     """
-    return _jcs(value) if scheme == SCHEME else _legacy(value)
+    if scheme != SCHEME:
+        return _legacy(value)
+    return value.canonical if type(value) is Document else _jcs(value)
 
 
 def canonical_json(value: Any, scheme: Scheme = SCHEME) -> str:

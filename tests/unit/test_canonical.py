@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import string
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from valdrix.canonical import (
     LEGACY_SCHEME,
+    Document,
     canonical_bytes,
     canonical_json,
     canonical_json_of_text,
@@ -157,3 +159,23 @@ def test_stored_json_only_the_standard_library_reads_is_still_read() -> None:
     assert math.isnan(value["n"]) and value["s"] == "\ud800" and value["i"] == float("inf")
     with pytest.raises(ValueError):
         loads_stored("{not json")
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=5))
+def test_a_document_is_canonicalised_once_and_hashes_and_nests_as_the_plain_object(value: dict[str, Any]) -> None:
+    document = Document(value)
+    assert document == value and document.canonical == canonical_bytes(value)
+    assert canonical_bytes({"d": [document]}) == canonical_bytes({"d": [value]})
+    assert digests(document) == digests(value)  # the legacy form is computed, not taken from the document
+
+
+def test_a_documents_hash_and_stored_text_use_the_form_computed_when_it_was_made(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from valdrix import canonical, jsonio
+    document = Document({"b": [1, "é"], "a": None})
+
+    def refused(value: Any) -> bytes:
+        raise AssertionError(f"canonicalised again: {value}")
+    monkeypatch.setattr(canonical, "_jcs", refused)
+    assert sha256_hex(document) == hashlib.sha256('{"a":null,"b":[1,"é"]}'.encode()).hexdigest()
+    assert jsonio.dumps_stored(document) == '{"a":null,"b":[1,"é"]}'

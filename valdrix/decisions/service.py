@@ -17,6 +17,7 @@ from valdrix.approvals import service as approvals
 from valdrix.auth import service as auth
 from valdrix.auth.models import Tenant
 from valdrix.budgets import service as budgets
+from valdrix.canonical import Document
 from valdrix.clock import IdFactory
 from valdrix.costs import engine as spend_engine
 from valdrix.costs import service as costs
@@ -507,6 +508,7 @@ def _decision_row(ctx: GateContext, inp: engine.DecisionInput, policy: policies.
     # A real REQUIRE_APPROVAL decision (soft fail-safe ones included) gets its approval's id up front, so the
     # row is written once with it.
     needs_approval = ev.decision == "REQUIRE_APPROVAL" and not inp.dry_run and ev.mode != "shadow"
+    context = Document(ev.computed_context)
     values: dict[str, Any] = {
         "id": ctx.ids.new(), "tenant_id": ctx.tenant_id, "source": inp.source, "environment": inp.environment,
         "project_id": inp.project_id, "action": inp.action, "resource_reference": inp.resource_reference,
@@ -517,13 +519,15 @@ def _decision_row(ctx: GateContext, inp: engine.DecisionInput, policy: policies.
         "budget_scope": budget_scope, "reserved_allocation_usd": ev.reserve_allocation,
         "reserved_credit_usd": ev.reserve_credit, "reservation_active": ev.reservation_active,
         "approval_request_id": ctx.ids.new() if needs_approval else None,
-        "request_payload": {
+        # Each document's canonical JSON is computed once, for its lineage entry, the ledger's digests and the
+        # text stored.
+        "request_payload": Document({
             "project_id": inp.project_id, "environment": inp.environment, "action": inp.action,
             "resource_reference": inp.resource_reference,
             "estimated_monthly_delta_usd": str(inp.monthly_delta),
             "estimated_hourly_delta_usd": str(inp.hourly_delta), "metadata": metadata, "dry_run": inp.dry_run,
-        },
-        "response_payload": response, "computed_context": ev.computed_context, **lineage.seal(ev.computed_context),
+        }),
+        "response_payload": Document(response), "computed_context": context, **lineage.seal(context),
         "created_by": ctx.actor, "created_at": ctx.now, "updated_at": ctx.now,
     }
     return values
