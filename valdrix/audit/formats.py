@@ -25,8 +25,11 @@ Reading: an export reads rows at database speed. On PostgreSQL the database form
 and joins each run of them into one text of the record (`segment`): `numeric::text`, `to_char` in UTC,
 `uuid::text`, integers, a CASE for booleans. Python then receives a few values per row instead of one per
 cell, and its own process is spared the formatting. On SQLite the database forms only integers and booleans:
-its expression evaluator costs more per cell than Python's finishing of a column of a batch. Text is finished
-in Python on both: deciding per cell whether to neutralise and quote it costs either database more than
+its expression evaluator costs more per cell than Python's finishing of a column of a batch. Instead it
+carries each row's pieces but Numeric and a decision's documents in one JSON array (`pack`): the driver turns
+one text per row into a Python object instead of one value per cell, while holding the interpreter lock that
+the server's threads share, and a batch's arrays are parsed at once where it is formatted (`unpack`). Text is
+finished in Python on both: deciding per cell whether to neutralise and quote it costs either database more than
 Python's finishing of the whole column (measured per 100 000 rows: the tests of 11 text columns cost SQLite
 0.65 s, twice what reading them raw costs, and PostgreSQL's backend about 1 s). Python finishes a column of a
 batch at a time: text (neutralised and quoted, which most columns of a batch need not be: substring tests over
@@ -46,6 +49,7 @@ from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import Numeric, String, Text, case, cast, func, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -190,6 +194,27 @@ def sql_field(expr: ColumnElement[Any], kind: Kind, dialect: str) -> ColumnEleme
         return None
     sql, _ = reader(expr, kind, dialect)
     return type_coerce(sql, String())
+
+
+def packs(kind: Kind, dialect: str) -> bool:
+    """Return whether a piece of `kind` read on `dialect` travels in its row's JSON array (`pack`).
+
+    On SQLite every piece does but Numeric, a binary float that the array would print to 15 significant digits
+    only: the driver turns each cell of a row into a Python object while it holds the interpreter lock, one
+    array per row is a single text, and the pieces are taken out of a batch's arrays in one parse (`unpack`)
+    where the batch is formatted. PostgreSQL already reads a few pieces per row (`segment`).
+    """
+    return dialect != "postgresql" and kind != "decimal"
+
+
+def pack(pieces: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
+    """Return the SQL reading `pieces` as one JSON array (SQLite's json_array: texts as strings, NULL as null)."""
+    return type_coerce(func.json_array(*pieces), String())
+
+
+def unpack(arrays: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Return the pieces of a batch's JSON arrays (`pack`, one per row, at least one), column by column."""
+    return list(zip(*orjson.loads("[" + ",".join(arrays) + "]"), strict=True))
 
 
 def segment(fields: Sequence[ColumnElement[str]]) -> ColumnElement[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,19 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import Uuid
 
 from valdrix.approvals.models import ApprovalRequest
-from valdrix.audit.formats import Column, CsvEncoder, Finish, Kind, field, reader, segment, sql_field
+from valdrix.audit.formats import (
+    Column,
+    CsvEncoder,
+    Finish,
+    Kind,
+    field,
+    pack,
+    packs,
+    reader,
+    segment,
+    sql_field,
+    unpack,
+)
 from valdrix.audit.manifest import LineagePart
 from valdrix.canonical import canonical_json_and_value_of_text, canonical_json_of_text
 from valdrix.decisions.lineage import Group, context_group, group_of
@@ -48,13 +60,18 @@ class TableStream:
         """Return the position of the column named `header`."""
         return [h for h, _, _ in self.fields].index(header)
 
-    def records(self, dialect: str, extras: Sequence[ColumnElement[Any]] = ()) -> RecordQuery:
-        """Return the query reading this stream's records on `dialect` as pieces (see formats.py), then `extras`.
+    def records(self, dialect: str, extras: Sequence[ColumnElement[str | int]] = (),
+                apart: Collection[int] = ()) -> RecordQuery:
+        """Return the query reading this stream's records on `dialect` as pieces (see formats.py), then `extras`
+        (texts and integers).
 
         Each run of fields the database forms is one piece, joined in SQL; every other field is a piece of its
-        own, read as stored and finished in Python.
+        own, read as stored and finished in Python. On SQLite the pieces the database can carry exactly travel
+        in one JSON array per row (`formats.packs`), except the fields at positions `apart` (large documents,
+        whose escaping would cost more than their own cells).
         """
         pieces: list[ColumnElement[Any]] = []
+        carried: list[bool] = []  # whether each piece travels in the row's JSON array
         layout: list[tuple[int, ...]] = []
         finishers: list[Finish | None] = []
         run: list[ColumnElement[str]] = []
@@ -68,17 +85,26 @@ class TableStream:
                 continue
             if run:
                 pieces.append(segment(run))
+                carried.append(packs("text", dialect))
                 finishers.append(None)
                 run = []
             stored, finish = reader(expr, kind, dialect)
             pieces.append(stored)
+            carried.append(i not in apart and packs(kind, dialect))
             layout.append((i,))
             finishers.append(finish)
         if run:
             pieces.append(segment(run))
+            carried.append(packs("text", dialect))
             finishers.append(None)
-        query = self.build(select(*(c.label(f"c{i}") for i, c in enumerate([*pieces, *extras]))))
-        return RecordQuery(query, finishers, tuple(layout))
+        read = [*pieces, *extras]
+        # The extras are texts and integers, which an array carries exactly.
+        carried.extend(packs("text", dialect) for _ in extras)
+        packed = tuple(p for p, travels in enumerate(carried) if travels)
+        own = [column for p, column in enumerate(read) if not carried[p]]
+        columns = [pack([read[p] for p in packed]), *own] if packed else own
+        query = self.build(select(*(c.label(f"c{i}") for i, c in enumerate(columns))))
+        return RecordQuery(query, finishers, tuple(layout), packed)
 
     def count(self) -> Select[Any]:
         """Return the query counting this stream's rows (same filter, same snapshot)."""
@@ -89,11 +115,23 @@ class TableStream:
 @dataclass(frozen=True)
 class RecordQuery:
     """A stream's records query on one dialect: the `finishers` of its pieces (None where SQL formed the piece)
-    and the `layout`, each piece's column positions; the extras follow the pieces."""
+    and the `layout`, each piece's column positions; the extras follow the pieces. The query reads the pieces
+    and extras at positions `packed` as one JSON array per row, its first column, and the others
+    as columns of their own after it, in order."""
 
     select: Select[Any]
     finishers: list[Finish | None]
     layout: tuple[tuple[int, ...], ...]
+    packed: tuple[int, ...]
+
+    def pieces(self, read: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+        """Return a batch's pieces and extras, column by column, from its columns as this query reads them."""
+        if not self.packed:
+            return list(read)
+        pieces: list[Sequence[Any]] = list(read[1:])
+        for position, column in zip(self.packed, unpack(read[0]), strict=True):
+            pieces.insert(position, column)
+        return pieces
 
 
 def _stream(file: str, fields: list[tuple[str, Any, Kind]], build: Callable[[Select[Any]], Select[Any]]) -> TableStream:
@@ -225,7 +263,7 @@ class Formatter:
         self.lineages = stream is DECISIONS
         self._dialect = dialect
         extras = [*_lineage_extras(dialect)[0], func.coalesce(Decision.computed_context_sha256, "")]
-        self.query = stream.records(dialect, extras if self.lineages else ())
+        self.query = stream.records(dialect, extras, _DOCUMENTS) if self.lineages else stream.records(dialect)
         finishers = list(self.query.finishers)
         self._documents = [self.query.layout.index((i,)) for i in _DOCUMENTS] if self.lineages else []
         for piece in self._documents:
@@ -235,7 +273,7 @@ class Formatter:
 
     def __call__(self, columns: Sequence[Sequence[Any]]) -> tuple[bytes, LineagePart | None]:
         """Return the records of a batch and its lineage (None for a stream other than decisions.csv)."""
-        fields = self.encoder.finish(columns)
+        fields = self.encoder.finish(self.query.pieces(columns))
         part = None
         if self.lineages:
             cells, part = _documents(self._dialect, fields[self._pieces:], [fields[i] for i in self._documents])

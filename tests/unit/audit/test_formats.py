@@ -10,9 +10,20 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import String, column
+from sqlalchemy import String, bindparam, column, create_engine, select
 
-from valdrix.audit.formats import Column, CsvEncoder, Finish, neutralise, reader, unfield, unneutralise
+from valdrix.audit.formats import (
+    Column,
+    CsvEncoder,
+    Finish,
+    neutralise,
+    pack,
+    packs,
+    reader,
+    unfield,
+    unneutralise,
+    unpack,
+)
 
 
 @pytest.mark.parametrize(("raw", "shown"), [
@@ -81,3 +92,29 @@ def test_sqlite_uuids_are_hyphenated_lower_case(stored: str | None, cell: str) -
 def test_sqlite_datetimes_in_any_layout_are_utc_with_microseconds(stored: str | None, cell: str) -> None:
     (finish,) = finishers((Column("at", "datetime"),), "sqlite")
     assert finish is not None and list(finish([stored])) == [cell]
+
+
+_STORED = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1),
+                    st.text(st.characters(blacklist_categories=("Cs",)), max_size=40))
+
+
+@given(st.integers(1, 6).flatmap(lambda width: st.lists(st.lists(_STORED, min_size=width, max_size=width),
+                                                        min_size=1, max_size=8)))
+def test_sqlite_carries_a_rows_pieces_in_one_array_exactly(rows: list[list[Any]]) -> None:
+    """Whatever a text holds (quotes, backslashes, control characters, NUL, any plane), SQLite's array of a row's
+    pieces gives back exactly the values, integers and NULLs the driver would have read column by column."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.connect() as conn:
+            arrays = [conn.execute(select(pack([bindparam(f"p{i}", v, type_=String() if isinstance(v, str) else None)
+                                                for i, v in enumerate(row)]))).scalar_one() for row in rows]
+    finally:
+        engine.dispose()
+    assert all(isinstance(text, str) for text in arrays)
+    assert unpack(arrays) == [tuple(column) for column in zip(*rows, strict=True)]
+
+
+def test_sqlite_packs_every_piece_but_binary_floats_and_postgresql_none() -> None:
+    assert all(packs(kind, "sqlite") for kind in ("text", "int", "bool", "datetime", "uuid", "json"))
+    assert not packs("decimal", "sqlite")
+    assert not any(packs(kind, "postgresql") for kind in ("text", "int", "bool", "datetime", "uuid", "json", "decimal"))
