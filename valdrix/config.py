@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from decimal import Decimal
 from functools import lru_cache
@@ -10,6 +11,36 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Return how many CPUs this process can keep busy, at least 1: those it may run on, or fewer when its cgroup's
+    CPU quota (a container's CPU limit, such as a Kubernetes pod's) allows less time than that.
+
+    A pod limited to one CPU on a large node still sees all the node's cores: processes started for them would
+    share the one CPU's time and hold the memory of each.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity outside Linux
+        cpus = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota)) if quota is not None else cpus)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """Return the CPUs' worth of time the cgroup mounted at `cgroup` allows per period (None: no quota)."""
+    try:  # cgroup v2: "<quota> <period>", or "max <period>"
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a quota of -1 is none
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class Settings(BaseSettings):
@@ -64,8 +95,8 @@ class Settings(BaseSettings):
     # Audit exports: no table stream of an archive may exceed this many rows (larger windows get 422).
     export_max_rows: int = Field(default=1_000_000, ge=1)
     # Processes per server process that format export batches beside the request's thread (0: in-process only;
-    # valdrix/audit/processes.py). Default: one fewer than the host's cores, at most 4.
-    export_processes: int = Field(default_factory=lambda: max(0, min(4, (os.cpu_count() or 1) - 1)), ge=0, le=64)
+    # valdrix/audit/processes.py). Default: one fewer than the CPUs this process may use, at most 4.
+    export_processes: int = Field(default_factory=lambda: max(0, min(4, usable_cpus() - 1)), ge=0, le=64)
     # Reservations older than this are released in full by the overdue sweep (docs/reconciliation.md).
     reservation_sla_seconds: int = Field(default=86400, ge=60, le=604800)
     # A reconciliation is `matched` when |actual - reserved| <= max(tolerance_usd, tolerance_percent % of reserved).
