@@ -203,9 +203,17 @@ def populate(url: str, tenant_id: uuid.UUID, count: int, start: datetime) -> Non
             if approvals:
                 conn.execute(insert(ApprovalRequest), approvals)
     # Fresh planner statistics, as autovacuum would gather after a bulk load.
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
+    settle(engine)
     engine.dispose()
+
+
+def settle(engine: Any) -> None:
+    """Bring the seeded tables to the state a running database keeps them in: statistics, and on PostgreSQL the
+    visibility map autovacuum maintains. Rows copied a moment ago and not yet vacuumed make PostgreSQL count the
+    window's decisions (before an archive's first byte) by reading the whole table: a parallel sequential scan
+    of 0.6 s for 1 000 000, against 0.15 s from the index alone once vacuumed."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE")
 
 
 def replicate(url: str, tenant_id: uuid.UUID, count: int) -> None:
@@ -244,8 +252,7 @@ def replicate(url: str, tenant_id: uuid.UUID, count: int) -> None:
                        f"{', '.join(changed.get(n, n) for n in names)} FROM {table.name} "
                        f"WHERE tenant_id = :tenant AND {originals}")
                 conn.execute(text(sql), {"mark": mark, "tenant": tenant, "last_seq": last_seq})
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
+    settle(engine)
     engine.dispose()
 
 
