@@ -202,7 +202,6 @@ def populate(url: str, tenant_id: uuid.UUID, count: int, start: datetime) -> Non
             conn.execute(insert(LedgerEntry), ledger)
             if approvals:
                 conn.execute(insert(ApprovalRequest), approvals)
-    # Fresh planner statistics, as autovacuum would gather after a bulk load.
     settle(engine)
     engine.dispose()
 

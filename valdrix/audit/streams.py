@@ -71,7 +71,7 @@ class TableStream:
         whose escaping would cost more than their own cells).
         """
         pieces: list[ColumnElement[Any]] = []
-        carried: list[bool] = []  # whether each piece travels in the row's JSON array
+        kinds: list[Kind | None] = []  # what each piece holds (None: kept out of the row's array)
         layout: list[tuple[int, ...]] = []
         finishers: list[Finish | None] = []
         run: list[ColumnElement[str]] = []
@@ -85,23 +85,23 @@ class TableStream:
                 continue
             if run:
                 pieces.append(segment(run))
-                carried.append(packs("text", dialect))
+                kinds.append("text")
                 finishers.append(None)
                 run = []
             stored, finish = reader(expr, kind, dialect)
             pieces.append(stored)
-            carried.append(i not in apart and packs(kind, dialect))
+            kinds.append(None if i in apart else kind)
             layout.append((i,))
             finishers.append(finish)
         if run:
             pieces.append(segment(run))
-            carried.append(packs("text", dialect))
+            kinds.append("text")
             finishers.append(None)
         read = [*pieces, *extras]
-        # The extras are texts and integers, which an array carries exactly.
-        carried.extend(packs("text", dialect) for _ in extras)
-        packed = tuple(p for p, travels in enumerate(carried) if travels)
-        own = [column for p, column in enumerate(read) if not carried[p]]
+        # The extras are texts and integers, which an array carries as it carries text.
+        kinds.extend("text" for _ in extras)
+        packed = tuple(p for p, kind in enumerate(kinds) if kind is not None and packs(kind, dialect))
+        own = [column for p, column in enumerate(read) if p not in packed]
         columns = [pack([read[p] for p in packed]), *own] if packed else own
         query = self.build(select(*(c.label(f"c{i}") for i, c in enumerate(columns))))
         return RecordQuery(query, finishers, tuple(layout), packed)
@@ -262,8 +262,8 @@ class Formatter:
     def __init__(self, stream: TableStream, dialect: str) -> None:
         self.lineages = stream is DECISIONS
         self._dialect = dialect
-        extras = [*_lineage_extras(dialect)[0], func.coalesce(Decision.computed_context_sha256, "")]
-        self.query = stream.records(dialect, extras, _DOCUMENTS) if self.lineages else stream.records(dialect)
+        self.query = (stream.records(dialect, [*_lineage_extras(dialect)[0], func.coalesce(
+            Decision.computed_context_sha256, "")], _DOCUMENTS) if self.lineages else stream.records(dialect))
         finishers = list(self.query.finishers)
         self._documents = [self.query.layout.index((i,)) for i in _DOCUMENTS] if self.lineages else []
         for piece in self._documents:
