@@ -262,8 +262,11 @@ class Formatter:
     def __init__(self, stream: TableStream, dialect: str) -> None:
         self.lineages = stream is DECISIONS
         self._dialect = dialect
-        self.query = (stream.records(dialect, [*_lineage_extras(dialect)[0], func.coalesce(
-            Decision.computed_context_sha256, "")], _DOCUMENTS) if self.lineages else stream.records(dialect))
+        if self.lineages:
+            extras = [*_lineage_extras(dialect)[0], func.coalesce(Decision.computed_context_sha256, "")]
+            self.query = stream.records(dialect, extras, _DOCUMENTS)
+        else:
+            self.query = stream.records(dialect)
         finishers = list(self.query.finishers)
         self._documents = [self.query.layout.index((i,)) for i in _DOCUMENTS] if self.lineages else []
         for piece in self._documents:
