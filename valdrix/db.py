@@ -20,6 +20,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.types.json import Json, Jsonb
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -218,9 +219,10 @@ class Statement:
                              formats=(PyFormat.AUTO,) * len(names))
         return self._query
 
-    def run(self, session: Session, params: dict[str, Any]) -> list[Any]:
-        """Return the rows (attribute access by column label; empty for DML) of one execution in `session`."""
-        connection = session.connection()
+    def run(self, session: Session | Connection, params: dict[str, Any]) -> list[Any]:
+        """Return the rows (attribute access by column label; empty for DML) of one execution in `session` (or
+        on a connection, in its transaction)."""
+        connection = session if isinstance(session, Connection) else session.connection()
         if connection.dialect.name != "postgresql":
             result = connection.execute(self.statement, params)
             return list(result) if result.returns_rows else []

@@ -21,14 +21,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Text, cast, insert, literal, select
+from sqlalchemy import Text, cast, insert, literal, select, update
 from sqlalchemy.dialects import postgresql
 from typer.testing import CliRunner
 
 from tests.integration.test_gate_flow import preflight, set_mode
 from tests.live import LiveServer, Tenant, post, thread_server
+from valdrix.approvals.models import ApprovalRequest
 from valdrix.approvals.tokens import KeyRing
-from valdrix.audit import service, streams
+from valdrix.audit import service, snapshots, streams
 from valdrix.audit.processes import FormattingPool
 from valdrix.audit.verify import Report, verify
 from valdrix.canonical import canonical_bytes, canonical_json_of_text
@@ -401,11 +402,11 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
     try:
         with tenant.client() as c:
             populate(c)
-            with service.snapshot(engine) as conn:
+            with snapshots.snapshot(engine) as conn:
                 counted = conn.execute(streams.DECISIONS.count(), params).scalar_one()
                 assert post(c, "/gate/terraform/preflight", preflight("1", run="during")).status_code == 200
                 rows = conn.execute(streams.DECISIONS.records(conn.dialect.name).select, params).all()
-            with service.snapshot(engine) as conn:
+            with snapshots.snapshot(engine) as conn:
                 after = conn.execute(streams.DECISIONS.count(), params).scalar_one()
     finally:
         engine.dispose()
@@ -415,24 +416,32 @@ def test_counts_and_rows_come_from_one_snapshot(server: LiveServer, tenant: Tena
 
 def test_the_archive_streams_from_one_snapshot_while_the_gate_writes(server: LiveServer, tenant: Tenant,
                                                                      tmp_path: Path, pool: FormattingPool) -> None:
-    """Decisions committed after the first bytes left are in neither the rows nor the counts; cut short, the
-    download cannot verify."""
+    """Decisions committed after the first bytes left are in neither the rows nor the counts, and a row changed
+    then is exported as it was, though a formatting process reads it (on PostgreSQL, from the shared snapshot);
+    cut short, the download cannot verify."""
     engine = make_engine(server.settings)
     win = service.window(None, None, datetime.now(UTC).date())
+    signer = KeyRing.from_settings(server.settings)
+    changed = update(ApprovalRequest).where(ApprovalRequest.tenant_id == tenant.id).values(
+        review_notes="changed after the snapshot")
     try:
         with tenant.client() as c:
             populate(c)
-            chunks = service.archive(engine, tenant.id, win, max_rows=1000,
-                                     signer=KeyRing.from_settings(server.settings), pool=pool)
+            chunks = service.archive(engine, tenant.id, win, max_rows=1000, signer=signer, pool=pool)
             first = next(chunks)
             assert first.startswith(b"PK\x03\x04") and b"decisions.csv" in first
             for run in ("late-1", "late-2"):
                 assert post(c, "/gate/terraform/preflight", preflight("1", run=run)).status_code == 200
+            with engine.begin() as conn:
+                assert conn.execute(changed).rowcount >= 1
             data = first + b"".join(chunks)
             keys = jwks(c)
             assert c.get(EXPORTS + "/parity").json()["decision_count_db"] == 6
+        later = b"".join(service.archive(engine, tenant.id, win, max_rows=1000, signer=signer, pool=pool))
     finally:
         engine.dispose()
+    assert b"changed after the snapshot" not in zipfile.ZipFile(io.BytesIO(data)).read("approvals.csv")
+    assert b"changed after the snapshot" in zipfile.ZipFile(io.BytesIO(later)).read("approvals.csv")
     path = tmp_path / "a.zip"
     path.write_bytes(data)
     report = verify(path, keys)
@@ -579,7 +588,8 @@ def test_an_archive_closed_mid_stream_releases_its_threads_and_snapshot(server: 
                                  pool=pool)
         for _ in range(3):  # the header, then two single-row batches: a read and a deflate are under way
             next(chunks)
-        assert engine.pool.checkedout() == 1
+        # The snapshot's connection, and on PostgreSQL a second one reading the streams' keys.
+        assert engine.pool.checkedout() == (2 if server.backend == "postgresql" else 1)
         chunks.close()
         assert engine.pool.checkedout() == 0
         assert not {t.name for t in threading.enumerate() if t.is_alive()} - before

@@ -7,9 +7,12 @@ inherited, and kept for the next export) and hands each a batch while the reques
 the request's thread formats a batch itself whenever every process is busy or not yet started (starting one
 takes most of a second, which the first export would otherwise wait out), so no core idles, and results are
 taken in batch order, so the archive's bytes and lineages are the same as formatting everything in-process
-(size 0, `VALDRIX_EXPORT_PROCESSES=0`). A batch travels column by column as the values the database returned,
-each column of strings joined into one text (pickled as one copy, not value by value); each process keeps one
-`Formatter` per stream and dialect.
+(size 0, `VALDRIX_EXPORT_PROCESSES=0`). On SQLite a batch travels column by column as the values the database
+returned, each column of strings joined into one text (pickled as one copy, not value by value). On PostgreSQL
+only its keys travel, and the process reads the rows from the export's snapshot through a connection of its
+own (`read_batch`), so the server process neither decodes nor sends them; a process that cannot read (no
+connection to be had) hands the batch back to the request's thread. Each process keeps one `Formatter` per
+stream and dialect.
 
 A process that dies fails the export that used it (`export_process_failed`: a 503 for parity, a failed
 download for an archive already streaming) and the pool starts afresh for the next one. Processes end with the
@@ -27,13 +30,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from valdrix.audit.manifest import LineagePart
+from valdrix.audit.snapshots import Shared, joined
 from valdrix.audit.streams import formatter
 from valdrix.errors import Unavailable
 
 R = TypeVar("R")
+B = TypeVar("B")
 Columns = Sequence[Sequence[Any]]
 # Batches given to each process at a time: with one queued behind the one it formats, a process never waits
 # for the request's thread, which then formats a batch itself only when every process has its fill.
@@ -81,37 +89,47 @@ class FormattingPool:
                 self._running = None
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def ordered(self, job: Callable[[Columns], R], batches: Iterable[Columns]) -> Iterator[R]:
-        """Yield `job(batch)` for each batch, in order: in a process when one is free, else in this thread.
+    def ordered(self, job: Callable[[B], R | None], batches: Iterable[B],
+                here: Callable[[B], R] | None = None) -> Iterator[R]:
+        """Yield the result of each batch, in order: `job(batch)` in a process when one is free, else `here(batch)`
+        in this thread (`here` defaults to `job`, which must then never return None).
 
-        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch, a
-        batch of rows given column by column as plain values (what the database driver returns).
+        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch: rows
+        given column by column as plain values (what the database driver returns), or anything else picklable. A
+        job returns None when it cannot do its batch in a process (see `read_batch`); the batch is then done here.
         """
         running = self._start()
-        pending: deque[Future[R]] = deque()
+        local = here or cast(Callable[[B], R], job)
+        pending: deque[tuple[Future[R | None], B]] = deque()
         try:
             for batch in batches:
-                # Until the processes answer (`spawn` takes most of a second), this thread formats every batch:
-                # a batch queued behind their start would hold up every result after it.
+                # Until the processes answer (`spawn` takes most of a second), this thread does every batch: a
+                # batch queued behind their start would hold up every result after it.
                 if (running is not None and running.started.done()
-                        and sum(not f.done() for f in pending) < self.size * _QUEUED):
-                    pending.append(running.executor.submit(_unpacked, job, _packed(batch)))
+                        and sum(not f.done() for f, _ in pending) < self.size * _QUEUED):
+                    pending.append((running.executor.submit(_unpacked, job, _packed(batch)), batch))
                 else:
-                    here: Future[R] = Future()
-                    here.set_result(job(batch))
-                    pending.append(here)
-                while pending and (pending[0].done() or len(pending) > self.size * _QUEUED + _AHEAD):
-                    yield pending.popleft().result()
+                    done: Future[R | None] = Future()
+                    done.set_result(local(batch))
+                    pending.append((done, batch))
+                while pending and (pending[0][0].done() or len(pending) > self.size * _QUEUED + _AHEAD):
+                    yield self._result(pending.popleft(), local)
             while pending:
-                yield pending.popleft().result()
+                yield self._result(pending.popleft(), local)
         except BrokenProcessPool as exc:
             if running is not None:
                 self._discard(running.executor)
             raise Unavailable("an export formatting process ended unexpectedly; retry the export",
                               code="export_process_failed") from exc
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
+
+    @staticmethod
+    def _result(item: tuple[Future[R | None], B], here: Callable[[B], R]) -> R:
+        future, batch = item
+        result = future.result()
+        return here(batch) if result is None else result
 
     def shutdown(self) -> None:
         """Stop the processes (the server is stopping)."""
@@ -132,10 +150,13 @@ class _Joined(NamedTuple):
     text: str
 
 
-def _packed(columns: Columns) -> list[_Joined | Sequence[Any]]:
-    """Return `columns` with each column of strings (none holding the separator) joined into one `_Joined`."""
+def _packed(batch: Any) -> Any:
+    """Return a batch of columns with each column of strings (none holding the separator) joined into one
+    `_Joined`; any other batch as it is."""
+    if not isinstance(batch, list):
+        return batch
     packed: list[_Joined | Sequence[Any]] = []
-    for column in columns:
+    for column in batch:
         try:
             joined = _SEPARATOR.join(column)
         except TypeError:  # NULLs or numbers: sent value by value
@@ -145,8 +166,10 @@ def _packed(columns: Columns) -> list[_Joined | Sequence[Any]]:
     return packed
 
 
-def _unpacked(job: Callable[[Columns], R], packed: list[_Joined | Sequence[Any]]) -> R:
-    """Run `job` on the columns `_packed` sent (in the formatting process)."""
+def _unpacked(job: Callable[[Any], R], packed: Any) -> R:
+    """Run `job` on the batch `_packed` sent (in the formatting process)."""
+    if not isinstance(packed, list):
+        return job(packed)
     return job([column.text.split(_SEPARATOR) if isinstance(column, _Joined) else column for column in packed])
 
 
@@ -166,11 +189,39 @@ def _follow_parent(parent: int) -> None:
     threading.Thread(target=watch, name="valdrix-export-parent", daemon=True).start()
 
 
-def format_batch(file: str, dialect: str, columns: Columns) -> tuple[bytes, LineagePart | None]:
-    """Return the CSV bytes and lineage of a batch of stream `file` on `dialect` (picklable)."""
-    return formatter(file, dialect)(columns)
+class Formatted(NamedTuple):
+    """A batch of one stream formatted: its CSV bytes, its lineage (decisions.csv only) and its number of rows."""
+
+    data: bytes
+    lineage: LineagePart | None
+    rows: int
 
 
-def batch_formatter(file: str, dialect: str) -> Callable[[Columns], tuple[bytes, LineagePart | None]]:
+def format_batch(file: str, dialect: str, columns: Columns) -> Formatted:
+    """Return a batch of stream `file` on `dialect`, given column by column as read, formatted (picklable)."""
+    data, lineage = formatter(file, dialect)(columns)
+    return Formatted(data, lineage, len(columns[0]) if columns else 0)
+
+
+def batch_formatter(file: str, dialect: str) -> Callable[[Columns], Formatted]:
     """Return the picklable job formatting batches of stream `file` on `dialect`."""
     return functools.partial(format_batch, file, dialect)
+
+
+def read_keyed(conn: Connection, file: str, keys: str) -> Formatted:
+    """Return the rows of stream `file` whose keys `keys` lists (`TableStream.keys`, joined by commas), read on
+    `conn` (in the export's snapshot, PostgreSQL), formatted."""
+    query = formatter(file, "postgresql").query.keyed
+    assert query is not None
+    rows = query.run(conn, {"keys": keys})
+    return format_batch(file, "postgresql", list(zip(*rows, strict=True)))
+
+
+def read_batch(shared: Shared, file: str, keys: str) -> Formatted | None:
+    """`read_keyed` in a formatting process, through its own connection to the export's snapshot (picklable); None
+    when it cannot read there (no connection to be had, say), so the server process reads the batch itself."""
+    try:
+        with joined(shared) as conn:
+            return read_keyed(conn, file, keys)
+    except DBAPIError:
+        return None

@@ -11,12 +11,15 @@ until it ends). The request's own transaction cannot serve: it already ran the a
 REPEATABLE READ snapshot must be chosen before the first statement. Because the counts and the rows see the
 same snapshot, concurrent gate writes can neither add nor hide rows between them, so parity cannot drift.
 
-Streaming: the archive is produced as the rows are read — each batch is formatted (mostly by the database,
+Streaming: the archive is produced as the rows are read — each batch is formatted (partly by the database,
 see formats.py), hashed, deflated and handed to the response — and the manifest, over the digests and
 lineages computed on the way and the database's counts taken after the rows (same snapshot), is written last,
 then its signature and the ZIP's central directory. Before the first byte only the window's decisions are
 counted, from the index on (tenant, created_at): that query fixes the snapshot and checks the row limit, so
-the first bytes leave at once whatever the window. Memory holds one batch; an interrupted download has no
+the first bytes leave at once whatever the window. On SQLite a thread of this process reads the rows for
+whoever formats them; on PostgreSQL that thread reads only the streams' keys, from a second connection to the
+snapshot, and whoever formats a batch reads its rows by their keys from the same snapshot (`snapshots.share`),
+a formatting process through its own connection. Memory holds a few batches; an interrupted download has no
 manifest and no central directory, so it cannot verify. Parity is one pass over the same snapshot reading
 only what the counts and lineages need.
 
@@ -32,24 +35,27 @@ decision, such as a policy simulation.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from itertools import takewhile
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Result, Row, func, select
+from sqlalchemy import Connection, Engine, Row, func, select
 from sqlalchemy.orm import Session
 
 from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT
 from valdrix.audit.models import AuditEvent
-from valdrix.audit.processes import FormattingPool, batch_formatter
+from valdrix.audit.processes import FormattingPool, batch_formatter, read_batch, read_keyed
+from valdrix.audit.snapshots import joined, share, snapshot
 from valdrix.audit.streams import (
     APPROVALS,
     DECISIONS,
@@ -67,6 +73,7 @@ from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput, Unavailable
 from valdrix.policies.models import PolicyVersion
 
+T = TypeVar("T")
 MAX_WINDOW_DAYS = 366
 DEFAULT_WINDOW_DAYS = 30
 # Rows fetched (server-side cursor on PostgreSQL) and formatted per batch: the unit of memory an export holds
@@ -74,6 +81,9 @@ DEFAULT_WINDOW_DAYS = 30
 BATCH_ROWS = 1000
 # Batches fetched ahead of the one being formatted: two keep the database busy while this thread formats one.
 READ_AHEAD = 2
+# On PostgreSQL, batches' keys read ahead of the batch being formatted (about 37 kB each): enough for the next
+# stream's keys to be read while this stream's last batches are formatted.
+KEYS_AHEAD = 32
 # The archive is handed to the response in pieces of about this size (deflated bytes).
 CHUNK_BYTES = 256 * 1024
 
@@ -114,24 +124,6 @@ def window(start: date | None, end: date | None, today: date) -> Window:
         raise InvalidInput(f"export window of {days} days exceeds the limit of {MAX_WINDOW_DAYS} days",
                            code="export_window_too_large", days=days, max_days=MAX_WINDOW_DAYS)
     return Window(start, end)
-
-
-@contextmanager
-def snapshot(engine: Engine) -> Iterator[Connection]:
-    """Yield a connection inside one read-only transaction that sees a single consistent database snapshot."""
-    with engine.connect() as conn:
-        postgresql = conn.dialect.name == "postgresql"
-        if postgresql:
-            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-        else:
-            conn.execution_options(valdrix_read_snapshot=True)
-        with conn.begin():
-            if postgresql:
-                # A window's per-decision counts cost the planner past the JIT thresholds, and compiling them
-                # costs more than it saves: parity's read of 100 000 decisions took 2.1-2.4 s with JIT, 1.45 s
-                # without. For this transaction only.
-                conn.exec_driver_sql("SET LOCAL jit = off")
-            yield conn
 
 
 def _require_ed25519(signer: KeyRing) -> None:
@@ -197,6 +189,10 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
                    decisions: dict[str, int], tenant_id: uuid.UUID, win: Window, signer: KeyRing,
                    pool: FormattingPool) -> Iterator[bytes]:
     with stack:
+        # On PostgreSQL, the streams' keys are read on a second connection to the snapshot (closed after the
+        # thread reading them has stopped).
+        shared = share(conn)
+        keys_conn = stack.enter_context(joined(shared, conn.engine)) if shared is not None else None
         # The stages overlap on the host's cores: a thread reads the next batch (the database driver releases
         # the GIL), formatting processes and this thread format batches, and another thread hashes and deflates
         # (hashlib and ISA-L release the GIL).
@@ -206,6 +202,10 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
         lineage = manifests.Lineage()
         files = []
         dialect = conn.dialect.name
+        if keys_conn is not None:
+            # Batch by batch, read ahead: the next stream's keys are read while this one's last batches are
+            # formatted.
+            keys = _read_ahead(fetcher, _batch_keys(keys_conn, params), KEYS_AHEAD)
         for stream in STREAMS:
             zipped.start(stream.file)
             digest = _MemberDigest(stream.file, zipped, worker)
@@ -213,9 +213,20 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
             digest.write(formatted.encoder.header())
             digest.wait()
             yield zipped.take()
-            batches = _Counted(_read_ahead(fetcher, conn.execute(formatted.query.select.execution_options(
-                yield_per=BATCH_ROWS), params)), stream.file, max_rows)
-            for data, part in pool.ordered(batch_formatter(stream.file, dialect), _columns(batches)):
+            if shared is None:
+                results = pool.ordered(batch_formatter(stream.file, dialect), _columns(_read_ahead(
+                    fetcher, conn.execute(formatted.query.select.execution_options(yield_per=BATCH_ROWS),
+                                          params).partitions())))
+            else:
+                # Each batch is read from the shared snapshot by whoever formats it: the server process then
+                # neither decodes nor sends the rows a formatting process formats.
+                results = pool.ordered(functools.partial(read_batch, shared, stream.file), takewhile(bool, keys),
+                                       functools.partial(read_keyed, conn, stream.file))
+            rows = 0
+            for data, part, count in results:
+                rows += count
+                if rows > max_rows:
+                    raise _too_many(stream.file, rows, max_rows)
                 if part is not None:
                     lineage.merge(part)
                 digest.wait()
@@ -223,7 +234,7 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
                 digest.write(data)
                 if chunk:
                     yield chunk
-            files.append(digest.finish(batches.rows))
+            files.append(digest.finish(rows))
         # The database's own counts of the other streams, after the rows and from their snapshot (the decisions
         # were counted before the first byte): the manifest's parity cross-check.
         database = {**decisions, **_counts(conn, params, max_rows, (APPROVALS, LEDGER))}
@@ -246,12 +257,11 @@ def _archive_bytes(stack: ExitStack, conn: Connection, params: dict[str, Any], m
         yield zipped.take()
 
 
-def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Sequence[Row[Any]]]:
-    """Yield the batches of `result`, up to READ_AHEAD more fetched on `fetcher` (one thread, so in order) while
-    the caller works: the database keeps producing rows (PostgreSQL only while a fetch is outstanding) while
-    this thread formats a batch itself."""
-    batches = result.partitions()
-    ahead = deque(fetcher.submit(next, batches, None) for _ in range(READ_AHEAD))
+def _read_ahead(fetcher: ThreadPoolExecutor, batches: Iterator[T], ahead_count: int = READ_AHEAD) -> Iterator[T]:
+    """Yield `batches`, up to `ahead_count` more fetched on `fetcher` (one thread, so in order) while the caller
+    works: the database keeps producing rows (PostgreSQL only while a fetch is outstanding) while this thread
+    formats a batch itself."""
+    ahead = deque(fetcher.submit(next, batches, None) for _ in range(ahead_count))
     try:
         while (batch := ahead.popleft().result()) is not None:
             ahead.append(fetcher.submit(next, batches, None))
@@ -259,6 +269,15 @@ def _read_ahead(fetcher: ThreadPoolExecutor, result: Result[Any]) -> Iterator[Se
     finally:
         for future in ahead:
             future.cancel()
+
+
+def _batch_keys(conn: Connection, params: dict[str, Any]) -> Iterator[str]:
+    """Yield each stream's keys (`STREAMS` order) in batches of BATCH_ROWS, each batch's joined by commas, and an
+    empty text after each stream's last batch."""
+    for stream in STREAMS:
+        for keys in conn.execute(stream.keys().execution_options(yield_per=BATCH_ROWS), params).scalars().partitions():
+            yield ",".join(keys)
+        yield ""
 
 
 def _columns(batches: Iterable[Sequence[Row[Any]]]) -> Iterator[list[tuple[Any, ...]]]:
@@ -363,7 +382,7 @@ def parity(engine: Engine, tenant_id: uuid.UUID, win: Window, *, max_rows: int, 
         lineage = manifests.Lineage()
         dialect = conn.dialect.name
         batches = _Counted(_read_ahead(fetcher, conn.execute(lineage_query(dialect).execution_options(
-            yield_per=BATCH_ROWS), params)), DECISIONS.file, max_rows)
+            yield_per=BATCH_ROWS), params).partitions()), DECISIONS.file, max_rows)
         exported = {DECISIONS.file: 0, APPROVALS.file: 0, LEDGER.file: 0}
         for columns in _columns(batches):
             lineage.merge(lineage_of(dialect, columns))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, bindparam, func, select
+from sqlalchemy import Select, String, Text, and_, any_, bindparam, cast, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import Uuid
@@ -36,6 +37,7 @@ from valdrix.audit.formats import (
 )
 from valdrix.audit.manifest import LineagePart
 from valdrix.canonical import canonical_json_and_value_of_text, canonical_json_of_text
+from valdrix.db import Statement
 from valdrix.decisions.lineage import Group, context_group, group_of
 from valdrix.decisions.models import Decision
 from valdrix.ledger.models import LedgerEntry
@@ -46,11 +48,27 @@ _sha256 = hashlib.sha256
 
 @dataclass(frozen=True)
 class TableStream:
-    """One table exported as one CSV member: its columns and its rows of a window, in a fixed order."""
+    """One table exported as one CSV member: its columns and its rows of a window, in a fixed order.
+
+    `joins` adds the tables its columns and filter need, `where` selects the window's rows, `order` orders them,
+    and `key` is the table's primary key (a UUID or an integer), by which a batch of rows is read again
+    (`RecordQuery.keyed`).
+    """
 
     file: str
     fields: tuple[tuple[str, ColumnElement[Any], Kind], ...]
-    build: Callable[[Select[Any]], Select[Any]]
+    joins: Callable[[Select[Any]], Select[Any]]
+    where: ColumnElement[bool]
+    order: tuple[ColumnElement[Any], ...]
+    key: ColumnElement[Any]
+
+    def build(self, query: Select[Any]) -> Select[Any]:
+        """Return `query` over the window's rows of this stream, in order."""
+        return self.joins(query).where(self.where).order_by(*self.order)
+
+    def keys(self) -> Select[Any]:
+        """Return the query reading the window's keys of this stream as texts, in order."""
+        return self.build(select(cast(self.key, Text())))
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -103,8 +121,13 @@ class TableStream:
         packed = tuple(p for p, kind in enumerate(kinds) if kind is not None and packs(kind, dialect))
         own = [column for p, column in enumerate(read) if p not in packed]
         columns = [pack([read[p] for p in packed]), *own] if packed else own
-        query = self.build(select(*(c.label(f"c{i}") for i, c in enumerate(columns))))
-        return RecordQuery(query, finishers, tuple(layout), packed)
+        labelled = select(*(c.label(f"c{i}") for i, c in enumerate(columns)))
+        keyed = None
+        if dialect == "postgresql":
+            # A batch's keys as `keys` reads them, joined by commas: the same rows in the same order.
+            keys = cast(func.string_to_array(bindparam("keys", type_=String()), ","), ARRAY(self.key.type))
+            keyed = Statement(self.joins(labelled).where(self.key == any_(keys)).order_by(*self.order))
+        return RecordQuery(self.build(labelled), keyed, finishers, tuple(layout), packed)
 
     def count(self) -> Select[Any]:
         """Return the query counting this stream's rows (same filter, same snapshot)."""
@@ -120,6 +143,10 @@ class RecordQuery:
     as columns of their own after it, in order."""
 
     select: Select[Any]
+    # On PostgreSQL, the same for the rows whose keys the bind parameter `keys` lists (`TableStream.keys`): a
+    # Statement, prepared once per connection (read a thousand rows at a time, a window of 100 000 would be
+    # planned a hundred times) and its rows loaded by psycopg, not built as SQLAlchemy rows.
+    keyed: Statement | None
     finishers: list[Finish | None]
     layout: tuple[tuple[int, ...], ...]
     packed: tuple[int, ...]
@@ -134,8 +161,9 @@ class RecordQuery:
         return pieces
 
 
-def _stream(file: str, fields: list[tuple[str, Any, Kind]], build: Callable[[Select[Any]], Select[Any]]) -> TableStream:
-    return TableStream(file, tuple(fields), build)
+def _stream(file: str, fields: list[tuple[str, Any, Kind]], joins: Callable[[Select[Any]], Select[Any]],
+            where: ColumnElement[bool], order: tuple[Any, ...], key: Any) -> TableStream:
+    return TableStream(file, tuple(fields), joins, where, order, key)
 
 
 _TENANT: BindParameter[uuid.UUID] = bindparam("tenant_id", type_=Uuid())
@@ -178,8 +206,8 @@ DECISIONS = _stream("decisions.csv", [
     ("request_payload", Decision.request_payload, "json"),
     ("response_payload", Decision.response_payload, "json"),
 ], lambda q: q.outerjoin(PolicyVersion, and_(PolicyVersion.tenant_id == Decision.tenant_id,
-                                             PolicyVersion.version == Decision.policy_version))
-    .where(IN_WINDOW).order_by(Decision.created_at, Decision.id))
+                                             PolicyVersion.version == Decision.policy_version)),
+    IN_WINDOW, (Decision.created_at, Decision.id), Decision.id)
 
 LEDGER = _stream("ledger.csv", [
     ("seq", LedgerEntry.seq, "int"),
@@ -204,7 +232,7 @@ LEDGER = _stream("ledger.csv", [
     ("response_payload_sha256", LedgerEntry.response_payload_sha256, "text"),
     ("details", LedgerEntry.details, "json"),
     ("actor", LedgerEntry.actor, "uuid"),
-], lambda q: q.where(LedgerEntry.seq.in_(_WINDOW_LEDGER)).order_by(LedgerEntry.seq))
+], lambda q: q, LedgerEntry.seq.in_(_WINDOW_LEDGER), (LedgerEntry.seq,), LedgerEntry.seq)
 
 APPROVALS = _stream("approvals.csv", [
     ("approval_id", ApprovalRequest.id, "uuid"),
@@ -228,8 +256,8 @@ APPROVALS = _stream("approvals.csv", [
     ("token_consumed_by", ApprovalRequest.token_consumed_by, "uuid"),
     ("created_at", ApprovalRequest.created_at, "datetime"),
     ("updated_at", ApprovalRequest.updated_at, "datetime"),
-], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id)
-    .where(IN_WINDOW).order_by(ApprovalRequest.created_at, ApprovalRequest.id))
+], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id), IN_WINDOW,
+    (ApprovalRequest.created_at, ApprovalRequest.id), ApprovalRequest.id)
 
 # Archive member order; approvals are one more stream keyed by the window's decisions.
 STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)

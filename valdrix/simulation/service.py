@@ -1,6 +1,6 @@
 """Simulating a candidate policy: stream a window of stored decisions, replay each, summarise; record the run.
 
-`simulate` only reads, from a read snapshot of its own (`audit.service.snapshot`): replaying a month takes
+`simulate` only reads, from a read snapshot of its own (`audit.snapshots.snapshot`): replaying a month takes
 seconds, and on SQLite a write transaction would hold the database's one write lock, and with it every gate
 decision, for that long. Rows are streamed in batches of BATCH_ROWS and folded into a `Tally`, so memory
 is bounded by the page of changed decisions and the distinct projects and environments, not the window.
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from valdrix.approvals.models import ApprovalRequest
 from valdrix.audit import service as audit
 from valdrix.audit.models import AuditEvent
+from valdrix.audit.snapshots import snapshot
 from valdrix.decisions.models import Decision
 from valdrix.errors import InvalidInput
 from valdrix.jsonio import loads
@@ -127,7 +128,7 @@ def simulate(db: Engine, tenant_id: uuid.UUID, request: SimulationRequest, *, no
     """Return the report of replaying the window under `request.policy` (a page of changes, from its cursor),
     read from one read-only snapshot of `db`."""
     after = _Position.decode(request.cursor) if request.cursor else None
-    with audit.snapshot(db) as connection, Session(bind=connection) as session:
+    with snapshot(db) as connection, Session(bind=connection) as session:
         return _simulate(session, tenant_id, request, after, now)
 
 

@@ -112,3 +112,30 @@ def test_stopping_early_cancels_what_is_queued() -> None:
 def test_columns_reach_a_process_unchanged(columns: list[list[Any]]) -> None:
     received = _unpacked(list, _packed([tuple(c) for c in columns]))
     assert [list(c) for c in received] == columns
+
+
+def declines(parent: int, rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[int]] | None:
+    """A job no formatting process can do (as one that cannot reach the database): None there."""
+    return tagged(0.01, rows) if os.getpid() == parent else None
+
+
+def test_a_batch_a_process_declines_is_done_here_in_order() -> None:
+    pool = FormattingPool(1)
+    here: list[int] = []
+
+    def locally(rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[int]]:
+        here.append(rows[0][0])
+        return tagged(0, rows)
+
+    try:
+        started(pool)
+        results = list(pool.ordered(functools.partial(declines, os.getpid()), batches(8), locally))
+    finally:
+        pool.shutdown()
+    assert [values for _, values in results] == [list(range(b * 3, b * 3 + 3)) for b in range(8)]
+    assert {pid for pid, _ in results} == {os.getpid()}
+    assert sorted(here) == [b * 3 for b in range(8)]  # every batch, the declined ones after their process said so
+
+
+def test_other_batches_reach_a_process_unchanged() -> None:
+    assert _unpacked(str.upper, _packed("00000003-0000001B-1,abc")) == "00000003-0000001B-1,ABC"
