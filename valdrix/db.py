@@ -219,10 +219,12 @@ class Statement:
                              formats=(PyFormat.AUTO,) * len(names))
         return self._query
 
-    def run(self, session: Session | Connection, params: dict[str, Any]) -> list[Any]:
-        """Return the rows (attribute access by column label; empty for DML) of one execution in `session` (or
-        on a connection, in its transaction)."""
-        connection = session if isinstance(session, Connection) else session.connection()
+    def run(self, session: Session, params: dict[str, Any]) -> list[Any]:
+        """Return the rows (attribute access by column label; empty for DML) of one execution in `session`."""
+        return self.run_on(session.connection(), params)
+
+    def run_on(self, connection: Connection, params: dict[str, Any]) -> list[Any]:
+        """Return the rows of one execution on `connection`, in its transaction (see `run`)."""
         if connection.dialect.name != "postgresql":
             result = connection.execute(self.statement, params)
             return list(result) if result.returns_rows else []

@@ -94,9 +94,9 @@ class FormattingPool:
         """Yield the result of each batch, in order: `job(batch)` in a process when one is free, else `here(batch)`
         in this thread (`here` defaults to `job`, which must then never return None).
 
-        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch: rows
-        given column by column as plain values (what the database driver returns), or anything else picklable. A
-        job returns None when it cannot do its batch in a process (see `read_batch`); the batch is then done here.
+        `job` must be picklable (a module-level function or a partial of one) and depend only on its batch, and
+        the batches must be picklable (rows column by column travel best as a `ColumnBatch`). A job returns None
+        when it cannot do its batch in a process (see `read_batch`); the batch is then done here.
         """
         running = self._start()
         local = here or cast(Callable[[B], R], job)
@@ -107,7 +107,7 @@ class FormattingPool:
                 # batch queued behind their start would hold up every result after it.
                 if (running is not None and running.started.done()
                         and sum(not f.done() for f, _ in pending) < self.size * _QUEUED):
-                    pending.append((running.executor.submit(_unpacked, job, _packed(batch)), batch))
+                    pending.append((running.executor.submit(job, batch), batch))
                 else:
                     done: Future[R | None] = Future()
                     done.set_result(local(batch))
@@ -144,33 +144,25 @@ class FormattingPool:
 _SEPARATOR = "\x00"
 
 
-class _Joined(NamedTuple):
-    """A column of strings on its way to a process: its values joined by the separator."""
+class ColumnBatch(list[Sequence[Any]]):
+    """A batch of rows given column by column, as the database driver returned the values. Pickled (on its way
+    to a formatting process) with each column of strings that hold no separator joined into one text."""
 
-    text: str
-
-
-def _packed(batch: Any) -> Any:
-    """Return a batch of columns with each column of strings (none holding the separator) joined into one
-    `_Joined`; any other batch as it is."""
-    if not isinstance(batch, list):
-        return batch
-    packed: list[_Joined | Sequence[Any]] = []
-    for column in batch:
-        try:
-            joined = _SEPARATOR.join(column)
-        except TypeError:  # NULLs or numbers: sent value by value
-            packed.append(column)
-            continue
-        packed.append(_Joined(joined) if column and joined.count(_SEPARATOR) == len(column) - 1 else column)
-    return packed
+    def __reduce__(self) -> tuple[Callable[[list[str | Sequence[Any]]], ColumnBatch], tuple[Any, ...]]:
+        packed: list[str | Sequence[Any]] = []
+        for column in self:
+            try:
+                joined = _SEPARATOR.join(column)
+            except TypeError:  # NULLs or numbers: sent value by value
+                packed.append(column)
+                continue
+            packed.append(joined if column and joined.count(_SEPARATOR) == len(column) - 1 else column)
+        return _unpacked, (packed,)
 
 
-def _unpacked(job: Callable[[Any], R], packed: Any) -> R:
-    """Run `job` on the batch `_packed` sent (in the formatting process)."""
-    if not isinstance(packed, list):
-        return job(packed)
-    return job([column.text.split(_SEPARATOR) if isinstance(column, _Joined) else column for column in packed])
+def _unpacked(packed: list[str | Sequence[Any]]) -> ColumnBatch:
+    """Return the batch `ColumnBatch.__reduce__` sent (a column is a sequence, so a text is a joined one)."""
+    return ColumnBatch(column.split(_SEPARATOR) if isinstance(column, str) else column for column in packed)
 
 
 def _answer() -> None:
@@ -213,7 +205,7 @@ def read_keyed(conn: Connection, file: str, keys: str) -> Formatted:
     `conn` (in the export's snapshot, PostgreSQL), formatted."""
     query = formatter(file, "postgresql").query.keyed
     assert query is not None
-    rows = query.run(conn, {"keys": keys})
+    rows = query.run_on(conn, {"keys": keys})
     return format_batch(file, "postgresql", list(zip(*rows, strict=True)))
 
 

@@ -54,7 +54,7 @@ from valdrix.approvals.tokens import KeyRing
 from valdrix.audit import manifest as manifests
 from valdrix.audit.formats import DIALECT
 from valdrix.audit.models import AuditEvent
-from valdrix.audit.processes import FormattingPool, batch_formatter, read_batch, read_keyed
+from valdrix.audit.processes import ColumnBatch, FormattingPool, batch_formatter, read_batch, read_keyed
 from valdrix.audit.snapshots import joined, share, snapshot
 from valdrix.audit.streams import (
     APPROVALS,
@@ -280,10 +280,10 @@ def _batch_keys(conn: Connection, params: dict[str, Any]) -> Iterator[str]:
         yield ""
 
 
-def _columns(batches: Iterable[Sequence[Row[Any]]]) -> Iterator[list[tuple[Any, ...]]]:
+def _columns(batches: Iterable[Sequence[Row[Any]]]) -> Iterator[ColumnBatch]:
     """Yield each batch column by column, as plain tuples of the driver's values (what a process is sent)."""
     for batch in batches:
-        yield list(zip(*batch, strict=True))
+        yield ColumnBatch(zip(*batch, strict=True))
 
 
 class _Counted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from valdrix.audit.processes import FormattingPool, _packed, _unpacked
+from valdrix.audit.processes import ColumnBatch, FormattingPool
 from valdrix.errors import Unavailable
 
 
@@ -110,7 +111,7 @@ def test_stopping_early_cancels_what_is_queued() -> None:
 @given(st.lists(st.one_of(st.lists(st.text(), max_size=4), st.lists(st.one_of(st.none(), st.integers(), st.text()),
                                                                   max_size=4)), max_size=4))
 def test_columns_reach_a_process_unchanged(columns: list[list[Any]]) -> None:
-    received = _unpacked(list, _packed([tuple(c) for c in columns]))
+    received = pickle.loads(pickle.dumps(ColumnBatch(tuple(c) for c in columns)))
     assert [list(c) for c in received] == columns
 
 
@@ -138,4 +139,9 @@ def test_a_batch_a_process_declines_is_done_here_in_order() -> None:
 
 
 def test_other_batches_reach_a_process_unchanged() -> None:
-    assert _unpacked(str.upper, _packed("00000003-0000001B-1,abc")) == "00000003-0000001B-1,ABC"
+    pool = FormattingPool(1)
+    try:
+        started(pool)
+        assert list(pool.ordered(str.upper, ["00000003-0000001B-1,abc"])) == ["00000003-0000001B-1,ABC"]
+    finally:
+        pool.shutdown()
