@@ -28,6 +28,17 @@ def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, min(cpus, math.ceil(quota)) if quota is not None else cpus)
 
 
+def _export_processes_for(cpus: int) -> int:
+    """Return the default number of export formatting processes for a server that can keep `cpus` CPUs busy: one
+    per CPU, at most 4, and none on a single CPU, where a process could only share that CPU's time.
+
+    Not one fewer than the CPUs: the server process's own part of an export (reading SQLite's rows, hashing,
+    deflating, sending) is bound by its interpreter lock and leaves part of a core idle, which a process per CPU
+    fills (docs/exports.md, Performance).
+    """
+    return min(4, cpus) if cpus > 1 else 0
+
+
 def _cpu_quota(cgroup: Path) -> float | None:
     """Return the CPUs' worth of time the cgroup mounted at `cgroup` allows per period (None: no quota)."""
     try:  # cgroup v2: "<quota> <period>", or "max <period>"
@@ -95,8 +106,8 @@ class Settings(BaseSettings):
     # Audit exports: no table stream of an archive may exceed this many rows (larger windows get 422).
     export_max_rows: int = Field(default=1_000_000, ge=1)
     # Processes per server process that format export batches beside the request's thread (0: in-process only;
-    # valdrix/audit/processes.py). Default: one fewer than the CPUs this process may use, at most 4.
-    export_processes: int = Field(default_factory=lambda: max(0, min(4, usable_cpus() - 1)), ge=0, le=64)
+    # valdrix/audit/processes.py). Default: one per CPU this process may use, at most 4, none on one CPU.
+    export_processes: int = Field(default_factory=lambda: _export_processes_for(usable_cpus()), ge=0, le=64)
     # Reservations older than this are released in full by the overdue sweep (docs/reconciliation.md).
     reservation_sla_seconds: int = Field(default=86400, ge=60, le=604800)
     # A reconciliation is `matched` when |actual - reserved| <= max(tolerance_usd, tolerance_percent % of reserved).

@@ -36,8 +36,8 @@ def test_usable_cpus_follow_affinity_and_the_cgroup_cpu_quota(tmp_path: Path, fi
     assert usable_cpus(_cgroup(tmp_path, files)) == cpus
 
 
-@pytest.mark.parametrize(("cpus", "processes"), [(1, 0), (2, 1), (3, 2), (5, 4), (64, 4)])
-def test_export_processes_default_to_one_fewer_than_the_usable_cpus_at_most_four(
+@pytest.mark.parametrize(("cpus", "processes"), [(1, 0), (2, 2), (3, 3), (4, 4), (5, 4), (64, 4)])
+def test_export_processes_default_to_one_per_usable_cpu_at_most_four_and_none_on_one(
         monkeypatch: pytest.MonkeyPatch, cpus: int, processes: int) -> None:
     monkeypatch.delenv("VALDRIX_EXPORT_PROCESSES", raising=False)
     monkeypatch.setattr(config, "usable_cpus", lambda: cpus)

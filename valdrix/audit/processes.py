@@ -3,7 +3,8 @@
 Formatting a batch — canonical JSON, cells, records, lineage entries — is pure Python, so the threads of one
 process take turns on the interpreter lock and an export would use one core however many the host has. A
 `FormattingPool` keeps up to `size` processes (started with `spawn` on first use, so no thread's locks are
-inherited, and kept for the next export) and hands each a batch while the request's thread reads the next;
+inherited, and kept for the next export until the pool has been idle for `IDLE_SECONDS`, when they end and free
+their memory and database connections) and hands each a batch while the request's thread reads the next;
 the request's thread formats a batch itself whenever every process is busy or not yet started (starting one
 takes most of a second, which the first export would otherwise wait out), so no core idles, and results are
 taken in batch order, so the archive's bytes and lineages are the same as formatting everything in-process
@@ -51,6 +52,10 @@ _WATCH_SECONDS = 1.0
 # Batches formatted and not yet taken, beyond one per process: room for the request's thread to go on while
 # the oldest batch is still in a process (such as the first, while the process starts).
 _AHEAD = 1
+# A pool with no export running for this long ends its processes: each holds about 94 MiB and, on PostgreSQL, a
+# database connection, which a server that exports once a day should not keep. The next export starts them
+# again, formatting in the request's thread until they answer.
+IDLE_SECONDS = 300.0
 
 
 class _Running(NamedTuple):
@@ -61,12 +66,16 @@ class _Running(NamedTuple):
 
 
 class FormattingPool:
-    """Up to `size` formatting processes for exports; 0 formats in the request's thread only."""
+    """Up to `size` formatting processes for exports, ended after `idle_seconds` without one; size 0 formats in the
+    request's thread only."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, idle_seconds: float = IDLE_SECONDS) -> None:
         self.size = size
+        self._idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._running: _Running | None = None
+        self._exports = 0  # exports using the processes now
+        self._retiring: threading.Timer | None = None
 
     def start(self) -> Future[None] | None:
         """Start the processes unless they run; return what is done once they answer (None for size 0)."""
@@ -77,11 +86,37 @@ class FormattingPool:
         if self.size == 0:
             return None
         with self._lock:
-            if self._running is None:
-                executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
-                                               initializer=_follow_parent, initargs=(os.getpid(),))
-                self._running = _Running(executor, executor.submit(_answer))
-            return self._running
+            if self._running is not None:
+                return self._running
+            executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_follow_parent, initargs=(os.getpid(),))
+            running = self._running = _Running(executor, executor.submit(_answer))
+        # Idle from when they answer unless an export uses them by then (not under the lock: a future already done
+        # calls back at once).
+        running.started.add_done_callback(lambda _: self._rearm())
+        return running
+
+    def _rearm(self, exports: int = 0) -> None:
+        """Count `exports` in (or out, negative) and cancel the idle timer; start a new one if processes run and no
+        export does."""
+        with self._lock:
+            self._exports += exports
+            if self._retiring is not None:
+                self._retiring.cancel()
+                self._retiring = None
+            if self._running is None or self._exports:
+                return
+            timer = self._retiring = threading.Timer(self._idle_seconds, self._retire, (self._running,))
+            timer.daemon = True
+        timer.start()  # not under the lock: starting a thread waits for it
+
+    def _retire(self, running: _Running) -> None:
+        with self._lock:
+            # Only the latest timer ends the processes: an export begun since it was armed cancelled it.
+            if self._retiring is not threading.current_thread() or self._running is not running:
+                return
+            self._running = self._retiring = None
+        running.executor.shutdown(wait=False, cancel_futures=True)
 
     def _discard(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -98,10 +133,12 @@ class FormattingPool:
         the batches must be picklable (rows column by column travel best as a `ColumnBatch`). A job returns None
         when it cannot do its batch in a process (see `read_batch`); the batch is then done here.
         """
-        running = self._start()
         local = here or cast(Callable[[B], R], job)
         pending: deque[tuple[Future[R | None], B]] = deque()
+        running = None
+        self._rearm(+1)  # the processes do not retire while this export runs
         try:
+            running = self._start()
             for batch in batches:
                 # Until the processes answer (`spawn` takes most of a second), this thread does every batch: a
                 # batch queued behind their start would hold up every result after it.
@@ -124,6 +161,7 @@ class FormattingPool:
         finally:
             for future, _ in pending:
                 future.cancel()
+            self._rearm(-1)
 
     @staticmethod
     def _result(item: tuple[Future[R | None], B], here: Callable[[B], R]) -> R:
@@ -135,6 +173,7 @@ class FormattingPool:
         """Stop the processes (the server is stopping)."""
         with self._lock:
             running, self._running = self._running, None
+        self._rearm()
         if running is not None:
             running.executor.shutdown(wait=True, cancel_futures=True)
 

@@ -4,6 +4,7 @@ with a code and the pool starts afresh."""
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import pickle
 import signal
@@ -145,3 +146,55 @@ def test_other_batches_reach_a_process_unchanged() -> None:
         assert list(pool.ordered(str.upper, ["00000003-0000001B-1,abc"])) == ["00000003-0000001B-1,ABC"]
     finally:
         pool.shutdown()
+
+
+def children() -> set[int]:
+    return {child.pid for child in multiprocessing.active_children() if child.pid is not None}
+
+
+def ended(pids: set[int], within: float = 30) -> bool:
+    """Wait until none of `pids` is a running child of this process."""
+    deadline = time.monotonic() + within
+    while pids & children():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_idle_processes_end_and_the_next_export_starts_them_again() -> None:
+    pool = FormattingPool(1, idle_seconds=0.3)
+    try:
+        started(pool)
+        first = formatted_in_order(pool, 8) - {os.getpid()}
+        assert first and first <= children()
+        assert ended(first)  # their memory (and PostgreSQL connection) freed once idle
+        started(pool)
+        again = formatted_in_order(pool, 8) - {os.getpid()}
+        assert again and not again & first
+    finally:
+        pool.shutdown()
+
+
+def test_processes_started_for_no_export_end_once_idle() -> None:
+    pool = FormattingPool(1, idle_seconds=0.3)
+    try:
+        started(pool)
+        assert children()
+        assert ended(children())
+    finally:
+        pool.shutdown()
+
+
+def test_processes_do_not_retire_while_an_export_pauses_longer_than_the_idle_time() -> None:
+    pool = FormattingPool(1, idle_seconds=0.2)
+    try:
+        started(pool)
+        results = pool.ordered(functools.partial(tagged, 0.01), batches(12))
+        head = [next(results) for _ in range(3)]
+        time.sleep(1)  # a slow client: five idle times with the export still open
+        rest = list(results)
+    finally:
+        pool.shutdown()
+    assert [values for _, values in head + rest] == [list(range(b * 3, b * 3 + 3)) for b in range(12)]
+    assert len({pid for pid, _ in head + rest} - {os.getpid()}) == 1
