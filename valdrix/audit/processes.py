@@ -52,7 +52,7 @@ _WATCH_SECONDS = 1.0
 # Batches formatted and not yet taken, beyond one per process: room for the request's thread to go on while
 # the oldest batch is still in a process (such as the first, while the process starts).
 _AHEAD = 1
-# A pool with no export running for this long ends its processes: each holds about 94 MiB and, on PostgreSQL, a
+# A pool with no export running for this long ends its processes: each holds about 80 MiB and, on PostgreSQL, a
 # database connection, which a server that exports once a day should not keep. The next export starts them
 # again, formatting in the request's thread until they answer.
 IDLE_SECONDS = 300.0
