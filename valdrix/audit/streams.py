@@ -161,8 +161,9 @@ class RecordQuery:
         return pieces
 
 
-def _stream(file: str, fields: list[tuple[str, Any, Kind]], joins: Callable[[Select[Any]], Select[Any]],
+def _stream(file: str, fields: list[tuple[str, Any, Kind]], *, joins: Callable[[Select[Any]], Select[Any]],
             where: ColumnElement[bool], order: tuple[Any, ...], key: Any) -> TableStream:
+    # ORM attributes (fields, order, key) are column expressions at run time; their static type is not.
     return TableStream(file, tuple(fields), joins, where, order, key)
 
 
@@ -205,9 +206,9 @@ DECISIONS = _stream("decisions.csv", [
     ("computed_context", Decision.computed_context, "json"),
     ("request_payload", Decision.request_payload, "json"),
     ("response_payload", Decision.response_payload, "json"),
-], lambda q: q.outerjoin(PolicyVersion, and_(PolicyVersion.tenant_id == Decision.tenant_id,
-                                             PolicyVersion.version == Decision.policy_version)),
-    IN_WINDOW, (Decision.created_at, Decision.id), Decision.id)
+], joins=lambda q: q.outerjoin(PolicyVersion, and_(PolicyVersion.tenant_id == Decision.tenant_id,
+                                                   PolicyVersion.version == Decision.policy_version)),
+    where=IN_WINDOW, order=(Decision.created_at, Decision.id), key=Decision.id)
 
 LEDGER = _stream("ledger.csv", [
     ("seq", LedgerEntry.seq, "int"),
@@ -232,7 +233,7 @@ LEDGER = _stream("ledger.csv", [
     ("response_payload_sha256", LedgerEntry.response_payload_sha256, "text"),
     ("details", LedgerEntry.details, "json"),
     ("actor", LedgerEntry.actor, "uuid"),
-], lambda q: q, LedgerEntry.seq.in_(_WINDOW_LEDGER), (LedgerEntry.seq,), LedgerEntry.seq)
+], joins=lambda q: q, where=LedgerEntry.seq.in_(_WINDOW_LEDGER), order=(LedgerEntry.seq,), key=LedgerEntry.seq)
 
 APPROVALS = _stream("approvals.csv", [
     ("approval_id", ApprovalRequest.id, "uuid"),
@@ -256,8 +257,8 @@ APPROVALS = _stream("approvals.csv", [
     ("token_consumed_by", ApprovalRequest.token_consumed_by, "uuid"),
     ("created_at", ApprovalRequest.created_at, "datetime"),
     ("updated_at", ApprovalRequest.updated_at, "datetime"),
-], lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id), IN_WINDOW,
-    (ApprovalRequest.created_at, ApprovalRequest.id), ApprovalRequest.id)
+], joins=lambda q: q.join(Decision, Decision.id == ApprovalRequest.decision_id), where=IN_WINDOW,
+    order=(ApprovalRequest.created_at, ApprovalRequest.id), key=ApprovalRequest.id)
 
 # Archive member order; approvals are one more stream keyed by the window's decisions.
 STREAMS: tuple[TableStream, ...] = (DECISIONS, APPROVALS, LEDGER)
